@@ -1,0 +1,29 @@
+"""Exceptions raised by SpinalCordSegLib.
+
+Every error names the file (or model, or URL) and the problem, so that the
+command line and the Slicer module can show it to the user as it is.
+"""
+
+
+class SpinalCordSegError(Exception):
+    """Base class of the errors that the user can act on."""
+
+
+class InputImageError(SpinalCordSegError):
+    """A scan cannot be segmented (not 3D, NaN, empty, unreadable...)."""
+
+
+class ModelFolderError(SpinalCordSegError):
+    """An nnU-Net results folder is missing, incomplete or inconsistent."""
+
+
+class ModelInstallError(SpinalCordSegError):
+    """A model could not be downloaded, verified, extracted or installed."""
+
+
+class UntrustedModelError(SpinalCordSegError):
+    """A model's checkpoint is not trusted yet (pickled code): ask the user first."""
+
+
+class CancelledError(SpinalCordSegError):
+    """The user cancelled a running job."""

@@ -1,0 +1,60 @@
+"""Fixtures shared by every test suite of the extension.
+
+- ``shared_data``: the real MRI in ``../shared/data`` (skips when absent).
+- ``mrml_scene``: a fresh, real MRML scene from ``slicer-core``, set as
+  ``slicer.mrmlScene`` for the duration of the test.
+- ``tiny_model`` / ``tiny_region_model``: small nnU-Net v2 results folders
+  with random weights and nnU-Net's real file layout, generated once per run.
+"""
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent
+SHARED_DATA = Path(os.environ.get("SPINALCORDSEG_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_user_folders(tmp_path_factory, monkeypatch):
+    """Keep every test away from the real per-user cache, settings and trust store."""
+    root = tmp_path_factory.mktemp("user")
+    monkeypatch.setenv("SPINALCORDSEG_HOME", str(root / "spinalcordseg"))
+    monkeypatch.setenv("SPINALCORDSEG_OFFLINE", "0")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The shared test MRI folder; skip the test with the reason when it is absent."""
+    if not (SHARED_DATA / "README.md").is_file():
+        pytest.skip(f"shared MRI data not found at {SHARED_DATA} (set SPINALCORDSEG_SHARED_DATA)")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def mrml_scene():
+    """A fresh real MRML scene (slicer-core), installed as ``slicer.mrmlScene``."""
+    slicer = pytest.importorskip("slicer", reason="slicer-core is not installed")
+    previous = getattr(slicer, "mrmlScene", None)
+    scene = slicer.vtkMRMLScene()
+    slicer.mrmlScene = scene
+    yield scene
+    scene.Clear(True)
+    slicer.mrmlScene = previous
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A plain (softmax) nnU-Net v2 results folder with one label ``sc``."""
+    from SpinalCordSegLib.synthetic_model import make_synthetic_model
+
+    return make_synthetic_model(tmp_path_factory.mktemp("tiny_model"), region_based=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_region_model(tmp_path_factory) -> Path:
+    """A region-based nnU-Net v2 results folder: sc=[1, 2], lesion=2."""
+    from SpinalCordSegLib.synthetic_model import make_synthetic_model
+
+    return make_synthetic_model(tmp_path_factory.mktemp("tiny_region_model"), region_based=True)
