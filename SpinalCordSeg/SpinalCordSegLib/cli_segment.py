@@ -1,0 +1,203 @@
+"""``spinalcordseg segment`` and ``spinalcordseg demo``.
+
+Example:
+    $ spinalcordseg segment -i sub-01_T2w.nii.gz sub-02_T2w.nii.gz -m demo-sc-lesion -o out/ --threshold lesion=0.3
+    $ spinalcordseg demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from .errors import SpinalCordSegError
+
+logger = logging.getLogger(__name__)
+
+DEMO_MODEL = "demo-sc-lesion"
+DEMO_OUTPUT = "spinalcordseg-demo-output"
+
+
+def parse_thresholds(text: Optional[str], structures: Sequence[str], default: float = 0.5) -> Dict[str, float]:
+    """Parse ``"sc=0.5,lesion=0.3"`` (or one number for all) into a threshold per structure.
+
+    >>> parse_thresholds("lesion=0.3", ["sc", "lesion"])
+    {'sc': 0.5, 'lesion': 0.3}
+    """
+    thresholds = {s: default for s in structures}
+    if not text:
+        return thresholds
+    for item in text.split(","):
+        name, _, value = item.rpartition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            raise SpinalCordSegError(f"--threshold: {item!r} is not NAME=VALUE or a number") from None
+        if not 0.0 < number < 1.0:
+            raise SpinalCordSegError(f"--threshold: {item!r}: the value must be between 0 and 1")
+        if not name:
+            thresholds = {s: number for s in structures}
+        elif name not in thresholds:
+            raise SpinalCordSegError(f"--threshold: unknown structure {name!r}; the model has {list(structures)}")
+        else:
+            thresholds[name] = number
+    return thresholds
+
+
+def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by every command that runs a model."""
+    parser.add_argument("-m", "--model", required=True,
+                        help="catalogue id (see 'spinalcordseg models list'), model folder or zip")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                        help="where to run (default: auto = CUDA, then MPS, then CPU)")
+    parser.add_argument("--folds", nargs="+", help="folds to ensemble (default: all present)")
+    parser.add_argument("--tta", dest="tta", action="store_true", default=True,
+                        help="test-time augmentation by mirroring (default)")
+    parser.add_argument("--no-tta", dest="tta", action="store_false", help="no test-time augmentation (faster)")
+    parser.add_argument("--step-size", type=float, default=0.5, help="sliding-window step, fraction of a patch")
+    parser.add_argument("--threads", type=int, help="CPU threads for PyTorch")
+    parser.add_argument("--threshold", help="binarization threshold(s): 0.5, or sc=0.5,lesion=0.3")
+    parser.add_argument("--orientation", help="orientation to predict in when the model records none "
+                                              "(SimpleITK letters; SCT's RPI is LAS)")
+    parser.add_argument("--crop-mask", help="cord mask: predict only inside its bounding box plus a margin")
+    parser.add_argument("--crop-margin", type=float, default=20.0, help="crop margin in mm (default 20)")
+    parser.add_argument("--trust", action="store_true",
+                        help="trust this model's checkpoints (pickled code) and remember the decision")
+    parser.add_argument("--yes", action="store_true", help="install a missing catalogue model without asking")
+    parser.add_argument("--offline", action="store_true", default=None, help="never touch the network")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``segment`` and ``demo`` commands."""
+    segment = subparsers.add_parser("segment", help="segment one or more scans",
+                                    description="Segment scans with an nnU-Net v2 model; write soft maps, "
+                                                "masks and JSON sidecars.")
+    segment.add_argument("-i", "--input", nargs="+", required=True, help="scan(s): NIfTI, NRRD, ...")
+    segment.add_argument("-o", "--output", required=True, help="output folder")
+    segment.add_argument("--no-soft", action="store_true", help="write only binary masks")
+    segment.add_argument("--overlay", action="store_true", help="also write a PNG overlay per scan")
+    add_inference_arguments(segment)
+    segment.set_defaults(func=run_segment)
+
+    demo = subparsers.add_parser("demo", help="segment the bundled sample scan with the embedded model",
+                                 description="Segment the bundled sample scan; write soft maps, masks and a "
+                                             "PNG overlay.")
+    demo.add_argument("-o", "--output", default=DEMO_OUTPUT, help=f"output folder (default: ./{DEMO_OUTPUT})")
+    demo.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    demo.set_defaults(func=run_demo)
+
+
+def _confirm_on_terminal(message: str) -> bool:
+    import sys
+
+    if not sys.stdin.isatty():
+        return False
+    return input(f"{message} [y/N] ").strip().lower() in ("y", "yes")
+
+
+def _options(args: argparse.Namespace, orientation: Optional[str]):
+    from .engine import InferenceOptions
+
+    return InferenceOptions(
+        device=args.device, folds=args.folds, use_mirroring=args.tta, tile_step_size=args.step_size,
+        num_threads=args.threads, orientation=args.orientation or orientation, crop_margin_mm=args.crop_margin,
+    )
+
+
+def segment_files(
+    inputs: Sequence[str],
+    output_dir: Path,
+    engine,
+    thresholds: Optional[str] = None,
+    crop_mask: Optional[str] = None,
+    write_soft: bool = True,
+    overlay: bool = False,
+) -> List[str]:
+    """Segment each input with ``engine``; return the inputs that failed (errors are logged)."""
+    from tqdm import tqdm
+
+    from .engine import load_crop_mask
+    from .image_io import read_scan
+    from .outputs import binarize, source_name, write_outputs
+    from .overlay import save_overlay_png
+
+    levels = parse_thresholds(thresholds, engine.structures)
+    mask = load_crop_mask(crop_mask) if crop_mask else None
+    failed = []
+    with tqdm(total=len(inputs), unit="scan", desc="segmenting", leave=False) as bar:
+        for path in inputs:
+            try:
+                scan = read_scan(path)
+                prediction = engine.predict(
+                    scan, crop_mask=mask, name=str(path),
+                    progress=lambda fraction, message: bar.set_postfix_str(message, refresh=True),
+                )
+                written = write_outputs(prediction.soft_maps, source_name(path), output_dir, levels,
+                                        prediction.provenance, write_soft=write_soft)
+                if overlay:
+                    masks = {k: binarize(v, levels[k]) for k, v in prediction.soft_maps.items()}
+                    written["overlay"] = save_overlay_png(
+                        scan, masks, output_dir / f"{source_name(path)}_overlay.png", title=source_name(path))
+                for key, file in written.items():
+                    tqdm.write(f"{path}: {key} -> {file}")
+            except SpinalCordSegError as error:
+                logger.error("%s", error)
+                failed.append(str(path))
+            bar.update()
+    return failed
+
+
+def run_segment(args: argparse.Namespace) -> int:
+    from .engine import SegmentationEngine
+    from .model_store import resolve_model
+
+    resolved = resolve_model(args.model, trust=args.trust, offline=args.offline,
+                             confirm=(lambda message: True) if args.yes else _confirm_on_terminal)
+    engine = SegmentationEngine(resolved.folder, _options(args, resolved.orientation), model_id=resolved.model_id)
+    failed = segment_files(args.input, Path(args.output), engine, args.threshold, args.crop_mask,
+                           write_soft=not args.no_soft, overlay=args.overlay)
+    if failed:
+        logger.error("%d of %d scan(s) failed: %s", len(failed), len(args.input), ", ".join(failed))
+        return 1
+    return 0
+
+
+def demo_model_folder() -> "tuple[Path, Optional[str], Optional[str]]":
+    """(results folder, model id, orientation) of the demo model.
+
+    The embedded ``demo-sc-lesion`` model when it is shipped; otherwise a
+    generated model with random weights in the user cache, so that the whole
+    chain still runs end to end (its masks are meaningless).
+    """
+    from .model_store import resolve_model
+    from .paths import cache_dir
+    from .synthetic_model import make_synthetic_model
+
+    try:
+        resolved = resolve_model(DEMO_MODEL, offline=True)
+        return resolved.folder, resolved.model_id, resolved.orientation
+    except SpinalCordSegError as error:
+        logger.warning("embedded model %s not available (%s); using a generated model with random weights",
+                       DEMO_MODEL, error)
+    root = cache_dir() / "generated-demo-model"
+    folder = next(root.glob("*/*__*__3d_fullres"), None) if root.is_dir() else None
+    if folder is None:
+        folder = make_synthetic_model(root, region_based=True)
+    return folder, "generated-random-weights", None
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from .engine import InferenceOptions, SegmentationEngine
+    from .resources import sample_scan_path
+
+    folder, model_id, orientation = demo_model_folder()
+    engine = SegmentationEngine(folder, InferenceOptions(device=args.device, orientation=orientation),
+                                model_id=model_id)
+    output = Path(args.output).resolve()
+    failed = segment_files([str(sample_scan_path())], output, engine, overlay=True)
+    if failed:
+        return 1
+    print(f"SpinalCordSeg demo: soft maps, masks and a PNG overlay written to {output}")
+    return 0

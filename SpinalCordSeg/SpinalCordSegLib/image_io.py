@@ -1,0 +1,131 @@
+"""Read, check, reorient and write 3D scans with SimpleITK.
+
+Every scan that reaches the engine goes through :func:`read_scan` or
+:func:`check_scan`, so that 2D or 4D images, NaNs and constant images are
+refused with a message naming the file. Writes are atomic: a file appears
+under its final name only once it is complete.
+
+Example:
+    >>> from SpinalCordSegLib.image_io import read_scan, orientation_of
+    >>> scan = read_scan("sub-01_T2w.nii.gz")  # doctest: +SKIP
+    >>> orientation_of(scan)  # doctest: +SKIP
+    'PSR'
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputImageError, SpinalCordSegError
+
+PathLike = Union[str, Path]
+
+
+def orientation_of(image: sitk.Image) -> str:
+    """Three-letter orientation code of ``image`` (nibabel's and SimpleITK's convention).
+
+    Each letter is the direction the axis points to: ``RAS`` means x grows to
+    the right. The Spinal Cord Toolbox writes the opposite ("from") letters,
+    so SCT's ``RPI`` is ``LAS`` here.
+    """
+    return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection())
+
+
+def reorient(image: sitk.Image, orientation: str) -> sitk.Image:
+    """Return ``image`` permuted and flipped to ``orientation`` (no resampling)."""
+    if orientation_of(image) == orientation.upper():
+        return image
+    return sitk.DICOMOrient(image, orientation.upper())
+
+
+def check_scan(image: sitk.Image, name: str = "image") -> sitk.Image:
+    """Return ``image`` as a single-component 3D image, or raise InputImageError.
+
+    ``name`` (usually the file path) is used in the messages. A 4D image whose
+    last axis has length 1 is squeezed to 3D.
+    """
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputImageError(
+            f"{name}: has {image.GetNumberOfComponentsPerPixel()} components per voxel "
+            "(colour or vector image); a single-channel 3D scan is needed"
+        )
+    if image.GetDimension() == 4 and image.GetSize()[3] == 1:
+        image = image[:, :, :, 0]
+    if image.GetDimension() != 3:
+        detail = "a 4D series: split it into 3D volumes first" if image.GetDimension() == 4 else "not 3D"
+        raise InputImageError(f"{name}: image is {image.GetDimension()}D with size {image.GetSize()} ({detail})")
+    if min(image.GetSize()) < 2:
+        raise InputImageError(f"{name}: image of size {image.GetSize()} is a single slice, not a 3D volume")
+    array = sitk.GetArrayViewFromImage(image)
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        raise InputImageError(f"{name}: {bad} of {array.size} voxels are NaN or infinite")
+    if array.size and array.min() == array.max():
+        raise InputImageError(f"{name}: image is constant (every voxel is {array.flat[0]}); nothing to segment")
+    return image
+
+
+def read_scan(path: PathLike) -> sitk.Image:
+    """Read a scan with SimpleITK and check it (see :func:`check_scan`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputImageError(f"{path}: file not found")
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        first_line = str(error).strip().splitlines()[-1] if str(error).strip() else "unreadable"
+        raise InputImageError(f"{path}: cannot read image ({first_line})") from error
+    return check_scan(image, str(path))
+
+
+def write_image_atomic(image: sitk.Image, path: PathLike, compress: bool = True) -> Path:
+    """Write ``image`` to ``path`` through a temporary file in the same folder.
+
+    The temporary name keeps the extension so that SimpleITK picks the same
+    writer; it is removed if writing fails (disk full...).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes) or ".nii.gz"
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{suffix}", dir=path.parent)
+    os.close(handle)
+    try:
+        sitk.WriteImage(image, temporary, compress)
+        os.replace(temporary, path)
+    except (RuntimeError, OSError) as error:
+        Path(temporary).unlink(missing_ok=True)
+        raise SpinalCordSegError(f"{path}: cannot write image ({error})") from error
+    return path
+
+
+def write_text_atomic(text: str, path: PathLike) -> Path:
+    """Write ``text`` to ``path`` through a temporary file, fsync'd, then renamed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except OSError as error:
+        Path(temporary).unlink(missing_ok=True)
+        raise SpinalCordSegError(f"{path}: cannot write file ({error})") from error
+    return path
+
+
+def same_grid(a: sitk.Image, b: sitk.Image, tolerance: float = 1e-5) -> bool:
+    """True when two images share size, spacing, origin and direction."""
+    return (
+        a.GetSize() == b.GetSize()
+        and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=tolerance)
+        and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tolerance)
+        and np.allclose(a.GetDirection(), b.GetDirection(), atol=tolerance)
+    )
