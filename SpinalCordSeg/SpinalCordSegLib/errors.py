@@ -10,7 +10,7 @@ class SpinalCordSegError(Exception):
 
 
 class InputImageError(SpinalCordSegError):
-    """A scan cannot be segmented (not 3D, NaN, empty, unreadable...)."""
+    """A scan or mask cannot be used (not 3D, NaN, empty, unreadable, grids differ...)."""
 
 
 class ModelFolderError(SpinalCordSegError):
