@@ -23,6 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputImageError, SpinalCordSegError
+from .fileutil import disk_full_hint, write_text_atomically
 
 PathLike = Union[str, Path]
 
@@ -100,24 +101,18 @@ def write_image_atomic(image: sitk.Image, path: PathLike, compress: bool = True)
         os.replace(temporary, path)
     except (RuntimeError, OSError) as error:
         Path(temporary).unlink(missing_ok=True)
-        raise SpinalCordSegError(f"{path}: cannot write image ({error})") from error
+        hint = disk_full_hint(error) if isinstance(error, OSError) else ""
+        raise SpinalCordSegError(f"{path}: cannot write image{hint} ({error})") from error
     return path
 
 
 def write_text_atomic(text: str, path: PathLike) -> Path:
     """Write ``text`` to ``path`` through a temporary file, fsync'd, then renamed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
+        write_text_atomically(path, text)
     except OSError as error:
-        Path(temporary).unlink(missing_ok=True)
-        raise SpinalCordSegError(f"{path}: cannot write file ({error})") from error
+        raise SpinalCordSegError(f"{path}: cannot write file{disk_full_hint(error)} ({error})") from error
     return path
 
 

@@ -1,0 +1,70 @@
+"""``spinalcordseg segment`` and ``spinalcordseg demo`` end to end, in process."""
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from SpinalCordSegLib.cli import main
+from SpinalCordSegLib.cli_segment import parse_thresholds
+from SpinalCordSegLib.errors import SpinalCordSegError
+
+pytestmark = pytest.mark.slow
+
+
+def test_parse_thresholds():
+    assert parse_thresholds(None, ["sc", "lesion"]) == {"sc": 0.5, "lesion": 0.5}
+    assert parse_thresholds("0.3", ["sc", "lesion"]) == {"sc": 0.3, "lesion": 0.3}
+    assert parse_thresholds("sc=0.4,lesion=0.2", ["sc", "lesion"]) == {"sc": 0.4, "lesion": 0.2}
+    with pytest.raises(SpinalCordSegError, match="unknown structure 'csf'"):
+        parse_thresholds("csf=0.5", ["sc"])
+    with pytest.raises(SpinalCordSegError, match="between 0 and 1"):
+        parse_thresholds("sc=1.5", ["sc"])
+
+
+def test_segment_writes_maps_masks_and_sidecars(tiny_region_model, shared_data, tmp_path):
+    scans = [shared_data / "sct_testing_data/t2/t2.nii.gz", shared_data / "sct_testing_data/t2s/t2s.nii.gz"]
+    missing = tmp_path / "missing_T2w.nii.gz"
+    out = tmp_path / "out"
+    code = main(["segment", "-i", str(scans[0]), str(missing), str(scans[1]), "-m", str(tiny_region_model),
+                 "-o", str(out), "--device", "cpu", "--no-tta", "--threshold", "lesion=0.7", "--trust",
+                 "--overlay"])
+    assert code == 1  # one input failed; the others were still segmented
+    for source, scan in (("t2", scans[0]), ("t2s", scans[1])):
+        reference = sitk.ReadImage(str(scan))
+        for label in ("SC", "lesion"):
+            soft = sitk.ReadImage(str(out / f"{source}_label-{label}_probseg.nii.gz"))
+            mask = sitk.ReadImage(str(out / f"{source}_label-{label}_seg.nii.gz"))
+            for image in (soft, mask):
+                assert image.GetSize() == reference.GetSize()
+                assert np.allclose(image.GetOrigin(), reference.GetOrigin(), atol=1e-4)
+                assert np.allclose(image.GetDirection(), reference.GetDirection(), atol=1e-6)
+            threshold = 0.7 if label == "lesion" else 0.5
+            expected = sitk.GetArrayFromImage(soft) >= threshold
+            np.testing.assert_array_equal(sitk.GetArrayFromImage(mask).astype(bool), expected)
+            sidecar = json.loads((out / f"{source}_label-{label}_seg.json").read_text())
+            step = sidecar["GeneratedBy"][0]
+            assert step["Name"] == "SpinalCordSeg" and step["Thresholds"] == {"sc": 0.5, "lesion": 0.7}
+            assert len(step["ModelSha256"]["0"]) == 64 and step["Device"] == "cpu"
+        assert (out / f"{source}_overlay.png").stat().st_size > 1000
+    assert not list(out.glob("missing*")) and not list(out.glob(".*part*"))
+
+
+def test_segment_refuses_an_untrusted_folder(tiny_model, shared_data, tmp_path):
+    code = main(["segment", "-i", str(shared_data / "sct_testing_data/t2s/t2s.nii.gz"), "-m", str(tiny_model),
+                 "-o", str(tmp_path / "out"), "--device", "cpu"])
+    assert code == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "-o", str(out), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert str(out) in printed
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == [
+        "sample_T2w_label-SC_probseg.nii.gz", "sample_T2w_label-SC_seg.nii.gz",
+        "sample_T2w_label-lesion_probseg.nii.gz", "sample_T2w_label-lesion_seg.nii.gz",
+    ]
+    assert (out / "sample_T2w_overlay.png").is_file()
