@@ -61,7 +61,11 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", help="binarization threshold(s): 0.5, or sc=0.5,lesion=0.3")
     parser.add_argument("--orientation", help="orientation to predict in when the model records none "
                                               "(SimpleITK letters; SCT's RPI is LAS)")
-    parser.add_argument("--crop-mask", help="cord mask: predict only inside its bounding box plus a margin")
+    crop = parser.add_mutually_exclusive_group()
+    crop.add_argument("--crop-mask", help="cord mask: predict only inside its bounding box plus a margin")
+    crop.add_argument("--crop-with", metavar="CORD_MODEL",
+                      help="segment the cord with this model first and crop around it (default: the "
+                           "catalogue's cord model for models trained on cropped scans)")
     parser.add_argument("--crop-margin", type=float, default=20.0, help="crop margin in mm (default 20)")
     parser.add_argument("--trust", action="store_true",
                         help="trust this model's checkpoints (pickled code) and remember the decision")
@@ -106,6 +110,14 @@ def _options(args: argparse.Namespace, orientation: Optional[str]):
     )
 
 
+def cord_mask(engine, scan, name: str):
+    """Binary cord mask of ``scan`` from a cord model (its ``sc`` map, else its first map, at 0.5)."""
+    from .outputs import binarize
+
+    maps = engine.predict(scan, name=name).soft_maps
+    return binarize(maps.get("sc", next(iter(maps.values()))), 0.5)
+
+
 def segment_files(
     inputs: Sequence[str],
     output_dir: Path,
@@ -114,8 +126,13 @@ def segment_files(
     crop_mask: Optional[str] = None,
     write_soft: bool = True,
     overlay: bool = False,
+    crop_engine=None,
 ) -> List[str]:
-    """Segment each input with ``engine``; return the inputs that failed (errors are logged)."""
+    """Segment each input with ``engine``; return the inputs that failed (errors are logged).
+
+    The crop box comes from ``crop_mask`` (one file for every input) or from
+    ``crop_engine``, a cord model run on each input first.
+    """
     from tqdm import tqdm
 
     from .engine import load_crop_mask
@@ -130,6 +147,8 @@ def segment_files(
         for path in inputs:
             try:
                 scan = read_scan(path)
+                if crop_engine is not None:
+                    mask = cord_mask(crop_engine, scan, str(path))
                 prediction = engine.predict(
                     scan, crop_mask=mask, name=str(path),
                     progress=lambda fraction, message: bar.set_postfix_str(message, refresh=True),
@@ -153,11 +172,16 @@ def run_segment(args: argparse.Namespace) -> int:
     from .engine import SegmentationEngine
     from .model_store import resolve_model
 
-    resolved = resolve_model(args.model, trust=args.trust, offline=args.offline,
-                             confirm=(lambda message: True) if args.yes else _confirm_on_terminal)
+    confirm = (lambda message: True) if args.yes else _confirm_on_terminal
+    resolved = resolve_model(args.model, trust=args.trust, offline=args.offline, confirm=confirm)
     engine = SegmentationEngine(resolved.folder, _options(args, resolved.orientation), model_id=resolved.model_id)
+    crop_engine = None
+    crop_model = args.crop_with or (None if args.crop_mask else resolved.crop_with)
+    if crop_model:
+        cord = resolve_model(crop_model, trust=args.trust, offline=args.offline, confirm=confirm)
+        crop_engine = SegmentationEngine(cord.folder, _options(args, cord.orientation), model_id=cord.model_id)
     failed = segment_files(args.input, Path(args.output), engine, args.threshold, args.crop_mask,
-                           write_soft=not args.no_soft, overlay=args.overlay)
+                           write_soft=not args.no_soft, overlay=args.overlay, crop_engine=crop_engine)
     if failed:
         logger.error("%d of %d scan(s) failed: %s", len(failed), len(args.input), ", ".join(failed))
         return 1

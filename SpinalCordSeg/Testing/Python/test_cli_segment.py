@@ -68,3 +68,40 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
         "sample_T2w_label-lesion_probseg.nii.gz", "sample_T2w_label-lesion_seg.nii.gz",
     ]
     assert (out / "sample_T2w_overlay.png").is_file()
+
+
+
+class ManualCordModel:
+    """Test double of a cord model: returns the scan's manual cord mask as its soft map.
+
+    A cord model whose output is localised does not exist on this machine (the
+    generated models have random weights and mark half of any scan).
+    """
+
+    structures = ["sc"]
+
+    def __init__(self, mask_path):
+        self.mask = sitk.Cast(sitk.ReadImage(str(mask_path)), sitk.sitkFloat32)
+
+    def predict(self, image, name="image", **_):
+        from SpinalCordSegLib.engine import Prediction
+
+        return Prediction({"sc": self.mask}, {})
+
+
+def test_crop_with_a_first_cord_model(tiny_region_model, shared_data, tmp_path):
+    from SpinalCordSegLib.cli_segment import segment_files
+    from SpinalCordSegLib.engine import InferenceOptions, SegmentationEngine
+
+    scan = shared_data / "sct_testing_data/t2/t2.nii.gz"
+    manual = shared_data / "sct_testing_data/t2/t2_seg-manual.nii.gz"
+    engine = SegmentationEngine(tiny_region_model, InferenceOptions(device="cpu", use_mirroring=False,
+                                                                    crop_margin_mm=3.0))
+    failed = segment_files([str(scan)], tmp_path, engine, crop_engine=ManualCordModel(manual))
+    assert failed == []
+    cord = sitk.GetArrayFromImage(sitk.ReadImage(str(manual)))
+    soft = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "t2_label-SC_probseg.nii.gz")))
+    box = np.zeros(cord.shape, bool)
+    box[tuple(slice(max(0, int(i.min()) - 3), int(i.max()) + 4) for i in np.nonzero(cord))] = True
+    assert (~box).sum() > box.sum()  # the crop box is the smaller part of the scan
+    assert soft[~box].max() == 0.0 and soft[box].max() > 0.0
