@@ -28,6 +28,10 @@ from .image_io import write_image_atomic, write_text_atomic
 # Structure names of dataset.json -> BIDS label entities used by the field.
 BIDS_LABELS = {"sc": "SC", "spinalcord": "SC", "cord": "SC", "lesion": "lesion"}
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
+#: Display colours (RGB 0-255) by BIDS label: Slicer's terminology colours for the cord
+#: (DICOM master list) and lesions, shared by the Slicer scene and the PNG overlays.
+STRUCTURE_COLOURS = {"SC": (244, 214, 49), "lesion": (230, 41, 41)}
+_OTHER_COLOURS = [(62, 146, 204), (101, 189, 96), (170, 104, 204), (240, 140, 40)]
 
 
 def source_name(path: Union[str, Path]) -> str:
@@ -42,6 +46,12 @@ def source_name(path: Union[str, Path]) -> str:
 def bids_label(structure: str) -> str:
     """BIDS ``label-`` value of a structure: ``SC`` for the cord, ``lesion``..."""
     return BIDS_LABELS.get(structure.lower(), structure)
+
+
+def structure_colour(structure: str, index: int = 0) -> tuple:
+    """Display colour (RGB 0-1) of a structure; ``index`` picks one for unknown structures."""
+    rgb = STRUCTURE_COLOURS.get(bids_label(structure), _OTHER_COLOURS[index % len(_OTHER_COLOURS)])
+    return tuple(c / 255.0 for c in rgb)
 
 
 def output_name(source: str, structure: str, kind: str) -> str:

@@ -14,14 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .image_io import reorient
-
-# Colours of the field's viewers (cord red-ish, lesion yellow).
-COLOURS = {"sc": (0.9, 0.2, 0.2), "lesion": (1.0, 0.85, 0.0)}
-_OTHER_COLOURS = [(0.2, 0.6, 1.0), (0.3, 0.9, 0.3), (0.8, 0.3, 0.9)]
-
-
-def _colour(structure: str, index: int) -> tuple:
-    return COLOURS.get(structure.lower(), _OTHER_COLOURS[index % len(_OTHER_COLOURS)])
+from .outputs import structure_colour as _colour
 
 
 def save_overlay_png(

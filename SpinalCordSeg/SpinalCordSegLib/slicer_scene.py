@@ -42,7 +42,7 @@ import slicer
 from .correction import GRID_TOLERANCE, OutputPlan, SavedCorrection, save_correction
 from .errors import InputImageError, SpinalCordSegError
 from .image_io import same_grid
-from .outputs import bids_label, source_name
+from .outputs import bids_label, source_name, structure_colour
 from .panel_state import EditTracker, ThresholdState, volume_mm3
 
 MODULE_NAME = "SpinalCordSeg"
@@ -57,13 +57,12 @@ FALLBACK_COLOUR_ID = "vtkMRMLColorTableNodeIron"
 
 TERMINOLOGY_CONTEXT = "Segmentation category and type - DICOM master list"
 ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
-#: BIDS label -> (segment name, RGB 0-255, category code, type code); SNOMED CT codes
-#: as in Slicer's terminology lists (spinal cord colour from its DICOM master list).
+#: BIDS label -> (segment name, category code, type code); SNOMED CT codes as in
+#: Slicer's terminology lists (colours: outputs.STRUCTURE_COLOURS).
 TERMINOLOGY = {
-    "SC": ("Spinal cord", (244, 214, 49), "SCT^123037004^Anatomical Structure", "SCT^2748008^Spinal cord"),
-    "lesion": ("Lesion", (230, 41, 41), "SCT^49755003^Morphologically Altered Structure", "SCT^52988006^Lesion"),
+    "SC": ("Spinal cord", "SCT^123037004^Anatomical Structure", "SCT^2748008^Spinal cord"),
+    "lesion": ("Lesion", "SCT^49755003^Morphologically Altered Structure", "SCT^52988006^Lesion"),
 }
-_OTHER_COLOURS = [(62, 146, 204), (101, 189, 96), (170, 104, 204), (240, 140, 40)]
 
 
 # ------------------------------------------------------------------ volumes <-> SimpleITK
@@ -198,13 +197,13 @@ def ensure_segmentation_converters() -> None:
 
 def segment_look(structure: str, index: int = 0):
     """(segment name, RGB 0-1, terminology entry or None) of a structure."""
+    colour = structure_colour(structure, index)
     known = TERMINOLOGY.get(bids_label(structure))
     if known is None:
-        rgb = _OTHER_COLOURS[index % len(_OTHER_COLOURS)]
-        return structure, tuple(c / 255.0 for c in rgb), None
-    name, rgb, category, kind = known
+        return structure, colour, None
+    name, category, kind = known
     entry = f"{TERMINOLOGY_CONTEXT}~{category}~{kind}~^^~{ANATOMIC_CONTEXT}~^^~^^"
-    return name, tuple(c / 255.0 for c in rgb), entry
+    return name, colour, entry
 
 
 def create_segmentation(scene, reference_volume, structures: Sequence[str], name: str):
