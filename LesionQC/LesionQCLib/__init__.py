@@ -2,6 +2,14 @@
 
 Plain Python (no ``qt``, no ``ctk``): the LesionQC Slicer module and the
 ``lesionqc`` command line both use it.
+
+- ``scales``: rating scales (JSON): points with anchors, structures, flags.
+- ``session``: manifest -> blinded session folder (``session.json``) and its key.
+- ``rater_table``: one append-only, crash-safe CSV per rater.
+- ``review_state``: the rating panel's state (position, scores, what comes next).
+- ``analysis``: per-source scores, Wilcoxon signed-rank tests, Cohen's and Fleiss' kappa, plots.
+- ``cli``: the ``lesionqc`` command (make-session, status, analyze).
+- ``slicer_scene``: the only module importing ``slicer``: a case in the MRML scene.
 """
 
 __version__ = "0.1.0"

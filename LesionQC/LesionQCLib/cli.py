@@ -1,0 +1,143 @@
+"""The ``lesionqc`` command line: build blinded review sessions and analyse the ratings.
+
+Sub-commands:
+
+- ``make-session``: manifest (CSV or JSON) -> session folder and key.
+- ``status``: progress of every rater of a session.
+- ``analyze``: rater tables + key -> CSV tables and PNG plots.
+
+Example:
+    $ lesionqc make-session manifest.csv -o qc-session --seed 2025 --sample 40 --stratify-by contrast
+    $ lesionqc status qc-session
+    $ lesionqc analyze qc-session -o qc-results
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from . import __version__
+from .errors import LesionQCError
+
+
+def _label(text: str):
+    value, separator, name = text.partition("=")
+    if not separator or not value.strip().isdigit() or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected VALUE=NAME such as 1=cord, got {text!r}")
+    return int(value), name.strip()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser with every sub-command."""
+    parser = argparse.ArgumentParser(prog="lesionqc", description="Blinded Likert review of segmentations.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show debug messages")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    make = commands.add_parser("make-session", help="build a blinded session folder from a manifest")
+    make.add_argument("manifest", type=Path, help="CSV (case_id,image[,image2],seg:<source>...) or JSON manifest")
+    make.add_argument("-o", "--output", type=Path, required=True, help="session folder to create (new or empty)")
+    make.add_argument("--seed", type=int, help="random seed of sample, case order and item letters"
+                                               " (random and recorded in the key if omitted)")
+    make.add_argument("--sample", type=int, metavar="N", help="review N randomly chosen cases")
+    make.add_argument("--stratify-by", metavar="COLUMN", help="keep the proportions of this manifest column"
+                                                              " (for example contrast) in the sample")
+    make.add_argument("--scale", type=Path, help="scale JSON (default: 5-point Likert, 1 very poor ... 5 excellent)")
+    make.add_argument("--key", type=Path, help="where to write the key (default: SESSION/key.json); keep it away"
+                                               " from the raters")
+    make.add_argument("--label", type=_label, action="append", default=[], metavar="VALUE=NAME",
+                      help="name of a label value shown in Slicer, e.g. --label 1=cord --label 2=lesion")
+    make.set_defaults(func=_make_session)
+
+    status = commands.add_parser("status", help="show the progress of every rater")
+    status.add_argument("session", type=Path, help="session folder")
+    status.set_defaults(func=_status)
+
+    analyze = commands.add_parser("analyze", help="merge rater tables with the key; statistics and plots")
+    analyze.add_argument("session", type=Path, help="session folder")
+    analyze.add_argument("-o", "--output", type=Path, required=True, help="folder for the CSV tables and PNG plots")
+    analyze.add_argument("--key", type=Path, help="key file (default: SESSION/key.json)")
+    analyze.add_argument("--ratings", type=Path, nargs="+", metavar="CSV",
+                         help="rater tables (default: every SESSION/ratings/*.csv)")
+    analyze.add_argument("--zero-method", default="wilcox", choices=("wilcox", "pratt", "zsplit"),
+                         help="how the Wilcoxon test treats equal pairs (SciPy's zero_method; default wilcox)")
+    analyze.set_defaults(func=_analyze)
+    return parser
+
+
+def _make_session(args: argparse.Namespace) -> int:
+    from .scales import load_scale
+    from .session import make_session
+
+    scale = load_scale(args.scale) if args.scale else None
+    view = make_session(args.manifest, args.output, seed=args.seed, sample=args.sample,
+                        stratify_by=args.stratify_by, scale=scale, key_path=args.key,
+                        label_names=dict(args.label))
+    key = args.key.resolve() if args.key else view.folder / "key.json"
+    items = sum(len(case.items) for case in view.cases)
+    print(f"session {view.session_id}: {len(view.cases)} cases, {items} items, scale {view.scale.id}")
+    print(f"  rating folder: {view.folder}")
+    print(f"  key:           {key}  (do not share it with the raters)")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from .rater_table import load_rater_table
+    from .review_state import ReviewState
+    from .session import SessionView
+
+    view = SessionView.load(args.session)
+    tables = sorted(view.ratings_dir.glob("*.csv"))
+    print(f"session {view.session_id}: {len(view.cases)} cases, {len(tables)} rater table(s)")
+    for path in tables:
+        table = load_rater_table(path, view)
+        if table.rater is None:
+            print(f"  {path.stem}: no rating yet")
+            continue
+        state = ReviewState(view, table.rater)
+        note = f"; incomplete last line of {len(table.torn_tail)} bytes ignored" if table.torn_tail else ""
+        last = table.ratings[-1].submitted
+        print(f"  {table.rater}: {state.done_count} / {state.item_count} items done, last at {last}{note}")
+    return 0
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from .analysis import ALL_RATERS, analyze_session
+
+    result = analyze_session(args.session, args.output, key_path=args.key, table_paths=args.ratings,
+                             zero_method=args.zero_method)
+    overall = result.wilcoxon[result.wilcoxon["rater"] == ALL_RATERS]
+    for row in overall.itertuples():
+        print(f"{row.structure}: {row.source_a} {row.mean_a:.2f} vs {row.source_b} {row.mean_b:.2f},"
+              f" Wilcoxon p = {row.p_value:.4g} ({row.n_pairs} pairs)")
+    for row in result.agreement.itertuples():
+        print(f"{row.structure}: Fleiss' kappa {row.fleiss_kappa:.3f} ({row.n_raters} raters, {row.n_items} items)")
+    print(f"results written to {Path(args.output).resolve()}")
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run the command line; return the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s")
+    logging.getLogger("numexpr").setLevel(logging.WARNING)  # pandas' thread-count notice is noise here
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except LesionQCError as error:
+        print(f"lesionqc: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("lesionqc: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

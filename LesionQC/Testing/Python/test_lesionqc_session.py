@@ -1,0 +1,273 @@
+"""Scales, manifests and session folders: reproducible, blinded, and safe on bad input.
+
+Cases are the real T2w scan of SCT's test data with its manual cord mask and an
+eroded copy of that mask standing for a model's output.
+"""
+
+import csv
+import gzip
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from LesionQCLib.cli import main
+from LesionQCLib.errors import KeyMismatchError, ManifestError, ScaleError, ScoreError, SessionError
+from LesionQCLib.scales import Scale, default_scale, load_scale
+from LesionQCLib.session import SessionView, load_key, make_session
+
+# Distinctive source names, so that a leak into the rating view cannot hide.
+SOURCES = ("manualTruthQ7", "secretModelZ3")
+
+
+def write_manifest(folder, shared_data, count=6, contrasts=None, name="manifest.csv"):
+    """A CSV manifest of ``count`` cases of the real T2w scan, two sources each."""
+    image = shared_data / "sct_testing_data/t2/t2.nii.gz"
+    manual = shared_data / "sct_testing_data/t2/t2_seg-manual.nii.gz"
+    model = folder / "model_output.nii.gz"
+    if not model.exists():
+        sitk.WriteImage(sitk.BinaryErode(sitk.ReadImage(str(manual)), [1, 1, 1]), str(model))
+    contrasts = contrasts or ["T2w"] * count
+    path = folder / name
+    with open(path, "w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["case_id", "image", "contrast"] + [f"seg:{s}" for s in SOURCES])
+        for index, contrast in enumerate(contrasts):
+            writer.writerow([f"sub-{index:02d}", image, contrast, manual, model.name])
+    return path
+
+
+# --------------------------------------------------------------------------- scales
+
+
+def test_default_scale_has_five_anchored_points_structures_and_flags():
+    scale = default_scale()
+    assert scale.values == (1, 2, 3, 4, 5)
+    assert [p.anchor for p in scale.points] == ["very poor", "poor", "acceptable", "good", "excellent"]
+    assert all(p.description for p in scale.points)
+    assert scale.required_structure_ids == ("overall",)
+    assert set(scale.structure_ids) == {"overall", "cord", "lesion"}
+    assert scale.flag("image_unusable").excludes and scale.flag("image_unusable").scope == "case"
+    assert not scale.flag("image_artefact").excludes
+    assert scale.comment
+    assert Scale.from_dict(scale.to_dict()) == scale
+
+
+@pytest.mark.parametrize("change, problem", [
+    ({"points": [{"value": 2, "anchor": "b"}, {"value": 1, "anchor": "a"}]}, "increasing"),
+    ({"points": [{"value": 1, "anchor": ""}, {"value": 2, "anchor": "b"}]}, "anchor"),
+    ({"structures": [{"id": "overall", "required": False}]}, "required structure"),
+    ({"flags": [{"id": "x"}, {"id": "x"}]}, "duplicate flag"),
+    ({"id": "Likert 5"}, "'id'"),
+])
+def test_malformed_scales_are_refused_with_the_file_named(tmp_path, change, problem):
+    data = {**default_scale().to_dict(), **change}
+    path = tmp_path / "my_scale.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ScaleError, match=problem) as error:
+        load_scale(path)
+    assert "my_scale.json" in str(error.value)
+
+
+def test_scores_outside_the_scale_are_refused():
+    scale = default_scale()
+    assert scale.validate_score("4", "cord") == 4 and scale.validate_score(1, "overall") == 1
+    for bad in (0, 6, "4.5", True, None):
+        with pytest.raises(ScoreError):
+            scale.validate_score(bad, "overall")
+    with pytest.raises(ScoreError, match="structure"):
+        scale.validate_score(3, "brain")
+
+
+# --------------------------------------------------------------------------- building
+
+
+def test_session_is_reproducible_from_its_seed(tmp_path, shared_data):
+    manifest = write_manifest(tmp_path, shared_data, count=8)
+    first = make_session(manifest, tmp_path / "first", seed=11)
+    second = make_session(manifest, tmp_path / "second", seed=11)
+    other = make_session(manifest, tmp_path / "other", seed=12)
+
+    assert (tmp_path / "first/session.json").read_bytes() == (tmp_path / "second/session.json").read_bytes()
+    assert first.session_id == second.session_id != other.session_id
+    key_first = json.loads((tmp_path / "first/key.json").read_text())
+    key_second = json.loads((tmp_path / "second/key.json").read_text())
+    assert key_first["cases"] == key_second["cases"] and key_first["seed"] == 11
+    plan = [(c, key_first["cases"][c]["items"]) for c in (case.case_id for case in first.cases)]
+    key_other = json.loads((tmp_path / "other/key.json").read_text())
+    assert plan != [(c, key_other["cases"][c]["items"]) for c in (case.case_id for case in other.cases)]
+    # The order is a permutation of the manifest, and both letters occur with both sources.
+    assert sorted(c.case_id for c in first.cases) == [f"sub-{i:02d}" for i in range(8)]
+    assert {items["A"] for _, items in plan} == set(SOURCES)
+
+
+def test_the_rating_view_never_contains_a_source(tmp_path, shared_data):
+    manifest = write_manifest(tmp_path, shared_data)
+    view = make_session(manifest, tmp_path / "session", seed=3, key_path=tmp_path / "elsewhere" / "key.json")
+
+    files = sorted(p for p in (tmp_path / "session").rglob("*") if p.is_file())
+    assert files, "the session folder is empty"
+    assert not (tmp_path / "session" / "key.json").exists()
+    for path in files:
+        data = path.read_bytes()
+        if path.name.endswith(".gz"):
+            data = gzip.decompress(data)  # NIfTI headers: description fields, intent names
+        for source in SOURCES + ("model_output", "seg-manual"):
+            assert source.encode() not in data, (path, source)
+            assert source not in str(path.relative_to(tmp_path))
+    assert not any(source in repr(view) for source in SOURCES)
+    # The key, kept elsewhere, holds the sources and matches the view.
+    key = load_key(tmp_path / "elsewhere" / "key.json", view)
+    assert set(key.sources) == set(SOURCES)
+
+
+def test_items_are_the_sources_voxels_on_the_image_grid(tmp_path, shared_data):
+    manifest = write_manifest(tmp_path, shared_data, count=2)
+    view = make_session(manifest, tmp_path / "session", seed=5)
+    key = load_key(tmp_path / "session" / "key.json", view)
+    originals = {
+        SOURCES[0]: shared_data / "sct_testing_data/t2/t2_seg-manual.nii.gz",
+        SOURCES[1]: tmp_path / "model_output.nii.gz",
+    }
+    image = sitk.ReadImage(str(view.cases[0].image))
+    for case in view.cases:
+        for item in case.items:
+            written = sitk.ReadImage(str(item.path))
+            expected = sitk.GetArrayFromImage(sitk.ReadImage(str(originals[key.source(case.case_id, item.item_id)])))
+            assert written.GetPixelID() == sitk.sitkUInt8
+            assert written.GetSize() == image.GetSize()
+            assert np.allclose(written.GetDirection(), image.GetDirection())
+            assert np.array_equal(sitk.GetArrayFromImage(written), expected)
+    assert view.labels == {1: "segmentation"}
+
+
+def test_stratified_sampling_keeps_the_proportions(tmp_path, shared_data):
+    contrasts = ["T2w"] * 6 + ["T1w"] * 4
+    manifest = write_manifest(tmp_path, shared_data, contrasts=contrasts)
+    for count, expected in ((5, {"T2w": 3, "T1w": 2}), (4, {"T2w": 2, "T1w": 2}), (10, {"T2w": 6, "T1w": 4})):
+        folder = tmp_path / f"sample{count}"
+        view = make_session(manifest, folder, seed=1, sample=count, stratify_by="contrast")
+        key = load_key(folder / "key.json", view)
+        drawn = [key.metadata[case.case_id]["contrast"] for case in view.cases]
+        assert {c: drawn.count(c) for c in set(drawn)} == expected
+        assert len(set(case.case_id for case in view.cases)) == count
+
+
+def test_json_and_csv_manifests_give_the_same_session(tmp_path, shared_data):
+    csv_manifest = write_manifest(tmp_path, shared_data, count=3)
+    with open(csv_manifest) as stream:
+        rows = list(csv.DictReader(stream))
+    cases = [{"case_id": r["case_id"], "image": r["image"], "metadata": {"contrast": r["contrast"]},
+              "segmentations": [{"source": s, "path": r[f"seg:{s}"]} for s in SOURCES]} for r in rows]
+    json_manifest = tmp_path / "manifest.json"
+    json_manifest.write_text(json.dumps({"cases": cases}))
+    assert (make_session(csv_manifest, tmp_path / "a", seed=4).session_id
+            == make_session(json_manifest, tmp_path / "b", seed=4).session_id)
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _edit_manifest(path, edit):
+    with open(path) as stream:
+        rows = list(csv.reader(stream))
+    edit(rows)
+    with open(path, "w", newline="") as stream:
+        csv.writer(stream).writerows(rows)
+
+
+@pytest.mark.parametrize("edit, problem", [
+    (lambda rows: rows[2].__setitem__(3, "no_such_mask.nii.gz"), "missing files: .*no_such_mask"),
+    (lambda rows: rows[3].__setitem__(0, "sub-00"), "duplicate case ids: \\['sub-00'\\]"),
+    (lambda rows: rows[1].__setitem__(4, ""), "no segmentation for source"),
+    (lambda rows: rows[1].__setitem__(0, "sub 00/x"), "case id"),
+])
+def test_bad_manifests_raise_and_create_nothing(tmp_path, shared_data, edit, problem):
+    manifest = write_manifest(tmp_path, shared_data, count=4)
+    _edit_manifest(manifest, edit)
+    with pytest.raises(ManifestError, match=problem) as error:
+        make_session(manifest, tmp_path / "session", seed=1)
+    assert "manifest.csv" in str(error.value)
+    assert not (tmp_path / "session").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".session")]
+
+
+def test_a_segmentation_off_the_image_grid_is_refused(tmp_path, shared_data):
+    manifest = write_manifest(tmp_path, shared_data, count=2)
+    other = shared_data / "sct_testing_data/t1/t1w_seg-manual.nii.gz"
+    _edit_manifest(manifest, lambda rows: rows[2].__setitem__(4, str(other)))
+    with pytest.raises(ManifestError, match="not on the grid of its image"):
+        make_session(manifest, tmp_path / "session", seed=1)
+    assert not (tmp_path / "session").exists() and not (tmp_path / "session/key.json").exists()
+
+
+@pytest.mark.parametrize("options, error, problem", [
+    ({"sample": 7}, ManifestError, "cannot sample 7 cases"),
+    ({"sample": 2, "stratify_by": "scanner"}, ManifestError, "no value in column 'scanner'"),
+    ({"stratify_by": "contrast"}, SessionError, "needs a sample size"),
+])
+def test_impossible_samples_are_refused(tmp_path, shared_data, options, error, problem):
+    manifest = write_manifest(tmp_path, shared_data, count=4)
+    with pytest.raises(error, match=problem):
+        make_session(manifest, tmp_path / "session", seed=1, **options)
+    assert not (tmp_path / "session").exists()
+
+
+def test_an_existing_session_or_key_is_never_overwritten(tmp_path, shared_data):
+    manifest = write_manifest(tmp_path, shared_data, count=2)
+    make_session(manifest, tmp_path / "session", seed=1)
+    before = (tmp_path / "session/session.json").read_bytes()
+    with pytest.raises(SessionError, match="not empty; nothing was overwritten"):
+        make_session(manifest, tmp_path / "session", seed=2)
+    assert (tmp_path / "session/session.json").read_bytes() == before
+
+    key = tmp_path / "kept.key.json"
+    key.write_text("precious")
+    with pytest.raises(SessionError, match="key file already exists"):
+        make_session(manifest, tmp_path / "another", seed=2, key_path=key)
+    assert key.read_text() == "precious" and not (tmp_path / "another").exists()
+
+
+def test_a_key_that_does_not_match_its_session_is_refused(tmp_path, shared_data):
+    manifest = write_manifest(tmp_path, shared_data, count=3)
+    view = make_session(manifest, tmp_path / "session", seed=1)
+    make_session(manifest, tmp_path / "other", seed=2)
+    with pytest.raises(KeyMismatchError, match="key of session"):
+        load_key(tmp_path / "other/key.json", view)
+
+    key = json.loads((tmp_path / "session/key.json").read_text())
+    first = view.cases[0].case_id
+    key["cases"][first]["items"] = {"A": SOURCES[0], "C": SOURCES[1]}
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps(key))
+    with pytest.raises(KeyMismatchError, match=f"case '{first}': key items \\['A', 'C'\\]"):
+        load_key(edited, view)
+
+
+def test_a_session_file_that_was_tampered_with_is_refused(tmp_path, shared_data):
+    manifest = write_manifest(tmp_path, shared_data, count=2)
+    make_session(manifest, tmp_path / "session", seed=1)
+    data = json.loads((tmp_path / "session/session.json").read_text())
+    data["cases"][0]["items"][0]["path"] = "../../etc/passwd"
+    (tmp_path / "session/session.json").write_text(json.dumps(data))
+    with pytest.raises(SessionError, match="not inside the session folder"):
+        SessionView.load(tmp_path / "session")
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def test_cli_make_session_and_status(tmp_path, shared_data, capsys):
+    manifest = write_manifest(tmp_path, shared_data, contrasts=["T2w"] * 3 + ["T1w"] * 3)
+    code = main(["make-session", str(manifest), "-o", str(tmp_path / "qc"), "--seed", "9", "--sample", "4",
+                 "--stratify-by", "contrast", "--label", "1=cord"])
+    out = capsys.readouterr().out
+    view = SessionView.load(tmp_path / "qc")
+    assert code == 0 and view.session_id in out and "4 cases, 8 items" in out
+    assert view.labels == {1: "cord"}
+    assert main(["status", str(tmp_path / "qc")]) == 0
+    assert "0 rater table(s)" in capsys.readouterr().out
+
+    code = main(["make-session", str(tmp_path / "missing.csv"), "-o", str(tmp_path / "qc2")])
+    assert code == 1 and "lesionqc: error:" in capsys.readouterr().err and not (tmp_path / "qc2").exists()

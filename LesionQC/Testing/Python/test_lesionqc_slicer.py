@@ -1,0 +1,124 @@
+"""The Slicer side: the module file compiles; cases load into a real MRML scene (slicer-core).
+
+The case is SCT's T2w scan with a fake lesion; its cord and lesion masks make a
+two-label "manual" segmentation, and an eroded cord with the same lesion a
+second source.
+"""
+
+import py_compile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from LesionQCLib.errors import SessionError
+from LesionQCLib.session import load_key, make_session
+
+MODULE_FILE = Path(__file__).resolve().parents[2] / "LesionQC.py"
+SOURCES = ("manualRef", "modelOut")
+
+
+def test_the_module_file_compiles(tmp_path):
+    py_compile.compile(str(MODULE_FILE), cfile=str(tmp_path / "LesionQC.pyc"), doraise=True)
+    source = MODULE_FILE.read_text()
+    assert "qt.QShortcut" in source and "slicer.util.childWidgetVariables" in source
+
+
+@pytest.fixture
+def session(tmp_path, shared_data):
+    folder = shared_data / "sct_testing_data/t2"
+    cord = sitk.ReadImage(str(folder / "t2_fake_lesion_sc_seg.nii.gz"), sitk.sitkUInt8)
+    lesion = sitk.ReadImage(str(folder / "t2_fake_lesion_lesion_seg.nii.gz"), sitk.sitkUInt8)
+    for name, cord_mask in (("manual", cord), ("model", sitk.BinaryErode(cord, [2, 2, 0]))):
+        labels = sitk.Mask(cord_mask, sitk.Not(lesion)) + lesion * 2  # 1 cord, 2 lesion
+        sitk.WriteImage(labels, str(tmp_path / f"{name}.nii.gz"))
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(f"case_id,image,seg:{SOURCES[0]},seg:{SOURCES[1]}\n"
+                        f"sub-01,{folder / 't2_fake_lesion.nii.gz'},manual.nii.gz,model.nii.gz\n")
+    return make_session(manifest, tmp_path / "session", seed=4, label_names={1: "cord", 2: "lesion"})
+
+
+def _segments(node):
+    contents = node.GetSegmentation()
+    return [(contents.GetNthSegment(i).GetName(), contents.GetNthSegment(i).GetLabelValue(),
+             tuple(round(c, 6) for c in contents.GetNthSegment(i).GetColor()))
+            for i in range(contents.GetNumberOfSegments())]
+
+
+def _node_ids(scene):
+    return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+
+
+def _display(node):
+    display = node.GetDisplayNode()
+    return (display.GetOpacity2DFill(), display.GetOpacity2DOutline(), display.GetVisibility2DFill(),
+            display.GetVisibility2DOutline(), display.GetVisibility3D(), display.GetOpacity())
+
+
+def test_a_case_loads_with_every_item_displayed_alike(mrml_scene, session):
+    import slicer
+    import vtk
+
+    from LesionQCLib.slicer_scene import load_case, remove_case, show_in_slice_views, show_item
+
+    composite = mrml_scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
+    case = session.cases[0]
+    nodes = load_case(case, session.labels, mrml_scene)
+    loaded = _node_ids(mrml_scene) - {composite.GetID()}
+    assert len(loaded) == 7  # volume, its display and storage; two segmentations and their displays
+    assert nodes.volume.GetImageData().GetDimensions() == sitk.ReadImage(str(case.image)).GetSize()
+
+    items = nodes.segmentations
+    assert sorted(items) == ["A", "B"]
+    assert _segments(items["A"]) == _segments(items["B"])
+    assert [(name, value) for name, value, _ in _segments(items["A"])] == [("cord", 1), ("lesion", 2)]
+    assert _display(items["A"]) == _display(items["B"])
+    assert [items[i].GetDisplayNode().GetVisibility() for i in "AB"] == [0, 0]
+    for index in range(mrml_scene.GetNumberOfNodes()):
+        name = mrml_scene.GetNthNode(index).GetName() or ""
+        assert not any(source in name for source in SOURCES), name
+
+    # Each item holds its source's voxels: export it and compare with the original label map
+    # as Slicer reads it (Slicer's voxel order can differ from SimpleITK's for some orientations).
+    key = load_key(session.folder / "key.json", session)
+    for item_id, node in items.items():
+        ids = vtk.vtkStringArray()
+        for segment_index in range(node.GetSegmentation().GetNumberOfSegments()):
+            ids.InsertNextValue(node.GetSegmentation().GetNthSegmentID(segment_index))
+        exported = mrml_scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+        assert slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(node, ids, exported, nodes.volume)
+        source_file = "manual.nii.gz" if key.source(case.case_id, item_id) == SOURCES[0] else "model.nii.gz"
+        original = mrml_scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+        storage = mrml_scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+        storage.SetFileName(str(session.folder.parent / source_file))
+        assert storage.ReadData(original)
+        expected = slicer.util.arrayFromVolume(original)
+        assert set(np.unique(expected)) == {0, 1, 2}
+        assert np.array_equal(slicer.util.arrayFromVolume(exported), expected)
+        for helper in (exported, original, storage):
+            mrml_scene.RemoveNode(helper)
+
+    show_item(nodes, "B")
+    assert [items[i].GetDisplayNode().GetVisibility() for i in "AB"] == [0, 1]
+    show_item(nodes, "A")
+    assert [items[i].GetDisplayNode().GetVisibility() for i in "AB"] == [1, 0]
+    with pytest.raises(SessionError, match="no item 'C'"):
+        show_item(nodes, "C")
+
+    show_in_slice_views(mrml_scene, nodes)
+    assert composite.GetBackgroundVolumeID() == nodes.volume.GetID()
+    assert composite.GetLabelVolumeID() is None
+
+    remove_case(mrml_scene, nodes)
+    assert not loaded & _node_ids(mrml_scene)
+
+
+def test_a_missing_item_file_is_a_clear_error_and_leaves_no_node(mrml_scene, session):
+    from LesionQCLib.slicer_scene import load_case
+
+    case = session.cases[0]
+    case.items[1].path.unlink()
+    with pytest.raises(SessionError, match=f"{case.items[1].path.name}: cannot load"):
+        load_case(case, session.labels, mrml_scene)
+    assert mrml_scene.GetNumberOfNodes() == 0
