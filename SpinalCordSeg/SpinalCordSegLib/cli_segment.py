@@ -143,7 +143,7 @@ def segment_files(
     levels = parse_thresholds(thresholds, engine.structures)
     mask = load_crop_mask(crop_mask) if crop_mask else None
     failed = []
-    with tqdm(total=len(inputs), unit="scan", desc="segmenting", leave=False) as bar:
+    with tqdm(total=len(inputs), unit="scan", desc="segmenting", leave=False, disable=None) as bar:
         for path in inputs:
             try:
                 scan = read_scan(path)

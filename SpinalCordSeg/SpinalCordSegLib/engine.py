@@ -17,6 +17,8 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import pickle
 import zipfile
@@ -138,16 +140,18 @@ def _make_predictor(device: str, options: InferenceOptions):
                 self.progress(fraction, f"predicting tile {self._tiles_done}/{self._tiles_total}")
             return result
 
-    return ProgressPredictor(
-        tile_step_size=options.tile_step_size,
-        use_gaussian=True,
-        use_mirroring=options.use_mirroring,
-        perform_everything_on_device=device == "cuda",
-        device=torch.device(device),
-        verbose=False,
-        verbose_preprocessing=False,
-        allow_tqdm=False,
-    )
+    # nnU-Net prints a note about perform_everything_on_device for every CPU predictor; keep it off stdout.
+    with contextlib.redirect_stdout(io.StringIO()):
+        return ProgressPredictor(
+            tile_step_size=options.tile_step_size,
+            use_gaussian=True,
+            use_mirroring=options.use_mirroring,
+            perform_everything_on_device=device == "cuda",
+            device=torch.device(device),
+            verbose=False,
+            verbose_preprocessing=False,
+            allow_tqdm=False,
+        )
 
 
 class SegmentationEngine:
