@@ -66,6 +66,7 @@ from SpinalCordSegLib.slicer_scene import (
 
 RATER_SETTING = "SpinalCordSeg/Rater"
 OUTPUT_FOLDER_SETTING = "SpinalCordSeg/OutputFolder"
+WORKLIST_SETTING = "SpinalCordSeg/Worklist"
 EDITOR_EFFECTS = ["Paint", "Draw", "Erase", "Scissors", "Islands", "Smoothing", "Logical operators"]
 POLL_INTERVAL_MS = 200
 
@@ -133,6 +134,9 @@ class SpinalCordSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.outputFolderPathLineEdit.filters = ctk.ctkPathLineEdit.Dirs
         self.ui.outputFolderPathLineEdit.currentPath = qt.QSettings().value(OUTPUT_FOLDER_SETTING, "")
         self.ui.raterLineEdit.text = qt.QSettings().value(RATER_SETTING, "")
+        self.ui.worklistPathLineEdit.filters = ctk.ctkPathLineEdit.Files
+        self.ui.worklistPathLineEdit.nameFilters = ["Worklist (*.csv)"]
+        self.ui.worklistPathLineEdit.currentPath = qt.QSettings().value(WORKLIST_SETTING, "")
         self._mapButtons = qt.QButtonGroup(self.ui.thresholdsFrame)
         editor = self.ui.segmentEditorWidget
         editor.setEffectNameOrder(EDITOR_EFFECTS)
@@ -163,6 +167,8 @@ class SpinalCordSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.overlayOpacitySlider.connect("valueChanged(double)", self.onOpacityChanged)
         self.ui.outputFolderPathLineEdit.connect("currentPathChanged(QString)", self.onOutputFolderChanged)
         self.ui.saveButton.connect("clicked(bool)", self.onSaveButton)
+        self.ui.worklistPathLineEdit.connect("currentPathChanged(QString)", self.onWorklistChanged)
+        self.ui.nextCaseButton.connect("clicked(bool)", self.onNextCaseButton)
 
         self.updateDependencyStatus()
         self.initializeParameterNode()
@@ -249,6 +255,7 @@ class SpinalCordSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             running = self._run is not None
             hasResults = results.has_results
             self.ui.applyButton.enabled = params.input_volume is not None and not running
+            self.ui.nextCaseButton.enabled = bool(self.ui.worklistPathLineEdit.currentPath) and not running
             self.ui.cancelButton.enabled = running
             self.ui.resultsCollapsibleButton.enabled = hasResults
             self.ui.correctionCollapsibleButton.enabled = hasResults
@@ -576,6 +583,34 @@ class SpinalCordSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             changes = ", ".join(f"{s}: +{st.added}/-{st.removed} voxels, Dice {st.dice:.3f}"
                                 for s, st in saved.stats.items())
             self.ui.statusLabel.text = f"Saved {len(saved.files)} files to {plan.folder} ({changes}); log: {saved.log}"
+            worklist = self.ui.worklistPathLineEdit.currentPath
+            if worklist:
+                marked = self.logic.markCorrected(worklist, saved.log)
+                if marked:
+                    self.ui.worklistStatusLabel.text = f"{', '.join(marked)} marked corrected in {worklist}"
+
+    # -- worklist -------------------------------------------------------------------------------------
+
+    def onWorklistChanged(self, path: str) -> None:
+        qt.QSettings().setValue(WORKLIST_SETTING, path)
+        self.ui.worklistStatusLabel.text = ""
+        self.updateGUIFromParameterNode()
+
+    def onNextCaseButton(self) -> None:
+        results = self.logic.results
+        if results.has_results and results.tracker.edited and \
+                not self._confirm("Open the next case? Unsaved edits of the current case stay in the scene only."):
+            return
+        with slicer.util.tryWithErrorDisplay("Failed to open the next case.", waitCursor=True):
+            case = self.logic.openNextCase(self.ui.worklistPathLineEdit.currentPath, self.ui.raterLineEdit.text.strip(),
+                                           self.ui.overlayOpacitySlider.value)
+            if case is None:
+                self.ui.worklistStatusLabel.text = "No case is waiting for correction."
+                return
+            self.connectEditor()
+            self.rebuildStructureRows()
+            self.updateGUIFromParameterNode()
+            self.ui.worklistStatusLabel.text = f"Correcting {case.case} ({case.scan})"
 
 
 #
@@ -639,6 +674,25 @@ class SpinalCordSegLogic(ScriptedLoadableModuleLogic):
         softMaps = {s: sitk.ReadImage(path) for s, path in update.soft_maps.items()}
         return self.results.show(volumeNode, softMaps, update.provenance, opacity=opacity)
 
+    def openNextCase(self, worklistPath: str, rater: str, opacity: float = 0.5):
+        """Load the next case of a worklist (scan and saved predictions), marked in correction; None when done."""
+        from SpinalCordSegLib.worklist import Worklist
+
+        case = Worklist.load(worklistPath).open_next(rater)
+        if case is None:
+            return None
+        volume = slicer.util.loadVolume(str(case.scan))
+        self.results.params.input_volume = volume
+        self.results.show_case(volume, case, opacity)
+        return case
+
+    @staticmethod
+    def markCorrected(worklistPath: str, correctionLog) -> list:
+        """Mark the cases of the correction log corrected in the worklist; return those marked."""
+        from SpinalCordSegLib.worklist import Worklist
+
+        return Worklist.load(worklistPath).apply_correction_log(correctionLog)
+
     @staticmethod
     def installStep(step) -> bool:
         """Run one install step (panel_state.install_plan); True when Slicer must restart."""
@@ -688,8 +742,7 @@ class SpinalCordSegTest(ScriptedLoadableModuleTest):
 
         import numpy as np
 
-        from SpinalCordSegLib.cli_segment import DEMO_MODEL, demo_model_folder
-        from SpinalCordSegLib.model_store import ResolvedModel
+        from SpinalCordSegLib.cli_segment import DEMO_MODEL
         from SpinalCordSegLib.panel_state import PlannedJob
         from SpinalCordSegLib.resources import sample_scan_path
         from SpinalCordSegLib.slicer_scene import set_segment_mask
@@ -699,10 +752,9 @@ class SpinalCordSegTest(ScriptedLoadableModuleTest):
             self.skipTest(f"install {', '.join(missing)} first (Apply offers it)")
         self.delayDisplay("Loading the sample scan")
         volume = slicer.util.loadVolume(str(sample_scan_path()))
-        # The embedded demo model, or a generated one with random weights where it is not shipped yet.
-        folder, modelId, orientation = demo_model_folder()
-        model = ResolvedModel(folder, modelId, None, {}, "builtin", orientation, None)
         logic = SpinalCordSegLogic()
+        model = logic.resolveModel(DEMO_MODEL)  # embedded: pinned by its checksum, no download
+        modelId = model.model_id
         outputDir = tempfile.mkdtemp(prefix="SpinalCordSegTest-")
         try:
             self.delayDisplay(f"Segmenting with {modelId} in the worker")

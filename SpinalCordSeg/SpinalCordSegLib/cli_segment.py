@@ -110,14 +110,6 @@ def _options(args: argparse.Namespace, orientation: Optional[str]):
     )
 
 
-def cord_mask(engine, scan, name: str):
-    """Binary cord mask of ``scan`` from a cord model (its ``sc`` map, else its first map, at 0.5)."""
-    from .outputs import binarize
-
-    maps = engine.predict(scan, name=name).soft_maps
-    return binarize(maps.get("sc", next(iter(maps.values()))), 0.5)
-
-
 def segment_files(
     inputs: Sequence[str],
     output_dir: Path,
@@ -148,7 +140,7 @@ def segment_files(
             try:
                 scan = read_scan(path)
                 if crop_engine is not None:
-                    mask = cord_mask(crop_engine, scan, str(path))
+                    mask = crop_engine.cord_mask(scan, str(path))
                 prediction = engine.predict(
                     scan, crop_mask=mask, name=str(path),
                     progress=lambda fraction, message: bar.set_postfix_str(message, refresh=True),
@@ -168,7 +160,8 @@ def segment_files(
     return failed
 
 
-def run_segment(args: argparse.Namespace) -> int:
+def engines_from_arguments(args: argparse.Namespace):
+    """(engine, crop engine or None) for the inference arguments; may ask to install or trust a model."""
     from .engine import SegmentationEngine
     from .model_store import resolve_model
 
@@ -180,6 +173,11 @@ def run_segment(args: argparse.Namespace) -> int:
     if crop_model:
         cord = resolve_model(crop_model, trust=args.trust, offline=args.offline, confirm=confirm)
         crop_engine = SegmentationEngine(cord.folder, _options(args, cord.orientation), model_id=cord.model_id)
+    return engine, crop_engine
+
+
+def run_segment(args: argparse.Namespace) -> int:
+    engine, crop_engine = engines_from_arguments(args)
     failed = segment_files(args.input, Path(args.output), engine, args.threshold, args.crop_mask,
                            write_soft=not args.no_soft, overlay=args.overlay, crop_engine=crop_engine)
     if failed:
@@ -188,37 +186,15 @@ def run_segment(args: argparse.Namespace) -> int:
     return 0
 
 
-def demo_model_folder() -> "tuple[Path, Optional[str], Optional[str]]":
-    """(results folder, model id, orientation) of the demo model.
-
-    The embedded ``demo-sc-lesion`` model when it is shipped; otherwise a
-    generated model with random weights in the user cache, so that the whole
-    chain still runs end to end (its masks are meaningless).
-    """
-    from .model_store import resolve_model
-    from .paths import cache_dir
-    from .synthetic_model import make_synthetic_model
-
-    try:
-        resolved = resolve_model(DEMO_MODEL, offline=True)
-        return resolved.folder, resolved.model_id, resolved.orientation
-    except SpinalCordSegError as error:
-        logger.warning("embedded model %s not available (%s); using a generated model with random weights",
-                       DEMO_MODEL, error)
-    root = cache_dir() / "generated-demo-model"
-    folder = next(root.glob("*/*__*__3d_fullres"), None) if root.is_dir() else None
-    if folder is None:
-        folder = make_synthetic_model(root, region_based=True)
-    return folder, "generated-random-weights", None
-
-
 def run_demo(args: argparse.Namespace) -> int:
     from .engine import InferenceOptions, SegmentationEngine
     from .resources import sample_scan_path
 
-    folder, model_id, orientation = demo_model_folder()
-    engine = SegmentationEngine(folder, InferenceOptions(device=args.device, orientation=orientation),
-                                model_id=model_id)
+    from .model_store import resolve_model
+
+    model = resolve_model(DEMO_MODEL, offline=True)  # embedded and pinned: no download, no question
+    engine = SegmentationEngine(model.folder, InferenceOptions(device=args.device, orientation=model.orientation),
+                                model_id=model.model_id)
     output = Path(args.output).resolve()
     failed = segment_files([str(sample_scan_path())], output, engine, overlay=True)
     if failed:

@@ -33,7 +33,7 @@ from . import __version__
 from .errors import InputImageError, ModelFolderError
 from .image_io import check_scan, orientation_of, reorient, same_grid
 from .model_folder import ModelFolder
-from .outputs import now
+from .outputs import binarize, now
 
 logger = logging.getLogger(__name__)
 
@@ -286,6 +286,11 @@ class SegmentationEngine:
         for warning in warnings[len(self.warnings):]:
             logger.warning(warning)
         return Prediction(maps, self.provenance(), warnings)
+
+    def cord_mask(self, scan: sitk.Image, name: str = "") -> sitk.Image:
+        """Binary cord mask of ``scan`` (its ``sc`` map, else its first map, at 0.5), to crop another model's input."""
+        maps = self.predict(scan, name=name).soft_maps
+        return binarize(maps.get("sc", next(iter(maps.values()))), 0.5)
 
     def _predict_maps(self, image: sitk.Image, report: ProgressCallback) -> Dict[str, sitk.Image]:
         original_orientation = orientation_of(image)

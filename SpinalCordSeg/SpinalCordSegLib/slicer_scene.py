@@ -39,11 +39,12 @@ from vtk.util import numpy_support
 
 import slicer
 
-from .correction import GRID_TOLERANCE, OutputPlan, SavedCorrection, save_correction
+from .correction import GRID_TOLERANCE, OutputPlan, SavedCorrection, on_grid, save_correction
 from .errors import InputImageError, SpinalCordSegError
 from .image_io import same_grid
 from .outputs import bids_label, source_name, structure_colour
 from .panel_state import EditTracker, ThresholdState, volume_mm3
+from .worklist import WorklistCase
 
 MODULE_NAME = "SpinalCordSeg"
 # ITK (LPS) and Slicer (RAS) differ by the signs of x and y; the matrix is its own inverse.
@@ -499,6 +500,16 @@ class ResultScene:
             self._store_tracker()
             self.show_map(state.structures[-1], opacity)
         return state
+
+    def show_case(self, volume_node, case: WorklistCase, opacity: float = 0.5) -> ThresholdState:
+        """Show the saved predictions of a worklist case on its loaded scan, at their own thresholds.
+
+        The soft maps lie on the scan file's grid; Slicer may hold the scan
+        with flipped axes, so they are put on the volume node's grid first.
+        """
+        grid = image_from_volume(volume_node)
+        soft_maps = {s: on_grid(sitk.ReadImage(str(path)), grid, sitk.sitkLinear) for s, path in case.soft_maps.items()}
+        return self.show(volume_node, soft_maps, case.provenance(), case.thresholds(), opacity)
 
     @contextmanager
     def _batch(self) -> Iterator[None]:

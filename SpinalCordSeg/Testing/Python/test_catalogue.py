@@ -43,7 +43,8 @@ def test_shipped_entries_are_consistent(shipped):
             assert asset.sha256 is None or re.fullmatch(r"[0-9a-f]{64}", asset.sha256)
         if entry.crop_with is not None:
             assert shipped[entry.crop_with].task == "spinal cord segmentation"
-        assert entry.orientation == "RAS"  # SCT's LPI fallback, in SimpleITK letters
+        # SCT's LPI fallback in SimpleITK letters; the demo models are trained in LAS (SCT's RPI).
+        assert entry.orientation == ("LAS" if entry.builtin else "RAS")
 
 
 def test_ms_lesion_is_five_fold_zips_cropped_with_the_cord_model(shipped):
@@ -62,7 +63,7 @@ def test_unknown_id_lists_the_known_ones(shipped):
 
 def test_environment_variable_selects_another_catalogue(tmp_path, monkeypatch):
     data = json.loads((resources_dir() / "models.json").read_text())
-    data["models"] = data["models"][:1]
+    data["models"] = [m for m in data["models"] if m["id"] == "spinalcord"]
     (tmp_path / "site.json").write_text(json.dumps(data))
     monkeypatch.setenv(CATALOGUE_ENV, str(tmp_path / "site.json"))
     assert load_catalogue().ids == ["spinalcord"]
@@ -101,6 +102,7 @@ def _broken(base: dict, change) -> dict:
 ])
 def test_invalid_catalogue_names_the_file_and_problem(tmp_path, change, problem):
     base = json.loads((resources_dir() / "models.json").read_text())
+    base["models"] = [m for m in base["models"] if not m.get("builtin")]  # m[0]: a downloadable model
     path = tmp_path / "models.json"
     path.write_text(json.dumps(_broken(base, change)))
     with pytest.raises(CatalogueError) as error:

@@ -58,7 +58,7 @@ def test_segment_refuses_an_untrusted_folder(tiny_model, shared_data, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_demo_runs_end_to_end(tmp_path, capsys):
+def test_demo_runs_end_to_end(tmp_path, capsys, shared_data):
     out = tmp_path / "demo"
     assert main(["demo", "-o", str(out), "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
@@ -68,38 +68,30 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
         "sample_T2w_label-lesion_probseg.nii.gz", "sample_T2w_label-lesion_seg.nii.gz",
     ]
     assert (out / "sample_T2w_overlay.png").is_file()
+    # The bundled sample is SCT's t2_fake_lesion: the embedded model finds its cord and lesion.
+    from SpinalCordSegLib.correction import correction_stats
 
-
-
-class ManualCordModel:
-    """Test double of a cord model: returns the scan's manual cord mask as its soft map.
-
-    A cord model whose output is localised does not exist on this machine (the
-    generated models have random weights and mark half of any scan).
-    """
-
-    structures = ["sc"]
-
-    def __init__(self, mask_path):
-        self.mask = sitk.Cast(sitk.ReadImage(str(mask_path)), sitk.sitkFloat32)
-
-    def predict(self, image, name="image", **_):
-        from SpinalCordSegLib.engine import Prediction
-
-        return Prediction({"sc": self.mask}, {})
+    for structure, truth in (("SC", "sc_seg"), ("lesion", "lesion_seg")):
+        found = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"sample_T2w_label-{structure}_seg.nii.gz")))
+        expected = sitk.GetArrayFromImage(sitk.ReadImage(
+            str(shared_data / f"sct_testing_data/t2/t2_fake_lesion_{truth}.nii.gz")))
+        assert correction_stats(found, expected).dice >= 0.5, structure
 
 
 def test_crop_with_a_first_cord_model(tiny_region_model, shared_data, tmp_path):
+    """The embedded cord model finds the cord; the main model predicts only around it."""
     from SpinalCordSegLib.cli_segment import segment_files
     from SpinalCordSegLib.engine import InferenceOptions, SegmentationEngine
+    from SpinalCordSegLib.image_io import read_scan
+    from SpinalCordSegLib.model_store import resolve_model
 
-    scan = shared_data / "sct_testing_data/t2/t2.nii.gz"
-    manual = shared_data / "sct_testing_data/t2/t2_seg-manual.nii.gz"
-    engine = SegmentationEngine(tiny_region_model, InferenceOptions(device="cpu", use_mirroring=False,
-                                                                    crop_margin_mm=3.0))
-    failed = segment_files([str(scan)], tmp_path, engine, crop_engine=ManualCordModel(manual))
+    scan = shared_data / "sct_testing_data/t2/t2.nii.gz"  # 1 mm isotropic: the 3 mm margin is 3 voxels
+    options = InferenceOptions(device="cpu", use_mirroring=False, crop_margin_mm=3.0)
+    cord_model = SegmentationEngine(resolve_model("demo-sc", offline=True).folder, options)
+    engine = SegmentationEngine(tiny_region_model, options)
+    failed = segment_files([str(scan)], tmp_path, engine, crop_engine=cord_model)
     assert failed == []
-    cord = sitk.GetArrayFromImage(sitk.ReadImage(str(manual)))
+    cord = sitk.GetArrayFromImage(cord_model.predict(read_scan(scan)).soft_maps["sc"]) >= 0.5
     soft = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "t2_label-SC_probseg.nii.gz")))
     box = np.zeros(cord.shape, bool)
     box[tuple(slice(max(0, int(i.min()) - 3), int(i.max()) + 4) for i in np.nonzero(cord))] = True

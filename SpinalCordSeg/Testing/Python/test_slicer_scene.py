@@ -336,3 +336,32 @@ def test_a_new_run_reuses_the_case_nodes_and_another_scan_gets_its_own(mrml_scen
     assert results.params.result_volume is second
     assert results.soft_map_node("sc") is not sc_node and results.params.segmentation is not segmentation
     assert mrml_scene.GetNodeByID(sc_node.GetID()) is sc_node  # the first case stays in the scene
+
+
+def test_worklist_case_opens_on_the_scan_grid_and_its_save_marks_it_corrected(
+        mrml_scene, shared_data, tmp_path, tiny_region_model):
+    """The module's "Next case" and "Save correction" on a batch prediction of a PSR scan."""
+    from SpinalCordSegLib.cohort import find_scans, run_batch
+    from SpinalCordSegLib.worklist import Worklist
+
+    scan_path = copy_into_bids(shared_data, "sct_testing_data/t2/t2.nii.gz", tmp_path)
+    derivatives = tmp_path / "ds/derivatives/spinalcordseg"
+    engine = SegmentationEngine(tiny_region_model, InferenceOptions(device="cpu", use_mirroring=False))
+    run_batch(find_scans(tmp_path / "ds"), engine, derivatives, {"sc": 0.5, "lesion": 0.3})
+    worklist = Worklist.load(derivatives / "worklist.csv")
+    case = worklist.open_next(rater="jd")
+    assert case.scan == scan_path
+
+    scan_node = load_volume(mrml_scene, case.scan)
+    results = ResultScene(new_parameter_node(mrml_scene))
+    state = results.show_case(scan_node, case)
+    assert state.thresholds == {"sc": 0.5, "lesion": 0.3}
+    plan = plan_outputs(scan_path)
+    saved = results.save(plan, "jd")  # no edit: the saved masks are the batch's masks, on the file grid
+    for structure in ("sc", "lesion"):
+        expected = sitk.GetArrayFromImage(sitk.ReadImage(str(case.masks[structure])))
+        written = sitk.ReadImage(str(saved.files[f"{structure}_seg"]))
+        assert same_grid(written, sitk.ReadImage(str(scan_path)), tolerance=1e-4)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(written), expected)
+    assert worklist.apply_correction_log(saved.log) == [case.case]
+    assert worklist.table.loc[0, "sc_correction_dice"] == "1.000000"

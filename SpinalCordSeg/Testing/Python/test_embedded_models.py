@@ -1,0 +1,71 @@
+"""The embedded demo models: shipped, small, pinned, and segmenting real scans.
+
+Dice is measured here with the same code as the training script's report
+(``correction.correction_stats``), on the shared SCT scans, at threshold 0.5.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from SpinalCordSegLib.catalogue import load_catalogue
+from SpinalCordSegLib.correction import correction_stats
+from SpinalCordSegLib.engine import InferenceOptions, SegmentationEngine
+from SpinalCordSegLib.image_io import read_scan
+from SpinalCordSegLib.model_store import resolve_model
+from SpinalCordSegLib.resources import embedded_models_dir
+
+EMBEDDED = ("demo-sc", "demo-sc-lesion")
+SIZE_LIMIT = 20 * 1024 * 1024  # both models together
+HELD_OUT_CORD_DICE = 0.85  # demo-sc on t2/t2.nii.gz, which it never saw
+
+
+def _dice(soft: sitk.Image, truth_path) -> float:
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(truth_path))) > 0
+    return correction_stats(sitk.GetArrayFromImage(soft) >= 0.5, truth).dice
+
+
+@pytest.fixture(scope="module")
+def engines():
+    return {m: SegmentationEngine(resolve_model(m, offline=True).folder, InferenceOptions(device="cpu"), model_id=m)
+            for m in EMBEDDED}
+
+
+def test_both_models_are_built_in_pinned_and_small():
+    catalogue = load_catalogue()
+    total = sum(p.stat().st_size for p in embedded_models_dir().rglob("*") if p.is_file())
+    assert 0 < total <= SIZE_LIMIT
+    for model_id in EMBEDDED:
+        entry = catalogue.get(model_id)
+        assert entry.builtin and entry.checkpoint_sha256 and not entry.assets
+        resolved = resolve_model(model_id, offline=True)
+        assert resolved.trusted_because == "builtin" and resolved.orientation == "LAS"
+        for checkpoint in resolved.folder.glob("fold_*/checkpoint_final.pth"):
+            # Stripped to tensors and plain data: PyTorch's safe loader reads it (no code inside).
+            assert "network_weights" in torch.load(checkpoint, map_location="cpu", weights_only=True)
+
+
+def test_region_model_label_scheme():
+    folder = resolve_model("demo-sc-lesion", offline=True).folder
+    dataset = json.loads((folder / "dataset.json").read_text())
+    assert dataset["labels"] == {"background": 0, "sc": [1, 2], "lesion": 2}
+    assert dataset["regions_class_order"] == [1, 2]
+
+
+def test_demo_sc_segments_the_held_out_scan(engines, shared_data):
+    scans = shared_data / "sct_testing_data"
+    maps = engines["demo-sc"].predict(read_scan(scans / "t2/t2.nii.gz")).soft_maps
+    assert _dice(maps["sc"], scans / "t2/t2_seg-manual.nii.gz") >= HELD_OUT_CORD_DICE
+
+
+def test_demo_sc_lesion_finds_cord_and_lesion(engines, shared_data):
+    scans = shared_data / "sct_testing_data"
+    maps = engines["demo-sc-lesion"].predict(read_scan(scans / "t2/t2_fake_lesion.nii.gz")).soft_maps
+    assert _dice(maps["sc"], scans / "t2/t2_fake_lesion_sc_seg.nii.gz") >= 0.8
+    assert _dice(maps["lesion"], scans / "t2/t2_fake_lesion_lesion_seg.nii.gz") >= 0.5
+    # Region-based (the cord region includes the lesion): what is lesion is also cord.
+    lesion, cord = (sitk.GetArrayFromImage(maps[s]) >= 0.5 for s in ("lesion", "sc"))
+    assert lesion.any() and np.mean(cord[lesion]) > 0.99

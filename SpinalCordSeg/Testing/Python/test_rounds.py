@@ -1,0 +1,341 @@
+"""Active-learning rounds: batch over a BIDS cohort, worklist, ranking, export to nnU-Net."""
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+
+from SpinalCordSegLib.cohort import find_scans, in_shard, parse_shard, run_batch
+from SpinalCordSegLib.engine import InferenceOptions, SegmentationEngine
+from SpinalCordSegLib.errors import SpinalCordSegError
+from SpinalCordSegLib.nnunet_export import export_round, subject_splits, verify_dataset
+from SpinalCordSegLib.uncertainty import uncertainty
+from SpinalCordSegLib.worklist import Worklist
+
+pytestmark = pytest.mark.slow
+
+#: BIDS file -> shared scan (and its cord / lesion masks, used as "corrections").
+COHORT = {
+    "sub-01/ses-01/anat/sub-01_ses-01_T2w.nii.gz": ("t2/t2.nii.gz", "t2/t2_seg-manual.nii.gz", None),
+    "sub-01/ses-02/anat/sub-01_ses-02_T2w.nii.gz": ("t2s/t2s.nii.gz", "t2s/t2s_seg-deepseg.nii.gz", None),
+    "sub-02/anat/sub-02_T2w.nii.gz": ("t1/t1w.nii.gz", "t1/t1w_seg-manual.nii.gz", None),
+    "sub-03/anat/sub-03_T2w.nii.gz": ("mt/mt1.nii.gz", "mt/mt1_seg.nii.gz", None),
+    "sub-04/anat/sub-04_T2w.nii.gz": ("t2/t2_fake_lesion.nii.gz", "t2/t2_fake_lesion_sc_seg.nii.gz",
+                                      "t2/t2_fake_lesion_lesion_seg.nii.gz"),
+}
+OPTIONS = InferenceOptions(device="cpu", use_mirroring=False)
+
+
+def make_bids(shared_data, root):
+    for relative, (scan, _, _) in COHORT.items():
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shared_data / "sct_testing_data" / scan, root / relative)
+    (root / "dataset_description.json").write_text('{"Name": "test", "BIDSVersion": "1.9.0"}')
+    return root
+
+
+@pytest.fixture
+def bids(shared_data, tmp_path):
+    return make_bids(shared_data, tmp_path / "bids")
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_region_model):
+    return SegmentationEngine(tiny_region_model, OPTIONS)
+
+
+@pytest.fixture(scope="module")
+def predicted_template(shared_data, engine, tmp_path_factory):
+    """The cohort after one batch run (predicted once per module, copied for each test)."""
+    root = make_bids(shared_data, tmp_path_factory.mktemp("predicted") / "bids")
+    run_batch(find_scans(root), engine, root / "derivatives" / "spinalcordseg", {"sc": 0.5, "lesion": 0.5})
+    return root
+
+
+@pytest.fixture
+def predicted(predicted_template, tmp_path):
+    """A fresh copy of the predicted cohort; the worklist's relative paths follow it."""
+    return Path(shutil.copytree(predicted_template, tmp_path / "bids"))
+
+
+def test_discovery_reads_bids_entities(bids):
+    scans = find_scans(bids)
+    assert [s.relative for s in scans] == sorted(COHORT)
+    first = scans[0]
+    assert (first.subject, first.session, first.case) == ("01", "01", "sub-01_ses-01_T2w")
+    assert first.derivative_folder(bids / "derivatives" / "x") == bids / "derivatives/x/sub-01/ses-01/anat"
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 7])
+def test_shards_cover_every_case_exactly_once(n):
+    cases = [f"sub-{i:03d}/anat/sub-{i:03d}_T2w.nii.gz" for i in range(60)]
+    counts = {c: sum(in_shard(c, k, n) for k in range(1, n + 1)) for c in cases}
+    assert set(counts.values()) == {1}
+    if n > 1:
+        assert all(any(in_shard(c, k, n) for c in cases) for k in range(1, n + 1))
+
+
+def test_shard_argument():
+    assert parse_shard("3/10") == (3, 10) and parse_shard(None) == (1, 1)
+    for bad in ("0/3", "4/3", "x"):
+        with pytest.raises(SpinalCordSegError, match="K/N"):
+            parse_shard(bad)
+
+
+def test_batch_skips_done_scans_and_records_failures(bids, engine):
+    broken = bids / "sub-05/anat/sub-05_T2w.nii.gz"
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(b"not an image")
+    derivatives = bids / "derivatives" / "spinalcordseg"
+    thresholds = {"sc": 0.5, "lesion": 0.5}
+    first = run_batch(find_scans(bids), engine, derivatives, thresholds)
+    assert sorted(first.predicted) == sorted(COHORT) and list(first.failed) == ["sub-05/anat/sub-05_T2w.nii.gz"]
+    seg = derivatives / "sub-01/ses-02/anat/sub-01_ses-02_T2w_label-lesion_seg.nii.gz"
+    assert seg.is_file()
+    step = json.loads(seg.with_name("sub-01_ses-02_T2w_label-lesion_seg.json").read_text())["GeneratedBy"][0]
+    assert step["Input"] == "sub-01/ses-02/anat/sub-01_ses-02_T2w.nii.gz" and len(step["InputSha256"]) == 64
+    failures = pd.read_csv(derivatives / "failures.csv")
+    assert list(failures["scan"]) == ["sub-05/anat/sub-05_T2w.nii.gz"]
+
+    second = run_batch(find_scans(bids), engine, derivatives, thresholds)
+    assert second.predicted == [] and sorted(second.skipped) == sorted(COHORT)
+    # A changed scan is predicted again.
+    shutil.copy(bids / "sub-03/anat/sub-03_T2w.nii.gz", bids / "sub-02/anat/sub-02_T2w.nii.gz")
+    third = run_batch(find_scans(bids), engine, derivatives, thresholds)
+    assert third.predicted == ["sub-02/anat/sub-02_T2w.nii.gz"]
+
+    worklist = pd.read_csv(derivatives / "worklist.csv")
+    assert sorted(worklist["case"]) == sorted(p.split("/")[-1][:-7] for p in COHORT)
+    assert set(worklist["status"]) == {"predicted"}
+    for _, row in worklist.iterrows():
+        soft = sitk.ReadImage(str(derivatives / row["sc_probseg"]))
+        assert row["sc_entropy"] == pytest.approx(uncertainty(soft)[0], abs=1e-4)
+
+
+def test_interrupted_batch_finishes_only_the_remaining_cases(bids, tiny_region_model, engine):
+    derivatives = bids / "derivatives" / "spinalcordseg"
+    command = [sys.executable, "-m", "SpinalCordSegLib.cli", "batch", "-i", str(bids), "-o", str(derivatives),
+               "-m", str(tiny_region_model), "--device", "cpu", "--no-tta", "--trust"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        if len(list(derivatives.rglob("*_seg.nii.gz"))) >= 2:  # the first case's two masks are written
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = {p.relative_to(derivatives).parts[0] for p in derivatives.rglob("*_label-lesion_seg.nii.gz")}
+    assert 1 <= len(done) < len(COHORT), "the kill should land mid-cohort"
+
+    report = run_batch(find_scans(bids), engine, derivatives, {"sc": 0.5, "lesion": 0.5})
+    assert len(report.predicted) + len(report.skipped) == len(COHORT)
+    assert {p.split("/")[0] for p in report.skipped} <= done
+    assert len(report.skipped) >= 1 and len(report.predicted) >= 1
+
+
+def test_uncertainty_score():
+    spacing = (0.5, 0.5, 2.0)
+    unsure = sitk.GetImageFromArray(np.full((4, 5, 6), 0.5, np.float32))
+    unsure.SetSpacing(spacing)
+    assert uncertainty(unsure) == pytest.approx((1.0, 120 * 0.5))
+    confident = sitk.GetImageFromArray(np.where(np.arange(120).reshape(4, 5, 6) % 2, 0.99, 0.01).astype(np.float32))
+    assert uncertainty(confident) == (0.0, 0.0)
+    mixed = np.zeros((4, 5, 6), np.float32)
+    mixed[0, 0, :2] = [0.2, 0.8]
+    assert uncertainty(sitk.GetImageFromArray(mixed))[0] == pytest.approx(0.7219, abs=1e-4)
+
+
+def _worklist(tmp_path, entropies):
+    worklist = Worklist.load(tmp_path / "worklist.csv")
+    for index, entropy in enumerate(entropies):
+        outputs = {"sc": {"probseg": "p", "seg": "s", "entropy": entropy, "uncertain_mm3": 1.0}}
+        worklist.record_prediction(f"sub-{index:02d}_T2w", f"{index:02d}", "", f"sub-{index:02d}.nii.gz", outputs)
+    worklist.save()
+    return Worklist.load(tmp_path / "worklist.csv")
+
+
+def test_rank_mark_and_next(tmp_path):
+    entropies = [0.1, 0.9, 0.5, 0.7, 0.3, 0.8, 0.2, 0.6, 0.4, 0.05]
+    worklist = _worklist(tmp_path, entropies)
+    worklist.rank(random_fraction=0.0)
+    assert list(worklist.table["uncertainty"].astype(float)) == sorted(entropies, reverse=True)
+    worklist.rank(random_fraction=0.5, seed=3)
+    mixed = list(worklist.table["case"])
+    worklist.rank(random_fraction=0.5, seed=3)
+    assert list(worklist.table["case"]) == mixed  # seeded
+    by_uncertainty = list(worklist.table.sort_values("uncertainty", ascending=False)["case"])
+    assert mixed != by_uncertainty and sorted(mixed) == sorted(by_uncertainty)
+    assert mixed[0] == by_uncertainty[0]  # uncertainty picks first, random picks every second place
+
+    first = worklist.next_case()
+    assert first == mixed[0]
+    worklist.mark(first, "corrected", rater="jd")
+    assert worklist.next_case() == mixed[1]
+    with pytest.raises(SpinalCordSegError, match="needs a reason"):
+        worklist.mark(mixed[1], "excluded")
+    worklist.mark(mixed[1], "excluded", reason="motion")
+    reloaded = Worklist.load(tmp_path / "worklist.csv")
+    row = reloaded.table[reloaded.table["case"] == mixed[1]].iloc[0]
+    assert (row["status"], row["reason"]) == ("excluded", "motion")
+    with pytest.raises(SpinalCordSegError, match="unknown status"):
+        reloaded.mark(first, "done")
+
+
+def test_subject_splits_keep_sessions_together():
+    cases = {f"sub-{s}_ses-{v}": s for s in "ABCDEFG" for v in (1, 2)}
+    splits = subject_splits(cases, folds=3)
+    assert len(splits) == 3
+    assert sorted(c for split in splits for c in split["val"]) == sorted(cases)
+    for split in splits:
+        assert {cases[c] for c in split["val"]}.isdisjoint({cases[c] for c in split["train"]})
+
+
+def _correct(bids, shared_data, relative):
+    """Write the shared ground truth as the correction of a case in derivatives/labels."""
+    scan, cord, lesion = COHORT[relative]
+    folder = (bids / "derivatives" / "labels" / relative).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    case = relative.split("/")[-1][:-7]
+    shutil.copy(shared_data / "sct_testing_data" / cord, folder / f"{case}_label-SC_seg.nii.gz")
+    if lesion:
+        shutil.copy(shared_data / "sct_testing_data" / lesion, folder / f"{case}_label-lesion_seg.nii.gz")
+    return case
+
+
+def test_export_round_validates_with_nnunet(predicted, shared_data, tmp_path):
+    bids = predicted
+    derivatives = bids / "derivatives" / "spinalcordseg"
+    worklist = Worklist.load(derivatives / "worklist.csv")
+    corrected = [_correct(bids, shared_data, r) for r in sorted(COHORT)[:2] + ["sub-04/anat/sub-04_T2w.nii.gz"]]
+    for case in corrected:
+        worklist.mark(case, "corrected", rater="jd")
+    worklist.mark("sub-03_T2w", "approved", rater="jd")
+    with pytest.raises(SpinalCordSegError, match="no corrected cord mask"):
+        export_round(worklist, tmp_path / "raw" / "Dataset123_Round2")
+    assert not (tmp_path / "raw" / "Dataset123_Round2").exists() and not list((tmp_path / "raw").iterdir())
+
+    _correct(bids, shared_data, "sub-03/anat/sub-03_T2w.nii.gz")
+    folder = export_round(worklist, tmp_path / "raw" / "Dataset123_Round2", folds=2)
+    verify_dataset(folder)  # nnU-Net's own check, again, on the final folder
+    dataset = json.loads((folder / "dataset.json").read_text())
+    assert dataset["labels"] == {"background": 0, "sc": [1, 2], "lesion": 2} and dataset["numTraining"] == 4
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "labelsTr" / "sub-04_T2w.nii.gz")))
+    lesion = sitk.GetArrayFromImage(sitk.ReadImage(
+        str(shared_data / "sct_testing_data/t2/t2_fake_lesion_lesion_seg.nii.gz"))) > 0
+    assert (labels[lesion] == 2).all() and set(np.unique(labels)) == {0, 1, 2}
+    splits = json.loads((folder / "splits_final.json").read_text())
+    for split in splits:
+        sessions = [c for c in split["val"] if c.startswith("sub-01")]
+        assert sessions in ([], ["sub-01_ses-01_T2w", "sub-01_ses-02_T2w"])
+    with pytest.raises(SpinalCordSegError, match="already exists"):
+        export_round(worklist, folder)
+
+
+def test_round_commands(predicted, tmp_path, capsys):
+    from SpinalCordSegLib.cli import main
+
+    bids = predicted
+    derivatives = bids / "derivatives" / "spinalcordseg"
+    worklist = str(derivatives / "worklist.csv")
+    assert main(["round", "rank", "-w", worklist, "--random-fraction", "0"]) == 0
+    table = pd.read_csv(worklist)
+    assert list(table["rank"]) == [1, 2, 3, 4, 5]
+    assert list(table["uncertainty"]) == sorted(table["uncertainty"], reverse=True)
+    capsys.readouterr()
+    assert main(["round", "next", "-w", worklist]) == 0
+    assert capsys.readouterr().out.strip() == table["case"][0]
+    assert main(["round", "mark", "-w", worklist, table["case"][0], "approved", "--rater", "jd"]) == 0
+    assert pd.read_csv(worklist)["status"][0] == "approved"
+
+
+def test_open_next_case_and_save_correction_marks_it_corrected(predicted, shared_data):
+    """The Slicer module's flow, without Slicer: open the next case, save a correction, sync."""
+    from SpinalCordSegLib.correction import plan_outputs, save_correction
+    from SpinalCordSegLib.outputs import source_name
+
+    bids = predicted
+    derivatives = bids / "derivatives" / "spinalcordseg"
+    worklist = Worklist.load(derivatives / "worklist.csv")
+    worklist.rank(random_fraction=0.0)
+    worklist.save()
+    opened = worklist.open_next(rater="jd")
+    assert opened.case == worklist.table["case"][0] and opened.scan.is_file()
+    assert sorted(opened.soft_maps) == ["lesion", "sc"] and all(p.is_file() for p in opened.soft_maps.values())
+    assert Worklist.load(derivatives / "worklist.csv").table["status"][0] == "in correction"
+    assert worklist.next_case() == opened.case  # still the one to finish
+    assert worklist.case_of_scan(opened.scan) == opened.case
+    provenance = opened.provenance()
+    assert provenance["sc"]["InputSha256"] and opened.thresholds() == {"sc": 0.5, "lesion": 0.5}
+
+    # The rater replaces the automatic cord with the manual one: what the Slicer save writes.
+    relative = opened.scan.relative_to(bids).as_posix()
+    manual = sitk.ReadImage(str(shared_data / "sct_testing_data" / COHORT[relative][1]))
+    automatic = {s: sitk.ReadImage(str(p)) for s, p in opened.masks.items()}
+    manual.CopyInformation(automatic["sc"])
+    plan = plan_outputs(opened.scan)
+    saved = save_correction({"sc": manual}, automatic, provenance, opened.thresholds(), source_name(opened.scan),
+                            plan, rater="jd", scan_path=opened.scan)
+    assert worklist.apply_correction_log(saved.log) == [opened.case]
+    row = Worklist.load(derivatives / "worklist.csv").table.iloc[0]
+    assert (row["status"], row["rater"]) == ("corrected", "jd")
+    assert float(row["sc_correction_dice"]) == pytest.approx(saved.stats["sc"].dice, abs=1e-5)
+    assert worklist.next_case() != opened.case
+
+    # An approved case is not downgraded by a later sync; the CLI finds the dataset's log itself.
+    from SpinalCordSegLib.cli import main
+
+    worklist.mark(opened.case, "approved", rater="nr")
+    assert main(["round", "sync", "-w", str(derivatives / "worklist.csv")]) == 0
+    assert Worklist.load(derivatives / "worklist.csv").table["status"][0] == "approved"
+
+
+def test_worklist_paths_follow_the_cohort_when_it_moves(predicted, tmp_path):
+    bids = predicted
+    moved = tmp_path / "elsewhere"
+    shutil.move(str(bids), str(moved))
+    case = Worklist.load(moved / "derivatives/spinalcordseg/worklist.csv").case("sub-01_ses-01_T2w")
+    assert case.scan == moved / "sub-01/ses-01/anat/sub-01_ses-01_T2w.nii.gz" and case.scan.is_file()
+    assert case.masks["sc"].is_file()
+
+
+class OutOfMemoryOnce:
+    """Test double: the real engine, but the second scan fails as a GPU out of memory would.
+
+    A real out-of-memory error cannot be provoked reliably on this CPU machine.
+    """
+
+    def __init__(self, engine):
+        self.engine, self.calls = engine, 0
+        self.structures, self.checkpoint_sha256 = engine.structures, engine.checkpoint_sha256
+
+    def predict(self, image, **kwargs):
+        self.calls += 1
+        if self.calls == 2:
+            raise RuntimeError("CUDA out of memory")
+        return self.engine.predict(image, **kwargs)
+
+
+def test_batch_records_unexpected_errors_and_goes_on(bids, engine):
+    derivatives = bids / "derivatives" / "spinalcordseg"
+    scans = find_scans(bids)[:3]
+    report = run_batch(scans, OutOfMemoryOnce(engine), derivatives, {"sc": 0.5, "lesion": 0.5})
+    assert report.predicted == [scans[0].relative, scans[2].relative]
+    assert "RuntimeError: CUDA out of memory" in report.failed[scans[1].relative]
+    assert list(pd.read_csv(derivatives / "failures.csv")["scan"]) == [scans[1].relative]
+
+
+def test_batch_command_refuses_one_crop_mask_for_a_cohort(bids, tiny_region_model, capsys):
+    from SpinalCordSegLib.cli import main
+
+    code = main(["batch", "-i", str(bids), "-o", str(bids / "derivatives/x"), "-m", str(tiny_region_model),
+                 "--trust", "--crop-mask", str(bids / "sub-02/anat/sub-02_T2w.nii.gz")])
+    assert code != 0 and "--crop-with" in capsys.readouterr().err
+    assert not (bids / "derivatives/x").exists()
