@@ -1,7 +1,8 @@
-"""``spinalcordseg batch`` and ``spinalcordseg round rank|mark|next|sync|export``.
+"""``spinalcordseg batch`` and ``spinalcordseg round merge|rank|mark|next|sync|export``.
 
 Example:
     $ spinalcordseg batch -i /data/bids -m demo-sc-lesion -o /data/bids/derivatives/spinalcordseg --shard 3/10
+    $ spinalcordseg round merge -w /data/bids/derivatives/spinalcordseg/worklist.csv worklist-shard*.csv
     $ spinalcordseg round rank -w /data/bids/derivatives/spinalcordseg/worklist.csv --random-fraction 0.2
     $ spinalcordseg round mark -w worklist.csv sub-01_T2w corrected --rater jd
     $ spinalcordseg round sync -w worklist.csv   # cases saved in the Slicer module become corrected
@@ -29,7 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     batch.add_argument("-o", "--output", required=True, help="derivatives folder (e.g. BIDS/derivatives/spinalcordseg)")
     batch.add_argument("--include", default="sub-*_T2w.nii.gz", help="file name pattern (default: sub-*_T2w.nii.gz)")
     batch.add_argument("--shard", help="K/N: process only shard K of N (e.g. $SLURM_ARRAY_TASK_ID/10)")
-    batch.add_argument("--worklist", help="worklist CSV (default: OUTPUT/worklist.csv)")
+    batch.add_argument("--worklist", help="worklist CSV (default: OUTPUT/worklist.csv, or "
+                                          "OUTPUT/worklist-shardKofN.csv with --shard, for 'round merge')")
     add_inference_arguments(batch)
     batch.set_defaults(func=run_batch_command)
 
@@ -50,6 +52,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     following = actions.add_parser("next", help="print the next case to correct")
     following.add_argument("-w", "--worklist", required=True)
     following.set_defaults(func=run_next)
+    merge = actions.add_parser("merge", help="gather the worklists of a sharded batch into one")
+    merge.add_argument("-w", "--worklist", required=True, help="the round's worklist (created if absent)")
+    merge.add_argument("inputs", nargs="+", help="worklists to add (e.g. worklist-shard*.csv)")
+    merge.set_defaults(func=run_merge)
     sync = actions.add_parser("sync", help="mark the cases of a correction log corrected")
     sync.add_argument("-w", "--worklist", required=True)
     sync.add_argument("--log", help="correction log CSV (default: derivatives/labels/correction_log.csv "
@@ -74,8 +80,10 @@ def run_batch_command(args: argparse.Namespace) -> int:
     k, n = parse_shard(args.shard)
     scans = [s for s in find_scans(args.input, args.include) if in_shard(s.relative, k, n)]
     engine, crop_engine = engines_from_arguments(args)
+    # Shards run at the same time: each keeps its own worklist, merged afterwards.
+    worklist = args.worklist or (Path(args.output) / f"worklist-shard{k}of{n}.csv" if n > 1 else None)
     report = run_batch(scans, engine, Path(args.output), parse_thresholds(args.threshold, engine.structures),
-                       args.worklist, crop_engine=crop_engine)
+                       worklist, crop_engine=crop_engine)
     print(f"shard {k}/{n}: {len(scans)} scan(s); predicted {len(report.predicted)}, "
           f"already done {len(report.skipped)}, failed {len(report.failed)}")
     return 1 if report.failed else 0
@@ -100,6 +108,14 @@ def run_next(args: argparse.Namespace) -> int:
         print("no case waiting for correction")
         return 1
     print(case)
+    return 0
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    worklist = Worklist.load(args.worklist, create=True)
+    added = worklist.merge([Worklist.load(path) for path in args.inputs if Path(path) != Path(args.worklist)])
+    worklist.save()
+    print(f"{len(added)} case(s) added; {len(worklist.table)} in {args.worklist}")
     return 0
 
 

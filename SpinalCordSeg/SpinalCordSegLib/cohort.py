@@ -150,7 +150,7 @@ def run_batch(
 
     derivatives = Path(derivatives)
     derivatives.mkdir(parents=True, exist_ok=True)
-    worklist = Worklist.load(worklist_path or derivatives / WORKLIST_FILE)
+    worklist = Worklist.load(worklist_path or derivatives / WORKLIST_FILE, create=True)
     report = BatchReport()
     for scan in scans:
         try:

@@ -64,10 +64,12 @@ class Worklist:
         self.table = table
 
     @classmethod
-    def load(cls, path: Union[str, Path]) -> "Worklist":
-        """Read the worklist, or start an empty one when the file does not exist."""
+    def load(cls, path: Union[str, Path], create: bool = False) -> "Worklist":
+        """Read the worklist; with ``create``, start an empty one when the file does not exist."""
         path = Path(path)
         if not path.is_file():
+            if not create:
+                raise SpinalCordSegError(f"{path}: no worklist there ('spinalcordseg batch' writes one)")
             return cls(path, pd.DataFrame(columns=BASE_COLUMNS + TAIL_COLUMNS, dtype=object))
         try:
             # Everything as text, as written: ids like "01" must not become numbers.
@@ -232,6 +234,28 @@ class Worklist:
                 changed.append(entry["case"])
         self.save()
         return changed
+
+    def path_columns(self) -> List[str]:
+        """Columns holding paths (relative to the worklist's folder)."""
+        return ["scan"] + [c for c in self.table.columns if c.endswith(("_probseg", "_seg"))]
+
+    def merge(self, others: List["Worklist"]) -> List[str]:
+        """Add the cases of other worklists (e.g. one per shard) that this one lacks; return them.
+
+        Cases already here keep their row (status, rater, rank); paths are
+        rewritten relative to this worklist's folder.
+        """
+        added: List[str] = []
+        known = set(self.table["case"])
+        for other in others:
+            table = other.table.copy()
+            for column in other.path_columns():
+                table[column] = [self.relative(other.absolute(v)) if v else "" for v in table[column]]
+            new = table[~table["case"].isin(known)]
+            known.update(new["case"])
+            added += list(new["case"])
+            self.table = pd.concat([self.table, new], ignore_index=True).fillna("")
+        return added
 
     def cases(self, statuses=("corrected", "approved")) -> pd.DataFrame:
         """Rows whose status is one of ``statuses``."""

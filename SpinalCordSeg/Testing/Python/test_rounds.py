@@ -154,7 +154,7 @@ def test_uncertainty_score():
 
 
 def _worklist(tmp_path, entropies):
-    worklist = Worklist.load(tmp_path / "worklist.csv")
+    worklist = Worklist.load(tmp_path / "worklist.csv", create=True)
     for index, entropy in enumerate(entropies):
         outputs = {"sc": {"probseg": "p", "seg": "s", "entropy": entropy, "uncertain_mm3": 1.0}}
         worklist.record_prediction(f"sub-{index:02d}_T2w", f"{index:02d}", "", f"sub-{index:02d}.nii.gz", outputs)
@@ -339,3 +339,28 @@ def test_batch_command_refuses_one_crop_mask_for_a_cohort(bids, tiny_region_mode
                  "--trust", "--crop-mask", str(bids / "sub-02/anat/sub-02_T2w.nii.gz")])
     assert code != 0 and "--crop-with" in capsys.readouterr().err
     assert not (bids / "derivatives/x").exists()
+
+
+def test_sharded_batch_worklists_merge_into_one(predicted, tmp_path, capsys):
+    """Each shard keeps its own worklist (no two jobs write one file); merge gathers them."""
+    from SpinalCordSegLib.cli import main
+
+    derivatives = predicted / "derivatives" / "spinalcordseg"
+    whole = Worklist.load(derivatives / "worklist.csv")
+    shards = []
+    for k in (1, 2):
+        shard = Worklist.load(derivatives / f"worklist-shard{k}of2.csv", create=True)
+        shard.table = whole.table[[in_shard(s, k, 2) for s in whole.table["scan"]]].copy()
+        shard.save()
+        shards.append(str(shard.path))
+    merged = tmp_path / "round" / "worklist.csv"  # another folder: paths are rewritten
+    with pytest.raises(SpinalCordSegError, match="no worklist there"):
+        Worklist.load(merged)
+    assert main(["round", "merge", "-w", str(merged)] + shards) == 0
+    result = Worklist.load(merged)
+    assert sorted(result.table["case"]) == sorted(whole.table["case"])
+    assert all(result.case(c).scan.is_file() and result.case(c).soft_maps["sc"].is_file() for c in result.table["case"])
+    result.mark(result.table["case"][0], "approved", rater="jd")
+    assert main(["round", "merge", "-w", str(merged)] + shards) == 0  # again: nothing new, nothing lost
+    assert Worklist.load(merged).table["status"].tolist().count("approved") == 1
+    assert len(Worklist.load(merged).table) == len(whole.table)
