@@ -13,7 +13,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -29,6 +32,7 @@ from .outputs import output_name
 from .worklist import Worklist
 
 LABELS_PIPELINE = "labels"
+logger = logging.getLogger(__name__)
 
 
 def corrected_masks(scan: Path, case: str, structures: List[str]) -> Dict[str, Path]:
@@ -134,7 +138,12 @@ def verify_dataset(folder: Union[str, Path]) -> None:
     """nnU-Net's own integrity check of a raw dataset; its assertion becomes a clear error."""
     from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
 
+    printed = io.StringIO()  # nnU-Net prints its banner and findings: keep them for the error or the log
     try:
-        verify_dataset_integrity(str(folder), num_processes=1)
+        with contextlib.redirect_stdout(printed):
+            verify_dataset_integrity(str(folder), num_processes=1)
     except (AssertionError, RuntimeError) as error:
-        raise SpinalCordSegError(f"{folder}: nnU-Net's dataset integrity check failed: {error}") from error
+        detail = printed.getvalue().strip()
+        raise SpinalCordSegError(f"{folder}: nnU-Net's dataset integrity check failed: {error}"
+                                 + (f"\n{detail}" if detail else "")) from error
+    logger.debug("%s", printed.getvalue())

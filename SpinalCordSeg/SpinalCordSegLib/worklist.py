@@ -82,8 +82,10 @@ class Worklist:
         return cls(path, table)
 
     def save(self) -> Path:
-        """Write the table atomically."""
-        return write_text_atomic(self.table.to_csv(index=False), self.path)
+        """Write the table atomically, columns in the documented order."""
+        middle = [c for c in self.table.columns if c not in BASE_COLUMNS + TAIL_COLUMNS]
+        ordered = self.table.reindex(columns=BASE_COLUMNS + middle + TAIL_COLUMNS, fill_value="")
+        return write_text_atomic(ordered.to_csv(index=False), self.path)
 
     def relative(self, path: Union[str, Path]) -> str:
         """``path`` as written in the table: relative to the worklist's folder, with ``/``."""

@@ -225,6 +225,11 @@ def test_export_round_validates_with_nnunet(predicted, shared_data, tmp_path):
     _correct(bids, shared_data, "sub-03/anat/sub-03_T2w.nii.gz")
     folder = export_round(worklist, tmp_path / "raw" / "Dataset123_Round2", folds=2)
     verify_dataset(folder)  # nnU-Net's own check, again, on the final folder
+    broken = Path(shutil.copytree(folder, tmp_path / "raw" / "Dataset124_Broken"))
+    labels = sitk.ReadImage(str(broken / "labelsTr" / "sub-03_T2w.nii.gz"))
+    sitk.WriteImage(labels + 2, str(broken / "labelsTr" / "sub-03_T2w.nii.gz"))  # labels 2 and 3: 3 is unknown
+    with pytest.raises(SpinalCordSegError, match="Dataset124_Broken: nnU-Net's dataset integrity check failed"):
+        verify_dataset(broken)
     dataset = json.loads((folder / "dataset.json").read_text())
     assert dataset["labels"] == {"background": 0, "sc": [1, 2], "lesion": 2} and dataset["numTraining"] == 4
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "labelsTr" / "sub-04_T2w.nii.gz")))
