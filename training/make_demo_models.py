@@ -23,7 +23,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -225,8 +224,9 @@ def export_model(model_id: str, checkpoint_path: Path) -> Dict[str, str]:
     shutil.copy(source / "nnUNetPlans.json", target / "plans.json")
     shutil.copy(source / "dataset.json", target / "dataset.json")
     torch.save(stripped, target / "fold_all" / "checkpoint_final.pth")
-    digest = hashlib.sha256((target / "fold_all" / "checkpoint_final.pth").read_bytes()).hexdigest()
-    return {"all": digest}
+    from SpinalCordSegLib.model_folder import sha256_of_file
+
+    return {"all": sha256_of_file(target / "fold_all" / "checkpoint_final.pth")}
 
 
 def register_in_catalogue(model_id: str, checkpoint_sha256: Dict[str, str]) -> None:

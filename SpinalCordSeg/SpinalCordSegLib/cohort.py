@@ -147,7 +147,6 @@ def run_batch(
     ``crop_engine``, a cord model, runs first on each scan and the main model
     predicts only around its cord.
     """
-
     derivatives = Path(derivatives)
     derivatives.mkdir(parents=True, exist_ok=True)
     worklist = Worklist.load(worklist_path or derivatives / WORKLIST_FILE, create=True)
@@ -174,13 +173,13 @@ def run_batch(
             worklist.record_prediction(scan.case, scan.subject, scan.session, scan.path, outputs)
             worklist.save()
             report.predicted.append(scan.relative)
-        except SpinalCordSegError as error:
-            logger.error("%s", error)
-            _record_failure(derivatives, scan, str(error))
-            report.failed[scan.relative] = str(error)
         except Exception as error:  # one bad case (out of memory...) must not stop a cohort of hundreds
-            logger.exception("%s: unexpected error", scan.relative)
-            message = f"{scan.path}: {type(error).__name__}: {error}"
+            if isinstance(error, SpinalCordSegError):  # ours already names the file and the problem
+                message = str(error)
+                logger.error("%s", message)
+            else:
+                message = f"{scan.path}: {type(error).__name__}: {error}"
+                logger.exception("%s: unexpected error", scan.relative)
             _record_failure(derivatives, scan, message)
             report.failed[scan.relative] = message
     return report

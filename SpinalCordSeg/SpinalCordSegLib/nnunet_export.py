@@ -25,22 +25,19 @@ from typing import Dict, List, Union
 import numpy as np
 import SimpleITK as sitk
 
-from .correction import bids_location
+from .correction import GRID_TOLERANCE, plan_outputs
 from .errors import SpinalCordSegError
 from .image_io import read_scan, same_grid, write_image_atomic
 from .outputs import output_name
 from .worklist import Worklist
 
-LABELS_PIPELINE = "labels"
 logger = logging.getLogger(__name__)
 
 
 def corrected_masks(scan: Path, case: str, structures: List[str]) -> Dict[str, Path]:
-    """Paths of a case's corrected masks in its dataset's ``derivatives/labels`` (missing ones left out)."""
-    location = bids_location(scan)
-    if location is None:
-        raise SpinalCordSegError(f"{scan}: not in a BIDS dataset; its corrected masks cannot be found")
-    found = {s: location.folder(LABELS_PIPELINE) / output_name(case, s, "seg") for s in structures}
+    """Paths of a case's corrected masks where the Slicer module saves them (missing ones left out)."""
+    folder = plan_outputs(scan).folder
+    found = {s: folder / output_name(case, s, "seg") for s in structures}
     return {s: p for s, p in found.items() if p.is_file()}
 
 
@@ -69,7 +66,7 @@ def export_round(
     """Write the raw dataset of the round's corrected and approved cases; return its folder.
 
     Corrected masks are read from ``derivatives/labels`` of the scans' BIDS
-    dataset, where the Slicer module saves them (``correction.plan_outputs``).
+    dataset, where the Slicer module saves them (:func:`correction.plan_outputs`).
     """
     output = Path(output)
     if output.exists():
@@ -93,7 +90,7 @@ def export_round(
             if "sc" not in masks:
                 raise SpinalCordSegError(
                     f"case {case}: marked {row['status']} but no corrected cord mask "
-                    f"{output_name(case, 'sc', 'seg')} in {bids_location(scan_path).folder(LABELS_PIPELINE)}")
+                    f"{output_name(case, 'sc', 'seg')} in {plan_outputs(scan_path).folder}")
             scan = read_scan(scan_path)
             labels = _label_map(scan, masks, case)
             write_image_atomic(scan, staging / "imagesTr" / f"{case}_0000.nii.gz")
@@ -123,7 +120,7 @@ def _label_map(scan: sitk.Image, masks: Dict[str, Path], case: str) -> sitk.Imag
     arrays = {}
     for structure, path in masks.items():
         mask = sitk.ReadImage(str(path))
-        if not same_grid(mask, scan, tolerance=1e-3):
+        if not same_grid(mask, scan, tolerance=GRID_TOLERANCE):
             raise SpinalCordSegError(f"{path}: not on the grid of case {case}'s scan")
         arrays[structure] = sitk.GetArrayFromImage(mask) > 0
     labels = arrays["sc"].astype(np.uint8)

@@ -200,14 +200,6 @@ class Worklist:
         self.mark(case, "in correction", rater=rater)
         return self.case(case)
 
-    def case_of_scan(self, scan: Union[str, Path]) -> Optional[str]:
-        """The case whose scan is the file ``scan``, or None."""
-        wanted = Path(os.path.normpath(Path(scan).absolute()))
-        for _, row in self.table.iterrows():
-            if self.absolute(row["scan"]) == wanted:
-                return str(row["case"])
-        return None
-
     def apply_correction_log(self, log: Union[str, Path]) -> List[str]:
         """Mark the cases of a correction log (``correction.LOG_COLUMNS``) corrected; save; return them.
 
