@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "cli_models",
     "cli_measure",
     "cli_rounds",
+    "cli_drift",
 )
 
 
