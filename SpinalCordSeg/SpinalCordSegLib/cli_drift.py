@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import logging
 from pathlib import Path
 from typing import List, Tuple
 
@@ -28,7 +27,6 @@ from .cli_segment import add_inference_arguments, parse_thresholds
 from .drift import DEFAULT_VERT, LEVELS_SUFFIX, TRUTH_SUFFIX
 from .errors import SpinalCordSegError
 
-logger = logging.getLogger(__name__)
 PREDICTIONS = "predictions"
 
 
@@ -129,6 +127,8 @@ def run_drift(args: argparse.Namespace) -> int:
     from .drift import DriftSettings, ModelPredictions, analyse_drift, write_drift
     from .model_folder import sha256_of_file
 
+    if args.crop_mask:
+        raise SpinalCordSegError("--crop-mask gives one mask for every scan; in drift use --crop-with CORD_MODEL")
     k, n = parse_shard(args.shard)
     scans = find_scans(args.input, args.include)
     if not scans:

@@ -30,7 +30,6 @@ Example:
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import re
@@ -49,8 +48,6 @@ if TYPE_CHECKING:  # pandas is imported where it is used (Slicer import rule)
     import pandas as pd
 
     from .cohort import Scan
-
-logger = logging.getLogger(__name__)
 
 DRIFT_FILES = ("drift.csv", "summary.csv", "scaling.csv", "csa_per_contrast.png", "contrast_std.png",
                "scaling.png", "report.md")
@@ -301,7 +298,8 @@ def check_tolerances(summary: "pd.DataFrame", max_std_increase: Optional[float] 
     """Why the non-reference models drift beyond the tolerances (empty: no drift).
 
     With any tolerance set, a model that measures fewer scans than the
-    reference (no cord found, nothing in the range) drifts too.
+    reference (no cord found, nothing in the range) drifts too, and so does
+    one whose measure of that tolerance cannot be computed.
     """
     if max_std_increase is None and max_scaling_deviation is None:
         return []
@@ -311,6 +309,11 @@ def check_tolerances(summary: "pd.DataFrame", max_std_increase: Optional[float] 
         if row["n_measured"] < reference["n_measured"]:
             problems.append(f"{row['model']}: measured {row['n_measured']} scan(s), the reference "
                             f"{reference['n_measured']}")
+        for tolerance, column, what in ((max_std_increase, "std_increase_mm2", "no participant with two measured "
+                                          "contrasts in both models"),
+                                         (max_scaling_deviation, "scaling_deviation", "no slice measured by both")):
+            if tolerance is not None and math.isnan(row[column]):  # a gate that cannot judge must not pass
+                problems.append(f"{row['model']}: {column} cannot be computed ({what})")
         if max_std_increase is not None and row["std_increase_mm2"] > max_std_increase:
             problems.append(f"{row['model']}: across-contrast CSA SD up by {row['std_increase_mm2']:.3f} mm2 "
                             f"(tolerance {max_std_increase:g} mm2)")
@@ -461,8 +464,8 @@ def report_markdown(result: DriftResult, tolerances: Dict[str, Optional[float]])
         "## Settings", "",
         f"- CSA from the {'binary masks' if settings.binary else 'soft maps'}"
         f"{', angle-corrected' if settings.angle_correction else ', not angle-corrected'}"
-        f" (threshold {settings.threshold:g}); averaged over {_range_label(result)}.",
-        f"- Levels C{settings.vert[0]}-C{settings.vert[1]} where a level image `<case>{settings.levels_suffix}.nii.gz` "
+        f" (threshold {settings.threshold:g}); ranges averaged (per scan): {_range_label(result)}.",
+        f"- Vertebral levels {settings.vert[0]}-{settings.vert[1]} (2 = C2) where a level image `<case>{settings.levels_suffix}.nii.gz` "
         f"exists in `{settings.labels}`; manual masks `<case>{settings.truth_suffix}.nii.gz` there give Dice, "
         "ASD and RVE.",
         f"- Tolerances: {tolerance_text or 'none'}.", "",

@@ -12,8 +12,6 @@ with NumPy/SciPy, independently of the project's morphometrics.
 """
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -309,3 +307,28 @@ def test_overlap_metrics_of_empty_masks():
     full = empty + 1
     metrics = overlap_metrics(empty, full)
     assert metrics["dice"] == 0.0 and np.isnan(metrics["asd_mm"]) and metrics["rve_percent"] == -100.0
+
+
+def test_a_model_that_loses_the_cord_drifts(tmp_path):
+    """Synthetic cylinders: model 'new' finds no cord in one scan; the gate must not pass it."""
+    from SpinalCordSegLib.cohort import Scan
+    from SpinalCordSegLib.drift import DriftSettings, ModelPredictions, analyse_drift, check_tolerances
+
+    k, j, i = np.indices((10, 20, 20))
+    cylinder = ((j - 10) ** 2 + (i - 10) ** 2 <= 16).astype(np.float32)
+    scans = [Scan(tmp_path / f"sub-01_{c}.nii.gz", f"sub-01/anat/sub-01_{c}.nii.gz", "01", "") for c in ("T1w", "T2w")]
+    models = [ModelPredictions(name, tmp_path / name, "sc") for name in ("old", "new")]
+    for model in models:
+        for scan in scans:
+            data = cylinder * (0.0 if (model.name, scan.case) == ("new", "sub-01_T2w") else 1.0)
+            for path in model.files(scan):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                sitk.WriteImage(sitk.GetImageFromArray(data), str(path))
+    result = analyse_drift(scans, models, DriftSettings(binary=True), max_std_increase=100.0)
+    drift = result.drift.set_index(["model", "contrast"])
+    assert drift.loc[("new", "T2w"), "note"] == "no cord found" and np.isnan(drift.loc[("new", "T2w"), "csa_mean_mm2"])
+    assert drift.loc[("old", "T2w"), "csa_mean_mm2"] == pytest.approx(cylinder[0].sum())
+    assert result.violations == ["new: measured 1 scan(s), the reference 2",
+                                 "new: std_increase_mm2 cannot be computed (no participant with two measured "
+                                 "contrasts in both models)"]
+    assert check_tolerances(result.summary) == []  # no tolerance, no verdict
