@@ -15,7 +15,7 @@ import SimpleITK as sitk
 from LesionQCLib.cli import main
 from LesionQCLib.errors import KeyMismatchError, ManifestError, ScaleError, ScoreError, SessionError
 from LesionQCLib.scales import Scale, default_scale, load_scale
-from LesionQCLib.session import SessionView, load_key, make_session
+from LesionQCLib.session import SessionView, default_key_path, load_key, make_session
 
 # Distinctive source names, so that a leak into the rating view cannot hide.
 SOURCES = ("manualTruthQ7", "secretModelZ3")
@@ -89,17 +89,23 @@ def test_session_is_reproducible_from_its_seed(tmp_path, shared_data):
     second = make_session(manifest, tmp_path / "second", seed=11)
     other = make_session(manifest, tmp_path / "other", seed=12)
 
-    assert (tmp_path / "first/session.json").read_bytes() == (tmp_path / "second/session.json").read_bytes()
-    assert first.session_id == second.session_id != other.session_id
-    key_first = json.loads((tmp_path / "first/key.json").read_text())
-    key_second = json.loads((tmp_path / "second/key.json").read_text())
+    # Same sample, order, letters and files; the id is random (it must not depend on the key).
+    assert _without_id(tmp_path / "first") == _without_id(tmp_path / "second")
+    assert len({first.session_id, second.session_id, other.session_id}) == 3
+    key_first = json.loads(default_key_path(tmp_path / "first").read_text())
+    key_second = json.loads(default_key_path(tmp_path / "second").read_text())
     assert key_first["cases"] == key_second["cases"] and key_first["seed"] == 11
     plan = [(c, key_first["cases"][c]["items"]) for c in (case.case_id for case in first.cases)]
-    key_other = json.loads((tmp_path / "other/key.json").read_text())
+    key_other = json.loads(default_key_path(tmp_path / "other").read_text())
     assert plan != [(c, key_other["cases"][c]["items"]) for c in (case.case_id for case in other.cases)]
     # The order is a permutation of the manifest, and both letters occur with both sources.
     assert sorted(c.case_id for c in first.cases) == [f"sub-{i:02d}" for i in range(8)]
     assert {items["A"] for _, items in plan} == set(SOURCES)
+
+
+def _without_id(folder):
+    data = json.loads((folder / "session.json").read_text())
+    return {k: v for k, v in data.items() if k != "session_id"}
 
 
 def test_the_rating_view_never_contains_a_source(tmp_path, shared_data):
@@ -125,7 +131,7 @@ def test_the_rating_view_never_contains_a_source(tmp_path, shared_data):
 def test_items_are_the_sources_voxels_on_the_image_grid(tmp_path, shared_data):
     manifest = write_manifest(tmp_path, shared_data, count=2)
     view = make_session(manifest, tmp_path / "session", seed=5)
-    key = load_key(tmp_path / "session" / "key.json", view)
+    key = load_key(default_key_path(tmp_path / "session"), view)
     originals = {
         SOURCES[0]: shared_data / "sct_testing_data/t2/t2_seg-manual.nii.gz",
         SOURCES[1]: tmp_path / "model_output.nii.gz",
@@ -148,7 +154,7 @@ def test_stratified_sampling_keeps_the_proportions(tmp_path, shared_data):
     for count, expected in ((5, {"T2w": 3, "T1w": 2}), (4, {"T2w": 2, "T1w": 2}), (10, {"T2w": 6, "T1w": 4})):
         folder = tmp_path / f"sample{count}"
         view = make_session(manifest, folder, seed=1, sample=count, stratify_by="contrast")
-        key = load_key(folder / "key.json", view)
+        key = load_key(default_key_path(folder), view)
         drawn = [key.metadata[case.case_id]["contrast"] for case in view.cases]
         assert {c: drawn.count(c) for c in set(drawn)} == expected
         assert len(set(case.case_id for case in view.cases)) == count
@@ -162,8 +168,11 @@ def test_json_and_csv_manifests_give_the_same_session(tmp_path, shared_data):
               "segmentations": [{"source": s, "path": r[f"seg:{s}"]} for s in SOURCES]} for r in rows]
     json_manifest = tmp_path / "manifest.json"
     json_manifest.write_text(json.dumps({"cases": cases}))
-    assert (make_session(csv_manifest, tmp_path / "a", seed=4).session_id
-            == make_session(json_manifest, tmp_path / "b", seed=4).session_id)
+    make_session(csv_manifest, tmp_path / "a", seed=4)
+    make_session(json_manifest, tmp_path / "b", seed=4)
+    assert _without_id(tmp_path / "a") == _without_id(tmp_path / "b")
+    assert json.loads(default_key_path(tmp_path / "a").read_text())["cases"] == json.loads(
+        default_key_path(tmp_path / "b").read_text())["cases"]
 
 
 # --------------------------------------------------------------------------- bad input
@@ -199,7 +208,7 @@ def test_a_segmentation_off_the_image_grid_is_refused(tmp_path, shared_data):
     _edit_manifest(manifest, lambda rows: rows[2].__setitem__(4, str(other)))
     with pytest.raises(ManifestError, match="not on the grid of its image"):
         make_session(manifest, tmp_path / "session", seed=1)
-    assert not (tmp_path / "session").exists() and not (tmp_path / "session/key.json").exists()
+    assert not (tmp_path / "session").exists() and not default_key_path(tmp_path / "session").exists()
 
 
 @pytest.mark.parametrize("options, error, problem", [
@@ -234,9 +243,9 @@ def test_a_key_that_does_not_match_its_session_is_refused(tmp_path, shared_data)
     view = make_session(manifest, tmp_path / "session", seed=1)
     make_session(manifest, tmp_path / "other", seed=2)
     with pytest.raises(KeyMismatchError, match="key of session"):
-        load_key(tmp_path / "other/key.json", view)
+        load_key(default_key_path(tmp_path / "other"), view)
 
-    key = json.loads((tmp_path / "session/key.json").read_text())
+    key = json.loads(default_key_path(tmp_path / "session").read_text())
     first = view.cases[0].case_id
     key["cases"][first]["items"] = {"A": SOURCES[0], "C": SOURCES[1]}
     edited = tmp_path / "edited.json"
