@@ -450,7 +450,7 @@ def plot_agreement(kappas: pd.DataFrame, intra: pd.DataFrame, out_dir: Path) -> 
     structures = list(kappas["structure"].unique())
     raters = sorted(set(kappas["rater_a"]) | set(kappas["rater_b"]))
     size = 1.0 + 0.7 * len(raters)
-    figure, axes = plt.subplots(1, len(structures), figsize=(size * len(structures) + 1.2, size + 0.6),
+    figure, axes = plt.subplots(1, len(structures), figsize=(size * len(structures) + 1.6, size + 0.9),
                                 squeeze=False)
     for axis, structure in zip(axes[0], structures):
         matrix = np.full((len(raters), len(raters)), np.nan)
@@ -472,7 +472,7 @@ def plot_agreement(kappas: pd.DataFrame, intra: pd.DataFrame, out_dir: Path) -> 
         axis.set_yticks(range(len(raters)), raters, fontsize=8)
         axis.set_title(structure, fontsize=9)
     figure.colorbar(image, ax=list(axes[0]), shrink=0.8, label="Cohen's kappa, linear weights")
-    figure.suptitle("Agreement between raters (diagonal: the rater with itself on repeats)", fontsize=9)
+    figure.suptitle("Agreement between raters\n(diagonal: each rater with itself on repeated cases)", fontsize=9)
     return _save(figure, out_dir / "agreement_heatmap.png")
 
 

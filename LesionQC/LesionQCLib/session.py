@@ -534,10 +534,13 @@ def _showings(count: int, repeat_fraction: float, rng: np.random.Generator) -> L
     repeats = int(round(repeat_fraction * count))
     if repeat_fraction > 0 and repeats == 0:
         repeats = 1
-    gap = max(1, count // 4)
+    gap = max(1, count // 4)  # first showings at least between a case and its repeat
+    # Cases early enough to leave the gap before the end come first; the others only when needed.
+    candidates = list(range(max(1, count - gap)))
+    pool = candidates if repeats <= len(candidates) else list(range(count))
     slots: Dict[int, List[int]] = {}  # first showings' position -> repeats shown just before it
-    for index in sorted(rng.choice(count, size=repeats, replace=False)):
-        slot = int(rng.integers(min(index + gap, count), count + 1))
+    for index in sorted(rng.choice(pool, size=repeats, replace=False)):
+        slot = int(rng.integers(min(index + 1 + gap, count), count + 1))
         slots.setdefault(slot, []).append(int(index))
     order: List[Tuple[int, int]] = []
     for position in range(count + 1):
