@@ -127,7 +127,9 @@ def merge_ratings(session: SessionView, key: SessionKey, tables: Sequence[RaterT
     ]
     frame = pd.DataFrame(rows, columns=RATING_COLUMNS)
     frame["score"] = frame["score"].astype("Int64")
-    return frame.sort_values(["rater", "case", "showing", "item", "structure"], ignore_index=True)
+    order = {s: i for i, s in enumerate(session.scale.structure_ids)}  # tables and plots in the scale's order
+    return frame.sort_values(["structure", "rater", "case", "showing", "item"], ignore_index=True,
+                             key=lambda c: c.map(order) if c.name == "structure" else c)
 
 
 def usable_scores(ratings: pd.DataFrame) -> pd.DataFrame:
@@ -398,7 +400,8 @@ def _violin_groups(axis, groups, sources: List[str], scale: Scale, tests: pd.Dat
     axis.set_ylim(low - 0.6, high + 0.5 + 0.3 * lines)
     axis.set_xlim(-0.6, len(groups) - 0.4)
     handles = [axis.scatter([], [], color=c, label=s) for c, s in zip(colours, sources)]
-    axis.legend(handles=handles, fontsize=7, title="source", title_fontsize=7, loc="lower right")
+    axis.legend(handles=handles, fontsize=7, title="source", title_fontsize=7, loc="upper left",
+                bbox_to_anchor=(1.0, 1.0))  # outside: points reach every corner
 
 
 def _save(figure, path: Path) -> Path:
@@ -470,6 +473,7 @@ def plot_agreement(kappas: pd.DataFrame, intra: pd.DataFrame, out_dir: Path) -> 
                 axis.text(j, i, f"{text}\nn={counts[i, j]}", ha="center", va="center", fontsize=7)
         axis.set_xticks(range(len(raters)), raters, fontsize=8)
         axis.set_yticks(range(len(raters)), raters, fontsize=8)
+        axis.tick_params(labelleft=axis is axes[0][0])  # names once, at the left
         axis.set_title(structure, fontsize=9)
     figure.colorbar(image, ax=list(axes[0]), shrink=0.8, label="Cohen's kappa, linear weights")
     figure.suptitle("Agreement between raters\n(diagonal: each rater with itself on repeated cases)", fontsize=9)

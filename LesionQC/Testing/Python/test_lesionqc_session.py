@@ -376,3 +376,16 @@ def test_repeats_are_shown_later_and_look_like_first_showings(tmp_path, shared_d
     assert len(again.cases) == 10
     with pytest.raises(SessionError, match="repeat fraction 1.5"):
         make_session(manifest, tmp_path / "bad", seed=6, repeat_fraction=1.5)
+
+
+def test_what_the_slicer_module_loads_imports_no_heavy_library():
+    """LesionQC.py imports review_state, session (and rater_table): numpy, SimpleITK and the stdlib only."""
+    import subprocess
+    import sys
+
+    heavy = ("pandas", "scipy", "sklearn", "statsmodels", "pingouin", "krippendorff", "matplotlib", "yaml",
+             "torch", "SpinalCordSegLib")
+    code = ("import sys; import LesionQCLib.review_state, LesionQCLib.session, LesionQCLib.rater_table; "
+            f"print([m for m in {heavy!r} if m in sys.modules])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
