@@ -343,9 +343,9 @@ def stratified(scores: pd.DataFrame, column: str, zero_method: str = "wilcox") -
     for value, group in scores.groupby(column, sort=True):
         summaries.append(summarize(group).assign(**{column: value}))
         tests.append(wilcoxon_tests(group, zero_method).assign(**{column: value}))
-    first = lambda frame: frame[[column] + [c for c in frame.columns if c != column]]  # noqa: E731
-    return {f"summary_by_{column}": first(pd.concat(summaries, ignore_index=True)),
-            f"wilcoxon_by_{column}": first(pd.concat(tests, ignore_index=True))}
+    tables = {f"summary_by_{column}": pd.concat(summaries, ignore_index=True),
+              f"wilcoxon_by_{column}": pd.concat(tests, ignore_index=True)}
+    return {name: frame[[column] + [c for c in frame.columns if c != column]] for name, frame in tables.items()}
 
 
 # --------------------------------------------------------------------------- plots and files

@@ -35,7 +35,7 @@ import pandas as pd
 from .analysis import merge_ratings, usable_scores
 from .errors import LesionQCError
 from .rater_table import RaterTable
-from .session import ManifestCase, SessionKey, SessionView, _check_cases, _sha256, build_session
+from .session import ManifestCase, SessionKey, SessionView, build_session, check_cases
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def worklist_cases(worklist_path: PathLike) -> Tuple[List[ManifestCase], List[st
     elif with_labels:
         cases = [ManifestCase(c.case_id, c.image, c.image2, {}, c.metadata, c.where,
                               {**c.label_masks, MANUAL_SOURCE: corrected[c.case_id]}) for c in cases]
-    _check_cases(worklist.path, cases)
+    check_cases(worklist.path, cases)
     return cases, structures
 
 
@@ -105,8 +105,7 @@ def session_from_worklist(worklist_path: PathLike, session_dir: PathLike, **opti
     worklist_path = Path(worklist_path)
     cases, structures = worklist_cases(worklist_path)
     options.setdefault("label_names", {value: name for value, name in enumerate(structures, start=1)})
-    origin = {"worklist": str(worklist_path.resolve()), "worklist_sha256": _sha256(worklist_path)}
-    return build_session(cases, session_dir, origin, model_source=MODEL_SOURCE, **options)
+    return build_session(cases, session_dir, {"worklist": worklist_path}, model_source=MODEL_SOURCE, **options)
 
 
 # --------------------------------------------------------------------------- ratings -> round

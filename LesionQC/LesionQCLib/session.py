@@ -150,7 +150,7 @@ def read_manifest(path: PathLike) -> List[ManifestCase]:
         cases = _cases_from_csv(path, text, "\t" if path.suffix.lower() == ".tsv" else ",")
     else:
         raise ManifestError(f"{path}: a manifest must be a .csv, .tsv or .json file")
-    _check_cases(path, cases)
+    check_cases(path, cases)
     return cases
 
 
@@ -235,7 +235,8 @@ def _cases_from_json(path: Path, text: str) -> List[ManifestCase]:
     return cases
 
 
-def _check_cases(path: PathLike, cases: Sequence[ManifestCase]) -> None:
+def check_cases(path: PathLike, cases: Sequence[ManifestCase]) -> None:
+    """Raise ManifestError naming ``path`` and every problem: ids, sources, missing files."""
     if not cases:
         raise ManifestError(f"{path}: the manifest lists no case")
     problems = []
@@ -503,8 +504,7 @@ def make_session(manifest: PathLike, session_dir: PathLike, seed: Optional[int] 
     manifest = Path(manifest)
     _check_key_path(session_dir, key_path, key_inside)
     cases = read_manifest(manifest)
-    origin = {"manifest": str(manifest.resolve()), "manifest_sha256": _sha256(manifest)}
-    return build_session(cases, session_dir, origin, seed=seed, sample=sample, stratify_by=stratify_by,
+    return build_session(cases, session_dir, {"manifest": manifest}, seed=seed, sample=sample, stratify_by=stratify_by,
                          scale=scale, key_path=key_path, label_names=label_names,
                          repeat_fraction=repeat_fraction, key_inside=key_inside)
 
@@ -550,14 +550,15 @@ def _showings(count: int, repeat_fraction: float, rng: np.random.Generator) -> L
     return order
 
 
-def build_session(cases: Sequence[ManifestCase], session_dir: PathLike, origin: Mapping[str, Any],
+def build_session(cases: Sequence[ManifestCase], session_dir: PathLike, origin: Mapping[str, Path],
                   seed: Optional[int] = None, sample: Optional[int] = None, stratify_by: Optional[str] = None,
                   scale: Optional[Scale] = None, key_path: Optional[PathLike] = None,
                   label_names: Optional[Mapping[int, str]] = None, repeat_fraction: float = 0.0,
                   key_inside: bool = False, model_source: Optional[str] = None) -> SessionView:
-    """Build a session from checked cases (:func:`make_session` does it from a manifest).
+    """Build a session from checked cases (:func:`check_cases`; :func:`make_session` does it from a manifest).
 
-    ``origin`` (what the cases came from) and ``model_source`` go into the key.
+    ``origin`` names the file the cases came from (``{"manifest": path}``): its path
+    and sha256 go into the key, with ``model_source``.
     """
     session_dir = Path(session_dir).resolve()
     key_path = _check_key_path(session_dir, key_path, key_inside)
@@ -614,7 +615,9 @@ def build_session(cases: Sequence[ManifestCase], session_dir: PathLike, origin: 
                    "scale": scale.to_dict(), "labels": labels, "cases": session_cases}
         key = {
             "format": KEY_FORMAT, "format_version": FORMAT_VERSION, "session_id": session_id,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **origin,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **{k: v for name, path in origin.items()
+               for k, v in ((name, str(Path(path).resolve())), (f"{name}_sha256", _sha256(Path(path))))},
             "seed": seed, "sample": {"count": sample, "stratify_by": stratify_by},
             "repeat_fraction": repeat_fraction, "model_source": model_source,
             "sources": sources, "cases": key_cases,

@@ -280,6 +280,8 @@ def test_cli_make_session_and_status(tmp_path, shared_data, capsys):
 
     code = main(["make-session", str(tmp_path / "missing.csv"), "-o", str(tmp_path / "qc2")])
     assert code == 1 and "lesionqc: error:" in capsys.readouterr().err and not (tmp_path / "qc2").exists()
+    assert main(["make-session", "-o", str(tmp_path / "qc2")]) == 1
+    assert "either a manifest or --from-worklist" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- blinding
