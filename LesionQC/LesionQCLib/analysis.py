@@ -188,8 +188,9 @@ def wilcoxon_pair(x: np.ndarray, y: np.ndarray, zero_method: str = "wilcox") -> 
         warnings.simplefilter("ignore")  # small-sample notes; the n columns say it
         # correction=False: SciPy's default (pingouin's is a continuity correction).
         result = pingouin.wilcoxon(y, x, zero_method=zero_method, correction=False).iloc[0]
-    return {"statistic": float(result["W_val"]), "p_value": float(result["p_val"]),
-            "rank_biserial": float(result["RBC"])}
+    # pingouin 0.7 names the columns W_val and p_val; the releases for Python 3.9 and 3.10, W-val and p-val.
+    return {"statistic": float(result.get("W_val", result.get("W-val"))),
+            "p_value": float(result.get("p_val", result.get("p-val"))), "rank_biserial": float(result["RBC"])}
 
 
 def wilcoxon_tests(scores: pd.DataFrame, zero_method: str = "wilcox") -> pd.DataFrame:
@@ -310,8 +311,10 @@ def icc_two_way(scores: pd.DataFrame) -> Dict[str, float]:
         table = pingouin.intraclass_corr(scores.assign(score=scores["score"].astype(float)), targets="unit",
                                          raters="rater", ratings="score").set_index("Type")
     values = {}
-    for name, kind in (("icc2_1", "ICC(A,1)"), ("icc2_k", "ICC(A,k)")):  # pingouin's names of ICC(2,1), ICC(2,k)
-        low, high = table.at[kind, "CI95"]
+    # pingouin's names of ICC(2,1) and ICC(2,k): ICC(A,1), ICC(A,k) since 0.7; ICC2, ICC2k before.
+    for name, kinds in (("icc2_1", ("ICC(A,1)", "ICC2")), ("icc2_k", ("ICC(A,k)", "ICC2k"))):
+        kind = next(k for k in kinds if k in table.index)
+        low, high = table.at[kind, "CI95" if "CI95" in table.columns else "CI95%"]
         values.update({name: float(table.at[kind, "ICC"]), f"{name}_ci_low": float(low),
                        f"{name}_ci_high": float(high)})
     return values
