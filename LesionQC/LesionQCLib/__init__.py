@@ -7,8 +7,9 @@ Plain Python (no ``qt``, no ``ctk``): the LesionQC Slicer module and the
 - ``session``: manifest -> blinded session folder (``session.json``) and its key.
 - ``rater_table``: one append-only, crash-safe CSV per rater.
 - ``review_state``: the rating panel's state (position, scores, what comes next).
-- ``analysis``: per-source scores, Wilcoxon signed-rank tests, Cohen's and Fleiss' kappa, plots.
-- ``cli``: the ``lesionqc`` command (make-session, status, analyze).
+- ``analysis``: per-source scores, Wilcoxon tests, kappa, ICC, Krippendorff's alpha, intra-rater agreement, plots.
+- ``rounds``: sessions from a batch's worklist; failed cases back to the worklist and to SCT's qc_fail.yml.
+- ``cli``: the ``lesionqc`` command (make-session, status, analyze, to-worklist, qc-fail).
 - ``slicer_scene``: the only module importing ``slicer``: a case in the MRML scene.
 """
 

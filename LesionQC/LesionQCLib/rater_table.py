@@ -32,13 +32,12 @@ import csv
 import io
 import logging
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .errors import RaterTableError, ScoreError
-from .session import SessionView
+from .session import SessionView, is_portable_name
 
 log = logging.getLogger(__name__)
 
@@ -49,17 +48,17 @@ COLUMNS = (
 FLAG_SEPARATOR = "|"
 #: Longest comment: far above any note a rater types, far below the csv module's field limit (131072).
 MAX_COMMENT_LENGTH = 10000
-RATER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 RatingKey = Tuple[str, str, str]  # case, item, structure
 
 
 def validate_rater_id(rater: str) -> str:
-    """Return ``rater`` stripped if it can name a table file (letters, digits, '.', '_', '-')."""
+    """Return ``rater`` stripped if it can name a table file on every platform (:func:`is_portable_name`)."""
     rater = (rater or "").strip()
-    if not RATER_ID.match(rater):
+    if not is_portable_name(rater):
         raise RaterTableError(
-            f"rater id {rater!r} must be 1 to 64 letters, digits, '.', '_' or '-' (it names the rater's table file)"
+            f"rater id {rater!r} must be 1 to 64 letters, digits, '.', '_' or '-', not end with '.' and not be a"
+            " name that Windows reserves (CON, PRN, AUX, NUL, COM1, LPT1...): it names the rater's table file"
         )
     return rater
 

@@ -17,21 +17,25 @@ Relative paths are relative to the manifest's folder. :func:`make_session` write
 
     SESSION/session.json            what the rating view reads: scale, labels, case order,
                                     anonymous items (A, B, ...) and their files; no sources
-    SESSION/cases/<case>/image.nii.gz, image2.nii.gz, A.nii.gz, B.nii.gz, ...
+    SESSION/cases/<case>/image.nii.gz, image2.nii.gz, A.nii, B.nii, ...
     SESSION/ratings/                one table per rater (see rater_table.py)
-    SESSION/key.json                item -> source per case, seed, metadata (or --key PATH)
+    SESSION-key.json                item -> source per case, seed, metadata (or --key PATH),
+                                    beside the folder handed to the raters, not in it
 
-Segmentations are rewritten as plain uint8 label maps on their image's grid, so
-that neither file names, data types nor header notes tell the source apart.
-The seed fixes the sample, the case order and the letters of every case: the
-same manifest and seed give the same session (same ``session_id``).
+Segmentations are rewritten as uncompressed uint8 label maps on their image's
+grid, with one timestamp for every file, so that neither file names, sizes,
+times, data types nor header notes tell the source apart. The seed fixes the
+sample, the case order, the letters of every case and the repeats (a share of
+the cases shown again later, for intra-rater agreement; then every case has an
+anonymous id, ``case-07``, so that a repeat looks like any other case). The
+``session_id`` is random: it depends on nothing in the key.
 
 Example:
-    >>> from LesionQCLib.session import make_session, SessionView, load_key
+    >>> from LesionQCLib.session import make_session, SessionView, find_key, load_key
     >>> view = make_session("manifest.csv", "qc-session", seed=7, sample=40, stratify_by="contrast")
     ... # doctest: +SKIP
     >>> view = SessionView.load("qc-session")          # the rating view  # doctest: +SKIP
-    >>> key = load_key("qc-session/key.json", view)    # analysis only    # doctest: +SKIP
+    >>> key = load_key(find_key(view), view)          # analysis only    # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ import secrets
 import shutil
 import string
 import tempfile
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -64,12 +69,40 @@ KEY_FORMAT = "lesionqc-key"
 FORMAT_VERSION = 1
 SEG_COLUMN_PREFIX = "seg:"
 RESERVED_COLUMNS = ("case_id", "image", "image2")
-#: Case ids and source names become folder names and CSV cells.
+#: Case ids, source names and rater ids become folder or file names and CSV cells.
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+#: Device names that Windows reserves in every folder, whatever follows the first dot
+#: ("CON.csv" opens the console): refused on every platform, so sessions move freely.
+RESERVED_NAMES = frozenset(["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"]
+                           + [f"{port}{n}" for port in ("COM", "LPT") for n in "0123456789"])
 #: Grids that differ by less than this (mm, direction cosines) are the same grid.
 GRID_TOLERANCE = 1e-3
 
 PathLike = Union[str, Path]
+
+
+def is_portable_name(name: str) -> bool:
+    """True if ``name`` can name a file or folder on Linux, macOS and Windows alike.
+
+    Letters, digits, '.', '_' and '-' (at most 64, starting with a letter or digit),
+    no trailing dot (Windows drops it) and no reserved device name such as ``CON``.
+
+    Example:
+        >>> is_portable_name("sub-01"), is_portable_name("con"), is_portable_name("LPT1.a")
+        (True, False, False)
+    """
+    return bool(NAME.match(name)) and not name.endswith(".") and name.split(".")[0].upper() not in RESERVED_NAMES
+
+
+def default_key_path(session_dir: PathLike) -> Path:
+    """Where a session's key goes by default: ``<session>-key.json`` beside the folder, never in it.
+
+    Example:
+        >>> default_key_path("/data/qc-session").name
+        'qc-session-key.json'
+    """
+    session_dir = Path(session_dir).resolve()
+    return session_dir.parent / f"{session_dir.name}-key.json"
 
 
 # --------------------------------------------------------------------------- manifest
@@ -85,6 +118,18 @@ class ManifestCase:
     segmentations: Dict[str, Path]
     metadata: Dict[str, str] = field(default_factory=dict)
     where: str = ""  # "manifest.csv line 3", for error messages
+    #: Sources made of one binary mask per label value (a batch's per-structure masks):
+    #: source -> ((label value, mask), ...), later values painted over earlier ones.
+    label_masks: Dict[str, Tuple[Tuple[int, Path], ...]] = field(default_factory=dict)
+
+    @property
+    def sources(self) -> List[str]:
+        return sorted(set(self.segmentations) | set(self.label_masks))
+
+    def files(self) -> List[Path]:
+        """Every input file of the case."""
+        masks = [path for parts in self.label_masks.values() for _, path in parts]
+        return [f for f in [self.image, self.image2] + list(self.segmentations.values()) + masks if f is not None]
 
 
 def read_manifest(path: PathLike) -> List[ManifestCase]:
@@ -105,7 +150,7 @@ def read_manifest(path: PathLike) -> List[ManifestCase]:
         cases = _cases_from_csv(path, text, "\t" if path.suffix.lower() == ".tsv" else ",")
     else:
         raise ManifestError(f"{path}: a manifest must be a .csv, .tsv or .json file")
-    _check_cases(path, cases)
+    check_cases(path, cases)
     return cases
 
 
@@ -190,30 +235,32 @@ def _cases_from_json(path: Path, text: str) -> List[ManifestCase]:
     return cases
 
 
-def _check_cases(path: Path, cases: Sequence[ManifestCase]) -> None:
+def check_cases(path: PathLike, cases: Sequence[ManifestCase]) -> None:
+    """Raise ManifestError naming ``path`` and every problem: ids, sources, missing files."""
     if not cases:
         raise ManifestError(f"{path}: the manifest lists no case")
     problems = []
-    ids = [case.case_id for case in cases]
-    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    # Folders named "sub-01" and "SUB-01" are one folder on macOS and Windows.
+    ids = [case.case_id.lower() for case in cases]
+    duplicates = sorted({case.case_id for case in cases if ids.count(case.case_id.lower()) > 1})
     if duplicates:
         problems.append(f"duplicate case ids: {duplicates}")
-    first_sources = sorted(cases[0].segmentations)
+    first_sources = cases[0].sources
+    rule = "must be letters, digits, '.', '_' or '-', not end with '.' nor be a reserved name such as CON"
     for case in cases:
-        if not NAME.match(case.case_id):
-            problems.append(f"{case.where}: case id {case.case_id!r} must be letters, digits, '.', '_' or '-'")
-        bad_sources = [s for s in case.segmentations if not NAME.match(s)]
+        if not is_portable_name(case.case_id):
+            problems.append(f"{case.where}: case id {case.case_id!r} {rule}")
+        bad_sources = [s for s in case.sources if not is_portable_name(s)]
         if bad_sources:
-            problems.append(f"{case.where}: source names {bad_sources} must be letters, digits, '.', '_' or '-'")
-        if not case.segmentations:
+            problems.append(f"{case.where}: source names {bad_sources} {rule}")
+        if not case.sources:
             problems.append(f"{case.where}: no segmentation")
-        elif sorted(case.segmentations) != first_sources:
+        elif case.sources != first_sources:
             # Paired comparisons need every source on every case.
-            problems.append(f"{case.where}: sources {sorted(case.segmentations)} differ from {first_sources}")
+            problems.append(f"{case.where}: sources {case.sources} differ from {first_sources}")
         if case.image == Path():
             problems.append(f"{case.where}: no image")
-        files = [case.image, case.image2] + list(case.segmentations.values())
-        missing = [str(f) for f in files if f is not None and f != Path() and not f.is_file()]
+        missing = [str(f) for f in case.files() if f != Path() and not f.is_file()]
         if missing:
             problems.append(f"{case.where}: missing files: {', '.join(missing)}")
     if problems:
@@ -360,16 +407,31 @@ def _read_json(path: Path, error_class: type, what: str) -> Any:
 
 @dataclass(frozen=True)
 class SessionKey:
-    """Which source is behind every anonymous item (read by the analysis only)."""
+    """Which source is behind every anonymous item (read by the analysis only).
+
+    Cases are the session's case ids (what the raters see). In a session with
+    repeats, those are anonymous (``case-07``); ``case_of`` gives the real case
+    and ``showing`` tells the first showing (1) from the repeat (2).
+    """
 
     path: Path
     session_id: str
     sources: Tuple[str, ...]
-    items: Dict[str, Dict[str, str]]  # case -> item -> source
-    metadata: Dict[str, Dict[str, str]]  # case -> column -> value
+    items: Dict[str, Dict[str, str]]  # session case -> item -> source
+    metadata: Dict[str, Dict[str, str]]  # session case -> column -> value
+    case_of: Dict[str, str] = field(default_factory=dict)  # session case -> real case
+    showing: Dict[str, int] = field(default_factory=dict)  # session case -> 1 (first) or 2 (repeat)
+    images: Dict[str, str] = field(default_factory=dict)  # session case -> the original scan
+    model_source: Optional[str] = None  # the source that is a model's output, where the key knows it
 
     def source(self, case_id: str, item_id: str) -> str:
         return self.items[case_id][item_id]
+
+
+def find_key(session: SessionView) -> Path:
+    """The key where :func:`make_session` puts it: beside the session, else inside (``key_inside``)."""
+    outside, inside = default_key_path(session.folder), session.folder / KEY_FILE
+    return inside if inside.is_file() and not outside.is_file() else outside
 
 
 def load_key(path: PathLike, session: SessionView) -> SessionKey:
@@ -385,9 +447,14 @@ def load_key(path: PathLike, session: SessionView) -> SessionKey:
         )
     try:
         sources = tuple(str(s) for s in data["sources"])
-        items = {str(c): {str(i): str(s) for i, s in entry["items"].items()} for c, entry in data["cases"].items()}
-        metadata = {str(c): dict(entry.get("metadata", {})) for c, entry in data["cases"].items()}
-    except (KeyError, TypeError, AttributeError) as error:
+        entries = data["cases"].items()
+        items = {str(c): {str(i): str(s) for i, s in entry["items"].items()} for c, entry in entries}
+        metadata = {str(c): {str(k): str(v) for k, v in entry.get("metadata", {}).items()} for c, entry in entries}
+        case_of = {str(c): str(entry.get("case", c)) for c, entry in entries}
+        showing = {str(c): int(entry.get("showing", 1)) for c, entry in entries}
+        images = {str(c): str(entry.get("image", "")) for c, entry in entries}
+        model_source = data.get("model_source")
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise KeyMismatchError(f"{path}: malformed key file ({type(error).__name__}: {error})") from None
     problems = []
     session_cases = {case.case_id: case for case in session.cases}
@@ -401,9 +468,11 @@ def load_key(path: PathLike, session: SessionView) -> SessionKey:
         unknown = sorted(set(items[case_id].values()) - set(sources))
         if unknown or len(set(items[case_id].values())) != len(items[case_id]):
             problems.append(f"case {case_id!r}: sources {sorted(items[case_id].values())} do not match {sources}")
+    if model_source is not None and model_source not in sources:
+        problems.append(f"model source {model_source!r} is not one of {sources}")
     if problems:
         raise KeyMismatchError(f"{path} does not match session {session.folder}: " + "; ".join(problems))
-    return SessionKey(path, session.session_id, sources, items, metadata)
+    return SessionKey(path, session.session_id, sources, items, metadata, case_of, showing, images, model_source)
 
 
 # --------------------------------------------------------------------------- building
@@ -412,30 +481,90 @@ def load_key(path: PathLike, session: SessionView) -> SessionKey:
 def make_session(manifest: PathLike, session_dir: PathLike, seed: Optional[int] = None,
                  sample: Optional[int] = None, stratify_by: Optional[str] = None,
                  scale: Optional[Scale] = None, key_path: Optional[PathLike] = None,
-                 label_names: Optional[Mapping[int, str]] = None) -> SessionView:
+                 label_names: Optional[Mapping[int, str]] = None, repeat_fraction: float = 0.0,
+                 key_inside: bool = False) -> SessionView:
     """Build a blinded session folder from a manifest; return its rating view.
 
     Args:
         manifest: CSV or JSON manifest (see the module docstring).
         session_dir: folder to create; it must not exist or be empty (nothing is overwritten).
-        seed: fixes the sample, the case order and the item letters; random (and recorded
-            in the key) when None.
+        seed: fixes the sample, the case order, the item letters and the repeats; random (and
+            recorded in the key) when None.
         sample: review only this many cases (all of them when None).
         stratify_by: metadata column whose strata keep their proportions in the sample.
         scale: rating scale (the default 5-point Likert scale when None).
-        key_path: where to write the key; ``session_dir/key.json`` when None. Keep it away from
-            the raters, for example outside the folder handed to them.
+        key_path: where to write the key; :func:`default_key_path` (beside the session folder)
+            when None. Inside the session folder only with ``key_inside``.
         label_names: names of label values (``{1: "cord", 2: "lesion"}``) shown in Slicer.
+        repeat_fraction: share of the cases shown a second time, later in the order, for
+            intra-rater agreement (0 to 1).
+        key_inside: allow the key inside the session folder (then do not hand the folder
+            to raters as it is).
     """
     manifest = Path(manifest)
+    _check_key_path(session_dir, key_path, key_inside)
+    cases = read_manifest(manifest)
+    return build_session(cases, session_dir, {"manifest": manifest}, seed=seed, sample=sample, stratify_by=stratify_by,
+                         scale=scale, key_path=key_path, label_names=label_names,
+                         repeat_fraction=repeat_fraction, key_inside=key_inside)
+
+
+def _check_key_path(session_dir: PathLike, key_path: Optional[PathLike], key_inside: bool) -> Path:
     session_dir = Path(session_dir).resolve()
-    key_path = Path(key_path).resolve() if key_path is not None else session_dir / KEY_FILE
+    key = Path(key_path).resolve() if key_path is not None else default_key_path(session_dir)
+    if session_dir in key.parents or key == session_dir:
+        if not key_inside:
+            raise SessionError(
+                f"{key}: the key would be inside the session folder handed to the raters; write it elsewhere"
+                " (the default is beside the folder) or allow it explicitly (--key-inside-session)")
+        if key.parent != session_dir:
+            raise SessionError(f"{key}: a key inside the session folder goes directly in it, not in a subfolder")
+    return key
+
+
+def _showings(count: int, repeat_fraction: float, rng: np.random.Generator) -> List[Tuple[int, int]]:
+    """Review order as (case index, showing): every case once, a seeded share twice, the repeat later.
+
+    A repeat goes at a random place at least a quarter of the session after its
+    first showing where the session is long enough, so that it is not seen while
+    the first is still in mind.
+    """
+    if not 0.0 <= repeat_fraction <= 1.0:
+        raise SessionError(f"repeat fraction {repeat_fraction} is not between 0 and 1")
+    repeats = int(round(repeat_fraction * count))
+    if repeat_fraction > 0 and repeats == 0:
+        repeats = 1
+    gap = max(1, count // 4)  # first showings at least between a case and its repeat
+    # Cases early enough to leave the gap before the end come first; the others only when needed.
+    candidates = list(range(max(1, count - gap)))
+    pool = candidates if repeats <= len(candidates) else list(range(count))
+    slots: Dict[int, List[int]] = {}  # first showings' position -> repeats shown just before it
+    for index in sorted(rng.choice(pool, size=repeats, replace=False)):
+        slot = int(rng.integers(min(index + 1 + gap, count), count + 1))
+        slots.setdefault(slot, []).append(int(index))
+    order: List[Tuple[int, int]] = []
+    for position in range(count + 1):
+        order += [(index, 2) for index in slots.get(position, [])]
+        if position < count:
+            order.append((position, 1))
+    return order
+
+
+def build_session(cases: Sequence[ManifestCase], session_dir: PathLike, origin: Mapping[str, Path],
+                  seed: Optional[int] = None, sample: Optional[int] = None, stratify_by: Optional[str] = None,
+                  scale: Optional[Scale] = None, key_path: Optional[PathLike] = None,
+                  label_names: Optional[Mapping[int, str]] = None, repeat_fraction: float = 0.0,
+                  key_inside: bool = False, model_source: Optional[str] = None) -> SessionView:
+    """Build a session from checked cases (:func:`check_cases`; :func:`make_session` does it from a manifest).
+
+    ``origin`` names the file the cases came from (``{"manifest": path}``): its path
+    and sha256 go into the key, with ``model_source``.
+    """
+    session_dir = Path(session_dir).resolve()
+    key_path = _check_key_path(session_dir, key_path, key_inside)
     scale = scale or default_scale()
     if stratify_by is not None and sample is None:
         raise SessionError(f"stratifying by {stratify_by!r} needs a sample size")
-    if session_dir in key_path.parents and key_path.parent != session_dir:
-        raise SessionError(f"{key_path}: a key inside the session folder goes directly in it, not in a subfolder")
-    cases = read_manifest(manifest)
     if session_dir.exists() and (not session_dir.is_dir() or any(session_dir.iterdir())):
         raise SessionError(f"{session_dir}: already exists and is not empty; nothing was overwritten")
     if key_path.exists():
@@ -445,40 +574,57 @@ def make_session(manifest: PathLike, session_dir: PathLike, seed: Optional[int] 
     rng = np.random.default_rng(seed)
     chosen = sample_cases(cases, sample, rng, stratify_by) if sample is not None else list(cases)
     order = [chosen[i] for i in rng.permutation(len(chosen))]
-    sources = sorted(order[0].segmentations)
+    sources = order[0].sources
     letters = item_letters(len(sources))
     # Letters follow a random order of the sources, drawn case by case in review order.
     assignments = [dict(zip(letters, (sources[i] for i in rng.permutation(len(sources))))) for _ in order]
+    showings = _showings(len(order), repeat_fraction, rng)
+    repeat_letters = {i: dict(zip(letters, (sources[j] for j in rng.permutation(len(sources)))))
+                      for i, showing in showings if showing == 2}
+    # With repeats, real case ids would tell a repeat: every case gets an anonymous id in review order.
+    width = len(str(len(showings)))
+    shown_as = [order[i].case_id if not repeat_letters else f"case-{n:0{width}d}"
+                for n, (i, _) in enumerate(showings, start=1)]
 
     session_dir.parent.mkdir(parents=True, exist_ok=True)
     building = Path(tempfile.mkdtemp(prefix=f".{session_dir.name}.building-", dir=session_dir.parent))
     external_key: Optional[Path] = None  # a key written outside the folder, removed if the build fails
     try:
         session_cases, key_cases, values = [], {}, set()
-        for case, items in zip(order, assignments):
-            entry, present = _write_case(building, case, items)
+        for display, (index, showing) in zip(shown_as, showings):
+            case = order[index]
+            items = assignments[index] if showing == 1 else repeat_letters[index]
+            entry, present = _write_case(building, display, case, items)
             session_cases.append(entry)
             values |= present
-            key_cases[case.case_id] = {
+            key_cases[display] = {
+                "case": case.case_id,
+                "showing": showing,
                 "items": items,
                 "metadata": case.metadata,
                 "image": str(case.image.resolve()),
                 "image2": str(case.image2.resolve()) if case.image2 else None,
                 "segmentations": {s: str(p.resolve()) for s, p in case.segmentations.items()},
+                "label_masks": {s: {str(v): str(p.resolve()) for v, p in parts}
+                                for s, parts in case.label_masks.items()},
             }
         labels = _label_names(values, label_names or {})
-        content = {"scale": scale.to_dict(), "labels": labels, "cases": session_cases}
-        session_id = _session_id(building, content, assignments)
-        session = {"format": SESSION_FORMAT, "format_version": FORMAT_VERSION, "session_id": session_id, **content}
+        # Random, so that nothing in it depends on the key (a digest of the items could be guessed).
+        session_id = "lqc-" + secrets.token_hex(8)
+        session = {"format": SESSION_FORMAT, "format_version": FORMAT_VERSION, "session_id": session_id,
+                   "scale": scale.to_dict(), "labels": labels, "cases": session_cases}
         key = {
             "format": KEY_FORMAT, "format_version": FORMAT_VERSION, "session_id": session_id,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "manifest": str(manifest.resolve()), "manifest_sha256": _sha256(manifest),
+            **{k: v for name, path in origin.items()
+               for k, v in ((name, str(Path(path).resolve())), (f"{name}_sha256", _sha256(Path(path))))},
             "seed": seed, "sample": {"count": sample, "stratify_by": stratify_by},
+            "repeat_fraction": repeat_fraction, "model_source": model_source,
             "sources": sources, "cases": key_cases,
         }
         (building / RATINGS_DIR).mkdir()
         (building / SESSION_FILE).write_text(json.dumps(session, indent=2) + "\n", encoding="utf-8")
+        _same_times(building)
         if key_path.parent == session_dir:
             (building / key_path.name).write_text(json.dumps(key, indent=2) + "\n", encoding="utf-8")
         else:
@@ -495,27 +641,45 @@ def make_session(manifest: PathLike, session_dir: PathLike, seed: Optional[int] 
     return SessionView.load(session_dir)
 
 
-def _write_case(building: Path, case: ManifestCase, items: Mapping[str, str]) -> Tuple[dict, set]:
-    """Copy a case's images and write its items as anonymous label maps; return its session entry."""
-    folder = building / "cases" / case.case_id
+def _same_times(folder: Path) -> None:
+    """Give every file and folder one timestamp: write times must not tell the items apart."""
+    stamp = time.time()
+    for path in [*folder.rglob("*"), folder]:
+        os.utime(path, (stamp, stamp))
+
+
+def _write_case(building: Path, display: str, case: ManifestCase, items: Mapping[str, str]) -> Tuple[dict, set]:
+    """Copy a case's images and write its items as anonymous label maps; return its session entry.
+
+    Items are uncompressed uint8 NIfTI on the image's grid: the files of one case
+    have the same size and header, whatever their content.
+    """
+    folder = building / "cases" / display
     folder.mkdir(parents=True)
     image = _read_image(case.image, case.where)
     image_name = "image" + _suffix(case.image)
     shutil.copyfile(case.image, folder / image_name)  # the scan itself, byte for byte
-    entry: Dict[str, Any] = {"case_id": case.case_id, "image": f"cases/{case.case_id}/{image_name}", "image2": None}
+    entry: Dict[str, Any] = {"case_id": display, "image": f"cases/{display}/{image_name}", "image2": None}
     if case.image2 is not None:
         _read_image(case.image2, case.where)
         image2_name = "image2" + _suffix(case.image2)
         shutil.copyfile(case.image2, folder / image2_name)
-        entry["image2"] = f"cases/{case.case_id}/{image2_name}"
+        entry["image2"] = f"cases/{display}/{image2_name}"
     entry["items"] = []
     values: set = set()
     for item_id in sorted(items):
-        source_path = case.segmentations[items[item_id]]
-        labelmap = _anonymous_labelmap(source_path, image, case.where)
-        values |= {int(v) for v in np.unique(sitk.GetArrayViewFromImage(labelmap)) if v}
-        sitk.WriteImage(labelmap, str(folder / f"{item_id}.nii.gz"), useCompression=True)
-        entry["items"].append({"item": item_id, "path": f"cases/{case.case_id}/{item_id}.nii.gz"})
+        source = items[item_id]
+        if source in case.segmentations:
+            array = _labels_on_grid(case.segmentations[source], image, case.where)
+        else:
+            array = np.zeros(sitk.GetArrayViewFromImage(image).shape, np.uint8)
+            for value, path in case.label_masks[source]:
+                array[_labels_on_grid(path, image, case.where) > 0] = value
+        labelmap = sitk.GetImageFromArray(array)
+        labelmap.CopyInformation(image)  # grid only: no metadata travels with it
+        values |= {int(v) for v in np.unique(array) if v}
+        sitk.WriteImage(labelmap, str(folder / f"{item_id}.nii"), useCompression=False)
+        entry["items"].append({"item": item_id, "path": f"cases/{display}/{item_id}.nii"})
     return entry, values
 
 
@@ -533,8 +697,8 @@ def _read_image(path: Path, where: str) -> sitk.Image:
     return image
 
 
-def _anonymous_labelmap(path: Path, image: sitk.Image, where: str) -> sitk.Image:
-    """The segmentation as a uint8 label map on the image's grid, without its header notes."""
+def _labels_on_grid(path: Path, image: sitk.Image, where: str) -> np.ndarray:
+    """A segmentation's voxels as uint8 labels, refused unless it is on the image's grid."""
     segmentation = _read_image(path, where)
     same_grid = (
         segmentation.GetSize() == image.GetSize()
@@ -550,9 +714,7 @@ def _anonymous_labelmap(path: Path, image: sitk.Image, where: str) -> sitk.Image
     array = sitk.GetArrayFromImage(segmentation)
     if not np.all(np.isfinite(array)) or np.any(array != np.round(array)) or array.min() < 0 or array.max() > 255:
         raise ManifestError(f"{where}: segmentation {path} must hold integer labels 0-255 (binary or label map)")
-    labelmap = sitk.GetImageFromArray(array.astype(np.uint8))
-    labelmap.CopyInformation(image)  # grid only: no metadata travels with it
-    return labelmap
+    return array.astype(np.uint8)
 
 
 def _label_names(values: set, names: Mapping[int, str]) -> Dict[str, str]:
@@ -566,13 +728,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: stream.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _session_id(building: Path, content: Mapping[str, Any], assignments: Sequence[Mapping[str, str]]) -> str:
-    """A digest of everything that defines the session: same manifest, files and seed -> same id."""
-    files = {p.relative_to(building).as_posix(): _sha256(p) for p in building.rglob("*") if p.is_file()}
-    payload = json.dumps({"content": content, "files": files, "key": list(assignments)}, sort_keys=True)
-    return "lqc-" + hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
 
 
 def _write_new_file(path: Path, text: str) -> None:

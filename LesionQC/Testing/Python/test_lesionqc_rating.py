@@ -165,7 +165,8 @@ def test_scores_outside_the_scale_and_overlong_comments_write_nothing(session):
     assert state.set_comment("fine")[0].revision == 2
 
 
-@pytest.mark.parametrize("rater", ["", "a b", "../x", "-x", "é"])
+# Windows device names (issue 15 item 14): "CON.csv" would open the console, on every platform's session copy.
+@pytest.mark.parametrize("rater", ["", "a b", "../x", "-x", "é", "CON", "con", "Nul", "PRN.a", "COM1", "lpt9", "x."])
 def test_rater_ids_that_cannot_name_a_file_are_refused(session, rater):
     with pytest.raises(RaterTableError, match="rater id"):
         ReviewState(session, rater)

@@ -15,7 +15,7 @@ import SimpleITK as sitk
 from LesionQCLib.cli import main
 from LesionQCLib.errors import KeyMismatchError, ManifestError, ScaleError, ScoreError, SessionError
 from LesionQCLib.scales import Scale, default_scale, load_scale
-from LesionQCLib.session import SessionView, load_key, make_session
+from LesionQCLib.session import SessionView, default_key_path, find_key, load_key, make_session
 
 # Distinctive source names, so that a leak into the rating view cannot hide.
 SOURCES = ("manualTruthQ7", "secretModelZ3")
@@ -89,17 +89,23 @@ def test_session_is_reproducible_from_its_seed(tmp_path, shared_data):
     second = make_session(manifest, tmp_path / "second", seed=11)
     other = make_session(manifest, tmp_path / "other", seed=12)
 
-    assert (tmp_path / "first/session.json").read_bytes() == (tmp_path / "second/session.json").read_bytes()
-    assert first.session_id == second.session_id != other.session_id
-    key_first = json.loads((tmp_path / "first/key.json").read_text())
-    key_second = json.loads((tmp_path / "second/key.json").read_text())
+    # Same sample, order, letters and files; the id is random (it must not depend on the key).
+    assert _without_id(tmp_path / "first") == _without_id(tmp_path / "second")
+    assert len({first.session_id, second.session_id, other.session_id}) == 3
+    key_first = json.loads(default_key_path(tmp_path / "first").read_text())
+    key_second = json.loads(default_key_path(tmp_path / "second").read_text())
     assert key_first["cases"] == key_second["cases"] and key_first["seed"] == 11
     plan = [(c, key_first["cases"][c]["items"]) for c in (case.case_id for case in first.cases)]
-    key_other = json.loads((tmp_path / "other/key.json").read_text())
+    key_other = json.loads(default_key_path(tmp_path / "other").read_text())
     assert plan != [(c, key_other["cases"][c]["items"]) for c in (case.case_id for case in other.cases)]
     # The order is a permutation of the manifest, and both letters occur with both sources.
     assert sorted(c.case_id for c in first.cases) == [f"sub-{i:02d}" for i in range(8)]
     assert {items["A"] for _, items in plan} == set(SOURCES)
+
+
+def _without_id(folder):
+    data = json.loads((folder / "session.json").read_text())
+    return {k: v for k, v in data.items() if k != "session_id"}
 
 
 def test_the_rating_view_never_contains_a_source(tmp_path, shared_data):
@@ -125,7 +131,7 @@ def test_the_rating_view_never_contains_a_source(tmp_path, shared_data):
 def test_items_are_the_sources_voxels_on_the_image_grid(tmp_path, shared_data):
     manifest = write_manifest(tmp_path, shared_data, count=2)
     view = make_session(manifest, tmp_path / "session", seed=5)
-    key = load_key(tmp_path / "session" / "key.json", view)
+    key = load_key(default_key_path(tmp_path / "session"), view)
     originals = {
         SOURCES[0]: shared_data / "sct_testing_data/t2/t2_seg-manual.nii.gz",
         SOURCES[1]: tmp_path / "model_output.nii.gz",
@@ -148,7 +154,7 @@ def test_stratified_sampling_keeps_the_proportions(tmp_path, shared_data):
     for count, expected in ((5, {"T2w": 3, "T1w": 2}), (4, {"T2w": 2, "T1w": 2}), (10, {"T2w": 6, "T1w": 4})):
         folder = tmp_path / f"sample{count}"
         view = make_session(manifest, folder, seed=1, sample=count, stratify_by="contrast")
-        key = load_key(folder / "key.json", view)
+        key = load_key(default_key_path(folder), view)
         drawn = [key.metadata[case.case_id]["contrast"] for case in view.cases]
         assert {c: drawn.count(c) for c in set(drawn)} == expected
         assert len(set(case.case_id for case in view.cases)) == count
@@ -162,8 +168,11 @@ def test_json_and_csv_manifests_give_the_same_session(tmp_path, shared_data):
               "segmentations": [{"source": s, "path": r[f"seg:{s}"]} for s in SOURCES]} for r in rows]
     json_manifest = tmp_path / "manifest.json"
     json_manifest.write_text(json.dumps({"cases": cases}))
-    assert (make_session(csv_manifest, tmp_path / "a", seed=4).session_id
-            == make_session(json_manifest, tmp_path / "b", seed=4).session_id)
+    make_session(csv_manifest, tmp_path / "a", seed=4)
+    make_session(json_manifest, tmp_path / "b", seed=4)
+    assert _without_id(tmp_path / "a") == _without_id(tmp_path / "b")
+    assert json.loads(default_key_path(tmp_path / "a").read_text())["cases"] == json.loads(
+        default_key_path(tmp_path / "b").read_text())["cases"]
 
 
 # --------------------------------------------------------------------------- bad input
@@ -199,7 +208,7 @@ def test_a_segmentation_off_the_image_grid_is_refused(tmp_path, shared_data):
     _edit_manifest(manifest, lambda rows: rows[2].__setitem__(4, str(other)))
     with pytest.raises(ManifestError, match="not on the grid of its image"):
         make_session(manifest, tmp_path / "session", seed=1)
-    assert not (tmp_path / "session").exists() and not (tmp_path / "session/key.json").exists()
+    assert not (tmp_path / "session").exists() and not default_key_path(tmp_path / "session").exists()
 
 
 @pytest.mark.parametrize("options, error, problem", [
@@ -234,9 +243,9 @@ def test_a_key_that_does_not_match_its_session_is_refused(tmp_path, shared_data)
     view = make_session(manifest, tmp_path / "session", seed=1)
     make_session(manifest, tmp_path / "other", seed=2)
     with pytest.raises(KeyMismatchError, match="key of session"):
-        load_key(tmp_path / "other/key.json", view)
+        load_key(default_key_path(tmp_path / "other"), view)
 
-    key = json.loads((tmp_path / "session/key.json").read_text())
+    key = json.loads(default_key_path(tmp_path / "session").read_text())
     first = view.cases[0].case_id
     key["cases"][first]["items"] = {"A": SOURCES[0], "C": SOURCES[1]}
     edited = tmp_path / "edited.json"
@@ -271,3 +280,114 @@ def test_cli_make_session_and_status(tmp_path, shared_data, capsys):
 
     code = main(["make-session", str(tmp_path / "missing.csv"), "-o", str(tmp_path / "qc2")])
     assert code == 1 and "lesionqc: error:" in capsys.readouterr().err and not (tmp_path / "qc2").exists()
+    assert main(["make-session", "-o", str(tmp_path / "qc2")]) == 1
+    assert "either a manifest or --from-worklist" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- blinding
+
+
+def test_the_session_id_depends_on_nothing_in_the_key(tmp_path, shared_data):
+    """Issue 15 item 12: the id hashed the item -> source assignment; guessing sources found the key."""
+    manifest = write_manifest(tmp_path, shared_data, count=2)
+    ids = {make_session(manifest, tmp_path / f"s{n}", seed=1).session_id for n in range(3)}
+    assert len(ids) == 3  # same manifest, seed, letters and files: the id carries none of them
+    assert all(len(i) == len("lqc-") + 16 and i.startswith("lqc-") for i in ids)
+    key = json.loads(default_key_path(tmp_path / "s0").read_text())
+    assert key["session_id"] == SessionView.load(tmp_path / "s0").session_id
+
+
+def test_items_of_a_case_cannot_be_told_apart_by_their_files(tmp_path, shared_data):
+    """Issue 15 item 13: gzip-compressed items; the manual mask was the larger file in every case."""
+    manifest = write_manifest(tmp_path, shared_data, count=3)
+    view = make_session(manifest, tmp_path / "session", seed=8)
+    key = load_key(default_key_path(tmp_path / "session"), view)
+    for case in view.cases:
+        files = [item.path for item in case.items]
+        assert {p.suffix for p in files} == {".nii"}  # uncompressed: the size is the grid's, not the content's
+        attributes = {(p.stat().st_size, p.stat().st_mode, p.stat().st_mtime_ns) for p in files}
+        assert len(attributes) == 1, attributes
+        headers = {p.read_bytes()[:352] for p in files}  # NIfTI-1 header and extension flag
+        assert len(headers) == 1
+        voxels = {key.source(case.case_id, i.item_id): sitk.GetArrayFromImage(sitk.ReadImage(str(i.path))).sum()
+                  for i in case.items}
+        assert voxels[SOURCES[0]] > voxels[SOURCES[1]]  # the contents differ (eroded copy), the files do not
+
+
+def test_the_key_is_kept_out_of_the_raters_folder(tmp_path, shared_data):
+    """Issue 15 item 14: the key defaulted to SESSION/key.json, inside the folder handed to raters."""
+    manifest = write_manifest(tmp_path, shared_data, count=2)
+    view = make_session(manifest, tmp_path / "session", seed=1)
+    assert default_key_path(tmp_path / "session") == tmp_path / "session-key.json"
+    assert (tmp_path / "session-key.json").is_file()
+    assert not [p for p in (tmp_path / "session").rglob("*key*")]
+    assert load_key(tmp_path / "session-key.json", view).session_id == view.session_id
+
+    with pytest.raises(SessionError, match="inside the session folder handed to the raters"):
+        make_session(manifest, tmp_path / "inside", seed=1, key_path=tmp_path / "inside" / "key.json")
+    assert not (tmp_path / "inside").exists()
+    inside = make_session(manifest, tmp_path / "inside", seed=1, key_path=tmp_path / "inside" / "key.json",
+                          key_inside=True)
+    assert (tmp_path / "inside/key.json").is_file() and find_key(inside) == tmp_path / "inside/key.json"
+
+    code = main(["make-session", str(manifest), "-o", str(tmp_path / "cli"), "--key", str(tmp_path / "cli/k.json")])
+    assert code == 1 and not (tmp_path / "cli").exists()
+    assert main(["make-session", str(manifest), "-o", str(tmp_path / "cli"), "--key", str(tmp_path / "cli/k.json"),
+                 "--key-inside-session"]) == 0
+    assert (tmp_path / "cli/k.json").is_file()
+
+
+@pytest.mark.parametrize("case_id", ["CON", "nul", "Com1", "LPT9.x", "aux.nii", "sub-01."])
+def test_case_ids_that_windows_cannot_name_are_refused(tmp_path, shared_data, case_id):
+    manifest = write_manifest(tmp_path, shared_data, count=2)
+    _edit_manifest(manifest, lambda rows: rows[1].__setitem__(0, case_id))
+    with pytest.raises(ManifestError, match="reserved name such as CON"):
+        make_session(manifest, tmp_path / "session", seed=1)
+
+
+def test_case_ids_differing_only_in_case_are_refused(tmp_path, shared_data):
+    manifest = write_manifest(tmp_path, shared_data, count=2)
+    _edit_manifest(manifest, lambda rows: rows[2].__setitem__(0, "SUB-00"))
+    with pytest.raises(ManifestError, match="duplicate case ids: \\['SUB-00', 'sub-00'\\]"):
+        make_session(manifest, tmp_path / "session", seed=1)
+
+
+def test_repeats_are_shown_later_and_look_like_first_showings(tmp_path, shared_data):
+    manifest = write_manifest(tmp_path, shared_data, count=8)
+    view = make_session(manifest, tmp_path / "session", seed=6, repeat_fraction=0.25)
+    key = load_key(default_key_path(tmp_path / "session"), view)
+    shown = [case.case_id for case in view.cases]
+    assert shown == [f"case-{n:02d}" for n in range(1, 11)]  # 8 cases + 2 repeats, anonymous, in order
+    repeats = [c for c in shown if key.showing[c] == 2]
+    assert len(repeats) == 2
+    for repeat in repeats:
+        first = next(c for c in shown if key.case_of[c] == key.case_of[repeat] and key.showing[c] == 1)
+        assert shown.index(repeat) >= shown.index(first) + 2  # later, not straight after
+    # Nothing in the rating view tells a repeat: no real case id, same layout and file attributes.
+    text = (tmp_path / "session/session.json").read_text()
+    assert not any(f"sub-{i:02d}" in text for i in range(8))
+    entries = json.loads(text)["cases"]
+    assert len({tuple(sorted(e)) for e in entries}) == 1 and len({len(e["items"]) for e in entries}) == 1
+    stats = {(p.name, p.stat().st_size, p.stat().st_mtime_ns) for c in view.cases for p in
+             [c.image] + [i.path for i in c.items]}
+    assert len({s[1:] for s in stats if s[0] == "A.nii"}) == 1 and len({s[2] for s in stats}) == 1
+    # The seed fixes the repeats too.
+    again = make_session(manifest, tmp_path / "again", seed=6, repeat_fraction=0.25)
+    assert json.loads(default_key_path(tmp_path / "again").read_text())["cases"] == json.loads(
+        default_key_path(tmp_path / "session").read_text())["cases"]
+    assert len(again.cases) == 10
+    with pytest.raises(SessionError, match="repeat fraction 1.5"):
+        make_session(manifest, tmp_path / "bad", seed=6, repeat_fraction=1.5)
+
+
+def test_what_the_slicer_module_loads_imports_no_heavy_library():
+    """LesionQC.py imports review_state, session (and rater_table): numpy, SimpleITK and the stdlib only."""
+    import subprocess
+    import sys
+
+    heavy = ("pandas", "scipy", "sklearn", "statsmodels", "pingouin", "krippendorff", "matplotlib", "yaml",
+             "torch", "SpinalCordSegLib")
+    code = ("import sys; import LesionQCLib.review_state, LesionQCLib.session, LesionQCLib.rater_table; "
+            f"print([m for m in {heavy!r} if m in sys.modules])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

@@ -13,7 +13,7 @@ import pytest
 import SimpleITK as sitk
 
 from LesionQCLib.errors import SessionError
-from LesionQCLib.session import load_key, make_session
+from LesionQCLib.session import find_key, load_key, make_session
 
 MODULE_FILE = Path(__file__).resolve().parents[2] / "LesionQC.py"
 SOURCES = ("manualRef", "modelOut")
@@ -81,7 +81,7 @@ def test_a_case_loads_with_every_item_displayed_alike(mrml_scene, session):
 
     # Each item holds its source's voxels: export it and compare with the original label map
     # as Slicer reads it (Slicer's voxel order can differ from SimpleITK's for some orientations).
-    key = load_key(session.folder / "key.json", session)
+    key = load_key(find_key(session), session)
     for item_id, node in items.items():
         ids = vtk.vtkStringArray()
         for segment_index in range(node.GetSegmentation().GetNumberOfSegments()):
