@@ -70,27 +70,42 @@ def _table(rows: Sequence[Tuple[str, ...]]) -> str:
 
 
 def run_list(args: argparse.Namespace) -> int:
+    """One table of every model: the catalogue's, then the user's; trust from the sha256 of the files now."""
     store = _store(args)
     installed = {model.id: model for model in store.installed()}
-    rows = [("ID", "NAME", "STATUS")]
+    rows = [("ID", "NAME", "SIZE", "TRUST", "SOURCE")]
+    notes = []
     for entry in store.catalogue:
         model = installed.pop(entry.id, None)
         if entry.builtin:
-            status = "built-in" if entry.path.is_dir() else "built-in, missing from this build"
+            if entry.path.is_dir():
+                state = store.trust_state_of_folder(entry.path, entry)
+                size = format_size(sum(f.stat().st_size for f in entry.path.rglob("*") if f.is_file()))
+                rows.append((entry.id, entry.name, size, state.summary if not state.problem else "unusable",
+                             "built-in"))
+                notes += [f"{entry.id}: {state}"] if state.changes or state.problem else []
+            else:
+                rows.append((entry.id, entry.name, "-", "-", "built-in, missing from this build"))
         elif model is not None:
-            status = (f"installed {model.version or ''}, {format_size(model.size_bytes())}, "
-                      f"trust: {store.trust_status(model)}")
+            rows.append(_installed_row(store, model, entry.name, notes))
         else:
-            status = f"not installed ({entry.version or 'no version'}, {format_size(entry.download_size)})"
-        rows.append((entry.id, entry.name, status))
+            trust = "pinned" if entry.assets_pinned else "asked on first use"
+            rows.append((entry.id, entry.name, format_size(entry.download_size), trust,
+                         f"not installed: catalogue {entry.version or 'release'}"))
+    rows += [_installed_row(store, model, model.record.get("name") or model.id, notes) for model in installed.values()]
     print(_table(rows))
-    if installed:
-        print(f"\nYour models in {store.models_dir}:")
-        print(_table([("ID", "SIZE", "TRUST", "SOURCE")] + [
-            (m.id, format_size(m.size_bytes()), store.trust_status(m), m.source) for m in installed.values()
-        ]))
+    if notes:
+        print("\n" + "\n".join(notes))
     print(f"\nModels folder: {store.models_dir}")
     return 0
+
+
+def _installed_row(store, model, name: str, notes: List[str]) -> Tuple[str, ...]:
+    state = store.trust_status(model)
+    if state.changes or state.problem:
+        notes.append(f"{model.id}: {state}")
+    return (model.id, name, format_size(model.size_bytes()), "unusable" if state.problem else state.summary,
+            model.source)
 
 
 def run_install(args: argparse.Namespace) -> int:
@@ -113,8 +128,8 @@ def run_install(args: argparse.Namespace) -> int:
     if args.trust:
         resolved = store.resolve(model.id, trust=True)
         print(f"{model.id}: trusted ({resolved.trusted_because})")
-    elif store.trust_status(model) == "not trusted":
-        print(f"{model.id}: its checkpoints are not trusted yet; you will be asked before first use "
+    elif not store.trust_status(model).trusted:
+        print(f"{model.id}: its files are not trusted yet; you will be asked before first use "
               f"(or run 'spinalcordseg models install {model.id} --trust')")
     return 0
 
@@ -142,14 +157,20 @@ def _info_lines(store, model_id: str) -> List[str]:
             lines += [f"built-in folder: {entry.path}"]
         lines += [f"citation: {entry.citation or 'none given'}", f"licence: {entry.licence or 'unknown'}",
                   f"homepage: {entry.homepage or 'none'}", f"SCT model: {entry.sct_model or 'none'}"]
+    if entry is not None and entry.builtin and entry.path.is_dir():
+        return lines + _trust_lines(store.trust_state_of_folder(entry.path, entry))
     if model is None:
-        lines += ["installed: no" if entry is None or not entry.builtin else "installed: built in"]
-        return lines
+        return lines + ["installed: no" if entry is None or not entry.builtin else "installed: built in"]
     lines += [f"installed: {model.path} ({format_size(model.size_bytes())})", f"source: {model.source}",
-              f"installed at: {model.record.get('installed_at', 'unknown')}",
-              f"trust: {store.trust_status(model)}"]
-    lines += [f"checkpoint fold {fold} sha256: {digest}"
-              for fold, digest in (model.record.get("checkpoint_sha256") or {}).items()]
+              f"installed at: {model.record.get('installed_at', 'unknown')}"]
+    return lines + _trust_lines(store.trust_status(model))
+
+
+def _trust_lines(state) -> List[str]:
+    """The trust state and the sha256 of each file now, marking those that changed."""
+    lines = [f"trust: {state}"]
+    for name, digest in state.files.items():
+        lines += [f"sha256 {name}: {digest}" + (" (CHANGED)" if name in state.changes else "")]
     return lines
 
 

@@ -28,9 +28,13 @@ def _run(capsys, *argv):
 def test_list_shows_the_catalogue_and_installed_models(capsys, release):
     code, out, _ = _run(capsys, "list")
     assert code == 0
-    assert "spinalcord" in out and "Spinal cord (any contrast)" in out and "not installed (v4.0" in out
+    assert out.splitlines()[0].split() == ["ID", "NAME", "SIZE", "TRUST", "SOURCE"]
+    line = next(line for line in out.splitlines() if line.startswith("spinalcord "))
+    assert "Spinal cord (any contrast)" in line and "not installed: catalogue v4.0" in line
+    assert "asked on first use" in line and "size unknown" in line
+    demo = next(line for line in out.splitlines() if line.startswith("demo-sc "))
+    assert "MiB" in demo and "builtin" in demo and demo.endswith("built-in")
     assert "SCI lesion + cord (T2w)" in out and f"Models folder: {models_dir()}" in out
-    assert "Your models" not in out
 
     assert _run(capsys, "install", "--from", str(release))[0] == 0
     code, out, _ = _run(capsys, "list")
@@ -46,7 +50,8 @@ def test_install_trust_info_remove(capsys, release):
     code, out, _ = _run(capsys, "info", "mine")
     checkpoint = next((models_dir() / "mine").rglob("checkpoint_final.pth"))
     assert code == 0 and "trust: user" in out and f"source: zip: {release.resolve()}" in out
-    assert f"checkpoint fold 0 sha256: {sha256_of_file(checkpoint)}" in out
+    assert f"sha256 fold_0/checkpoint_final.pth: {sha256_of_file(checkpoint)}" in out
+    assert f"sha256 plans.json: {sha256_of_file(checkpoint.parent.parent / 'plans.json')}" in out
     code, out, _ = _run(capsys, "remove", "mine")
     assert code == 0 and "mine: removed" in out and not (models_dir() / "mine").exists()
 
@@ -56,7 +61,7 @@ def test_catalogue_model_from_a_downloaded_file_offline(capsys, release):
     assert code == 0 and "catalogue v4.0" in out and "not trusted yet" in out
     code, out, _ = _run(capsys, "list")
     line = next(line for line in out.splitlines() if line.startswith("spinalcord "))
-    assert "installed v4.0" in line and "trust: not trusted" in line
+    assert "catalogue v4.0" in line and "not trusted" in line
 
 
 def test_models_dir_option(capsys, release, tmp_path):

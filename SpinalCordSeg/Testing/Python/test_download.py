@@ -275,7 +275,8 @@ def test_catalogue_model_installs_on_first_use_and_is_pinned(server, catalogue, 
     assert (resolved.orientation, resolved.crop_with) == ("RAS", None)
     record = json.loads((models_dir() / "spinalcord" / "spinalcordseg-model.json").read_text())
     assert record["urls"] == [server.url(CORD_ZIP)] and record["archive_sha256"] == {CORD_ZIP[1:]: _sha256(data)}
-    assert record["checkpoint_sha256"] == resolved.sha256
+    assert record["files_sha256"] == resolved.files_sha256
+    assert resolved.sha256 == {"0": resolved.files_sha256["fold_0/checkpoint_final.pth"]}
     assert not list((cache_dir() / "downloads").iterdir())  # the zip is deleted once installed
     # Second use: nothing downloaded, nothing asked.
     server.requests.clear()
