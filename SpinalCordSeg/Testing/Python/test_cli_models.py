@@ -102,3 +102,43 @@ def test_an_action_is_required(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["models"])
     assert exit_info.value.code == 2
+
+
+def test_list_and_info_show_the_real_trust_state_and_which_file_changed(capsys, release):
+    """After a trusted model's checkpoint bytes change, neither command may still say 'user' or the old sha256."""
+    assert _run(capsys, "install", "mine", "--from", str(release), "--trust")[0] == 0
+    checkpoint = next((models_dir() / "mine").rglob("checkpoint_final.pth"))
+    old = sha256_of_file(checkpoint)
+    checkpoint.write_bytes(checkpoint.read_bytes() + b"appended")
+    new = sha256_of_file(checkpoint)
+    code, out, _ = _run(capsys, "list")
+    line = next(line for line in out.splitlines() if line.startswith("mine "))
+    assert code == 0 and "not trusted: fold_0/checkpoint_final.pth changed since you trusted it" in line
+    assert f"mine: not trusted: fold_0/checkpoint_final.pth changed (sha256 {old} is now {new}) since you trusted it" \
+        in out
+    code, out, _ = _run(capsys, "info", "mine")
+    assert code == 0 and "trust: user" not in out
+    assert f"sha256 fold_0/checkpoint_final.pth: {new} (CHANGED)" in out
+    assert f"trust: not trusted: fold_0/checkpoint_final.pth changed (sha256 {old} is now {new})" in out
+    # Using it is refused, and the refusal says which file changed.
+    from SpinalCordSegLib.errors import UntrustedModelError
+    from SpinalCordSegLib.model_store import resolve_model
+
+    with pytest.raises(UntrustedModelError) as error:
+        resolve_model("mine")
+    assert f"fold_0/checkpoint_final.pth changed (sha256 {old} is now {new})" in str(error.value)
+
+
+def test_list_shows_a_model_whose_plans_fail_the_checks_as_unusable(capsys, release):
+    import json
+
+    assert _run(capsys, "install", "mine", "--from", str(release))[0] == 0
+    plans_path = next((models_dir() / "mine").rglob("plans.json"))
+    plans = json.loads(plans_path.read_text())
+    plans["configurations"]["3d_fullres"]["architecture"]["network_class_name"] = "os.system"
+    plans_path.write_text(json.dumps(plans))
+    code, out, _ = _run(capsys, "list")
+    line = next(line for line in out.splitlines() if line.startswith("mine "))
+    assert code == 0 and "unusable" in line
+    assert f"mine: unusable: {plans_path}: 'configurations.3d_fullres.architecture.network_class_name' = 'os.system'" \
+        in out
