@@ -9,6 +9,7 @@ connection half-way through a file, once or every time.
 import hashlib
 import io
 import json
+import random
 import re
 import resource
 import signal
@@ -331,8 +332,9 @@ def _bad_release(kind: str, server: ModelServer, model: Path, catalogue) -> str:
         server.files[CORD_ZIP] = _zip_bytes({**_model_members(model), "../../evil.py": b"import os"})
         return "outside the archive"
     assert kind == "disk-full"
-    # Highly compressible padding: the download stays small, its extraction passes the write limit.
-    server.files[CORD_ZIP] = _zip_bytes({**_model_members(model), "padding.bin": bytes(2_000_000)})
+    # Incompressible padding (a zip bomb's zeros are refused by the ratio limit): extraction passes the write limit.
+    padding = random.Random(0).randbytes(2_000_000)
+    server.files[CORD_ZIP] = _zip_bytes({**_model_members(model), "padding.bin": padding})
     return "File too large"
 
 
