@@ -77,22 +77,20 @@ def run_list(args: argparse.Namespace) -> int:
     notes = []
     for entry in store.catalogue:
         model = installed.pop(entry.id, None)
-        if entry.builtin:
-            if entry.path.is_dir():
-                state = store.trust_state_of_folder(entry.path, entry)
-                size = format_size(sum(f.stat().st_size for f in entry.path.rglob("*") if f.is_file()))
-                rows.append((entry.id, entry.name, size, state.summary if not state.problem else "unusable",
+        if entry.builtin and entry.path.is_dir():
+            size = sum(f.stat().st_size for f in entry.path.rglob("*") if f.is_file())
+            rows.append(_row(notes, entry.id, entry.name, size, store.trust_state_of_folder(entry.path, entry),
                              "built-in"))
-                notes += [f"{entry.id}: {state}"] if state.changes or state.problem else []
-            else:
-                rows.append((entry.id, entry.name, "-", "-", "built-in, missing from this build"))
+        elif entry.builtin:
+            rows.append((entry.id, entry.name, "-", "-", "built-in, missing from this build"))
         elif model is not None:
-            rows.append(_installed_row(store, model, entry.name, notes))
+            rows.append(_row(notes, model.id, entry.name, model.size_bytes(), store.trust_status(model), model.source))
         else:
             trust = "pinned" if entry.assets_pinned else "asked on first use"
             rows.append((entry.id, entry.name, format_size(entry.download_size), trust,
                          f"not installed: catalogue {entry.version or 'release'}"))
-    rows += [_installed_row(store, model, model.record.get("name") or model.id, notes) for model in installed.values()]
+    rows += [_row(notes, model.id, model.record.get("name") or model.id, model.size_bytes(), store.trust_status(model),
+                  model.source) for model in installed.values()]
     print(_table(rows))
     if notes:
         print("\n" + "\n".join(notes))
@@ -100,12 +98,11 @@ def run_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _installed_row(store, model, name: str, notes: List[str]) -> Tuple[str, ...]:
-    state = store.trust_status(model)
+def _row(notes: List[str], model_id: str, name: str, size: int, state, source: str) -> Tuple[str, ...]:
+    """A table row; the details of a changed or unusable model go to ``notes``, printed below the table."""
     if state.changes or state.problem:
-        notes.append(f"{model.id}: {state}")
-    return (model.id, name, format_size(model.size_bytes()), "unusable" if state.problem else state.summary,
-            model.source)
+        notes.append(f"{model_id}: {state}")
+    return (model_id, name, format_size(size), "unusable" if state.problem else state.summary, source)
 
 
 def run_install(args: argparse.Namespace) -> int:

@@ -3,9 +3,10 @@
 Each installed model is a folder ``models_dir()/<id>/``: the extracted release
 (its nnU-Net results folder somewhere below) and ``spinalcordseg-model.json``,
 which records where it came from and the sha256 of its archives and of
-every file nnU-Net reads (``dataset.json``, ``plans.json``, checkpoints). An install is staged in a hidden temporary folder inside the
-models folder and moved into place with one rename, so a failed or
-interrupted install leaves the models folder as it was.
+every file nnU-Net reads (``dataset.json``, ``plans.json``, checkpoints). An
+install is staged in a hidden temporary folder inside the models folder and
+moved into place with one rename, so a failed or interrupted install leaves
+the models folder as it was.
 
 :func:`resolve_model` is what the ``segment`` command and the Slicer module
 call: it turns a catalogue id, an installed model's id, a folder or a zip
@@ -224,19 +225,16 @@ class ModelStore:
 
     def trust_status(self, installed: InstalledModel) -> TrustState:
         """The trust state of an installed model, from the sha256 of its files now (they are hashed)."""
-        try:
-            model = ModelFolder.open(installed.path)
-        except ModelFolderError as error:
-            return TrustState("unusable", {}, {}, problem=str(error))
-        return self._trust_state(model, self.catalogue.get(installed.id), installed)
+        return self.trust_state_of_folder(installed.path, self.catalogue.get(installed.id), installed)
 
-    def trust_state_of_folder(self, folder: Path, entry: Optional[CatalogueEntry] = None) -> TrustState:
-        """The trust state of a model folder used in place (a built-in model's, for ``entry``)."""
+    def trust_state_of_folder(self, folder: Path, entry: Optional[CatalogueEntry] = None,
+                              installed: Optional[InstalledModel] = None) -> TrustState:
+        """The trust state of a model folder (a built-in model's, for ``entry``), from its files now."""
         try:
             model = ModelFolder.open(folder)
         except ModelFolderError as error:
             return TrustState("unusable", {}, {}, problem=str(error))
-        return self._trust_state(model, entry, None)
+        return self._trust_state(model, entry, installed)
 
     def _trust_state(self, model: ModelFolder, entry: Optional[CatalogueEntry],
                      installed: Optional[InstalledModel]) -> TrustState:
