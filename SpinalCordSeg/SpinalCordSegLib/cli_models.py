@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     install.add_argument("--from", dest="sources", nargs="+", metavar="ZIP_OR_DIR",
                          help="install from local file(s) or a folder instead of downloading")
     install.add_argument("--trust", action="store_true",
-                         help="trust its checkpoints (pickled code) now and remember the decision")
+                         help="trust this model folder now (checkpoints are pickled code) and remember the decision")
     install.add_argument("--force", action="store_true", help="reinstall, replacing the installed copy")
     install.add_argument("--offline", action="store_true", default=None, help="never touch the network")
     install.set_defaults(func=run_install)
