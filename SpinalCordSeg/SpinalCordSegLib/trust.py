@@ -141,7 +141,8 @@ class TrustStore:
 
     def trusted_before(self, folder: Union[str, Path]) -> Optional[Dict[str, str]]:
         """The files of the last trusted version of ``folder`` (its path), or None."""
-        entries = [e for e in self._load()["models"].values() if e.get("folder") == str(folder)]
+        where = str(Path(folder).resolve())
+        entries = [e for e in self._load()["models"].values() if e.get("folder") == where]
         latest = max(entries, key=lambda e: e.get("trusted_at", ""), default=None)
         return dict(latest["files"]) if latest and isinstance(latest.get("files"), dict) else None
 
@@ -151,7 +152,7 @@ class TrustStore:
         data = self._load()
         data["models"][folder_digest(files)] = {
             "source": source,
-            "folder": str(folder),
+            "folder": str(Path(folder).resolve()),
             "files": dict(files),
             "trusted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "weights_only_loadable": {str(check.path): check.loadable for check in checks},
