@@ -229,9 +229,12 @@ def export_model(model_id: str, checkpoint_path: Path) -> Dict[str, str]:
     return {"all": sha256_of_file(target / "fold_all" / "checkpoint_final.pth")}
 
 
-def register_in_catalogue(model_id: str, checkpoint_sha256: Dict[str, str]) -> None:
-    """Add or replace the model's built-in entry at the top of the catalogue, pinned by checkpoint hash."""
+def register_in_catalogue(model_id: str) -> None:
+    """Add or replace the model's built-in entry at the top of the catalogue, pinned by the hash of each file."""
+    from SpinalCordSegLib.model_folder import ModelFolder
+
     spec = SPECS[model_id]
+    files_sha256 = ModelFolder.open(MODELS / model_id).file_sha256()  # dataset.json, plans.json, checkpoints
     entry = {
         "id": model_id,
         "name": spec["title"],
@@ -246,7 +249,7 @@ def register_in_catalogue(model_id: str, checkpoint_sha256: Dict[str, str]) -> N
         "folds": ["all"],
         "builtin": True,
         "path": model_id,
-        "checkpoint_sha256": checkpoint_sha256,
+        "files_sha256": files_sha256,
         "licence": "MIT",
     }
     catalogue = json.loads(CATALOGUE.read_text(encoding="utf-8"))
@@ -302,7 +305,7 @@ def main() -> int:
         plan_and_preprocess(model_id, work / "nnUNet_preprocessed")
         checkpoint = train(model_id, args.device, args.epochs, args.iterations)
         sha = export_model(model_id, checkpoint)
-        register_in_catalogue(model_id, sha)
+        register_in_catalogue(model_id)
         minutes = (time.perf_counter() - start) / 60
         report[model_id] = {"sha256": sha, "minutes": round(minutes, 1), "dice": evaluate(model_id),
                             "epochs": args.epochs, "iterations": args.iterations, "device": args.device}

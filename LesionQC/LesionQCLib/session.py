@@ -688,10 +688,14 @@ def _suffix(path: Path) -> str:
 
 
 def _read_image(path: Path, where: str) -> sitk.Image:
+    # SpinalCordSeg's checked read: a truncated or NaN-holding NIfTI is refused, not zero-filled and handed to raters.
+    from SpinalCordSegLib.errors import InputImageError
+    from SpinalCordSegLib.image_io import read_image
+
     try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as error:
-        raise ManifestError(f"{where}: cannot read {path} ({str(error).strip().splitlines()[-1]})") from None
+        image = read_image(path)
+    except InputImageError as error:
+        raise ManifestError(f"{where}: {error}") from None
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise ManifestError(f"{where}: {path} is not a 3D single-channel image (size {image.GetSize()})")
     return image

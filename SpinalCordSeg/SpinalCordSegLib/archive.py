@@ -3,8 +3,9 @@
 Release zips come from the network: every member is checked before anything
 is written. Refused: absolute paths and drive letters, ``..`` components,
 symbolic links (named as pointing outside the archive when they do),
-duplicate names, and archives that would expand past a size limit or past
-the free disk space. Extract into a temporary folder: on error, that folder
+duplicate names, and archives that would expand past a size limit, past a
+compression ratio (zip bombs: a member, or the whole archive, expanding far
+more than model files do) or past the free disk space. Extract into a temporary folder: on error, that folder
 may hold part of the files and the caller deletes it.
 
 Example:
@@ -28,6 +29,10 @@ from .fileutil import disk_full_hint, format_size
 
 # The field's largest nnU-Net release zips expand to a few GiB at most.
 DEFAULT_MAX_BYTES = 16 * 1024 ** 3
+# Checkpoints (float weights) compress about 1.1:1 and JSON about 10:1; deflate cannot exceed
+# about 1032:1, which is what zip bombs use. Members smaller than RATIO_FLOOR are not held to it.
+DEFAULT_MAX_RATIO = 100
+RATIO_FLOOR = 1024 ** 2
 _COPY_CHUNK = 1 << 20
 
 
@@ -60,7 +65,17 @@ def _check_link(archive: Path, zip_file: zipfile.ZipFile, info: zipfile.ZipInfo,
     )
 
 
-def _plan(archive: Path, zip_file: zipfile.ZipFile, max_bytes: int) -> Dict[PurePosixPath, zipfile.ZipInfo]:
+def _check_ratio(archive: Path, name: str, expanded: int, compressed: int, max_ratio: float) -> None:
+    if expanded > RATIO_FLOOR and expanded > max_ratio * max(compressed, 1):
+        raise ModelInstallError(
+            f"{archive}: {name} expands {format_size(compressed)} to {format_size(expanded)} "
+            f"(ratio {expanded / max(compressed, 1):.0f}:1, limit {max_ratio:.0f}:1): a zip bomb, not a model; "
+            "refusing to extract"
+        )
+
+
+def _plan(archive: Path, zip_file: zipfile.ZipFile, max_bytes: int,
+          max_ratio: float) -> Dict[PurePosixPath, zipfile.ZipInfo]:
     """Check every member; return them by relative path."""
     members: Dict[PurePosixPath, zipfile.ZipInfo] = {}
     total = 0
@@ -73,27 +88,33 @@ def _plan(archive: Path, zip_file: zipfile.ZipFile, max_bytes: int) -> Dict[Pure
         if member in members:
             raise ModelInstallError(f"{archive}: member {info.filename!r} appears twice; refusing to extract")
         members[member] = info
+        _check_ratio(archive, f"member {info.filename!r}", info.file_size, info.compress_size, max_ratio)
         total += info.file_size
         if total > max_bytes:
             raise ModelInstallError(
                 f"{archive}: expands to more than the limit of {format_size(max_bytes)}; refusing to extract"
             )
+    # Members may share compressed data (overlapping entries): hold the whole archive to the ratio too.
+    _check_ratio(archive, "the archive", total, archive.stat().st_size, max_ratio)
     return members
 
 
 def extract_zip(
-    archive: Union[str, Path], destination: Union[str, Path], *, max_bytes: int = DEFAULT_MAX_BYTES
+    archive: Union[str, Path], destination: Union[str, Path], *, max_bytes: int = DEFAULT_MAX_BYTES,
+    max_ratio: float = DEFAULT_MAX_RATIO,
 ) -> None:
     """Extract ``archive`` into ``destination`` (created) after checking every member.
 
     Raises ModelInstallError naming the archive (and member) and the problem.
-    The uncompressed sizes checked against ``max_bytes`` are those of the zip
-    directory, which ``zipfile`` enforces while reading.
+    The sizes checked against ``max_bytes`` and ``max_ratio`` (uncompressed
+    to compressed) are those of the zip directory, which ``zipfile``
+    enforces while reading (a member that inflates past its declared size
+    fails its check).
     """
     archive, destination = Path(archive), Path(destination)
     try:
         with zipfile.ZipFile(archive) as zip_file:
-            members = _plan(archive, zip_file, max_bytes)
+            members = _plan(archive, zip_file, max_bytes, max_ratio)
             needed = sum(info.file_size for info in members.values())
             destination.mkdir(parents=True, exist_ok=True)
             free = shutil.disk_usage(destination).free

@@ -12,6 +12,11 @@ Built-in models (``"builtin": true``) have no assets: their ``path`` is a
 folder relative to the ``Models`` folder next to the catalogue file, which for
 the shipped catalogue is :func:`SpinalCordSegLib.resources.embedded_models_dir`.
 
+``files_sha256`` pins every file of a model's results folder that nnU-Net
+reads (``dataset.json``, ``plans.json``, ``fold_*/checkpoint_*.pth``), by path
+relative to that folder; a built-in model needs it. A folder whose files all
+match is trusted without asking.
+
 Example:
     >>> from SpinalCordSegLib.catalogue import load_catalogue
     >>> catalogue = load_catalogue()
@@ -39,6 +44,8 @@ CATALOGUE_FORMAT = 1
 # Ids name folders in the models directory: keep them to safe file-name characters.
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
+_CHECKPOINT_PATTERN = re.compile(r"^fold_[^/]+/checkpoint_(final|best)\.pth$")
+_PINNED_NEEDS = ("dataset.json", "plans.json")
 
 
 class CatalogueError(SpinalCordSegError):
@@ -86,7 +93,7 @@ class CatalogueEntry:
     version: Optional[str]
     folds: Optional[Tuple[str, ...]]
     assets: Tuple[Asset, ...]
-    checkpoint_sha256: Optional[Dict[str, str]]
+    files_sha256: Optional[Dict[str, str]]
     citation: Optional[str]
     licence: Optional[str]
     homepage: Optional[str]
@@ -98,6 +105,12 @@ class CatalogueEntry:
     def assets_pinned(self) -> bool:
         """True when every asset has a known sha256."""
         return bool(self.assets) and all(asset.sha256 for asset in self.assets)
+
+    @property
+    def checkpoint_sha256(self) -> Dict[str, str]:
+        """The pinned checkpoints of ``files_sha256``, fold name to sha256."""
+        return {name.split("/")[0][len("fold_"):]: digest for name, digest in (self.files_sha256 or {}).items()
+                if _CHECKPOINT_PATTERN.match(name)}
 
     @property
     def download_size(self) -> Optional[int]:
@@ -171,15 +184,22 @@ def _parse_entry(data: object, where: str, models_root: Path) -> CatalogueEntry:
     where = f"{where} ({model_id})"
     reader.where = where
     builtin = bool(reader.get("builtin", bool, required=False))
-    pins = reader.get("checkpoint_sha256", dict, required=False)
+    if "checkpoint_sha256" in reader.data:
+        raise CatalogueError(f"{where}: 'checkpoint_sha256' is replaced by 'files_sha256', which also pins "
+                             "dataset.json and plans.json (nnU-Net imports names from plans.json)")
+    pins = reader.get("files_sha256", dict, required=False)
     if pins is not None:
-        pins = {str(fold): reader.sha256(value, f"checkpoint_sha256.{fold}") for fold, value in pins.items()}
+        pins = {name: reader.sha256(value, f"files_sha256.{name}") for name, value in pins.items()}
+        missing = [name for name in _PINNED_NEEDS if name not in pins]
+        if missing or not any(_CHECKPOINT_PATTERN.match(name) for name in pins):
+            raise CatalogueError(f"{where}: 'files_sha256' must pin dataset.json, plans.json and each "
+                                 f"fold_*/checkpoint_*.pth (missing: {', '.join(missing) or 'checkpoints'})")
     assets = tuple(
         _parse_asset(item, f"{where} asset {index}")
         for index, item in enumerate(reader.get("assets", list, required=not builtin) or [])
     )
     if builtin and (assets or not pins):
-        raise CatalogueError(f"{where}: a built-in model has no 'assets' and needs 'checkpoint_sha256'")
+        raise CatalogueError(f"{where}: a built-in model has no 'assets' and needs 'files_sha256'")
     if not builtin and not assets:
         raise CatalogueError(f"{where}: 'assets' is empty")
     folds = reader.strings("folds", required=False)
@@ -203,7 +223,7 @@ def _parse_entry(data: object, where: str, models_root: Path) -> CatalogueEntry:
         version=reader.get("version", str, required=False),
         folds=folds,
         assets=assets,
-        checkpoint_sha256=pins,
+        files_sha256=pins,
         citation=reader.get("citation", str, required=False),
         licence=reader.get("licence", str, required=False),
         homepage=reader.get("homepage", str, required=False),

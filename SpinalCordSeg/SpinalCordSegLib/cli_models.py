@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     install.add_argument("--from", dest="sources", nargs="+", metavar="ZIP_OR_DIR",
                          help="install from local file(s) or a folder instead of downloading")
     install.add_argument("--trust", action="store_true",
-                         help="trust its checkpoints (pickled code) now and remember the decision")
+                         help="trust this model folder now (checkpoints are pickled code) and remember the decision")
     install.add_argument("--force", action="store_true", help="reinstall, replacing the installed copy")
     install.add_argument("--offline", action="store_true", default=None, help="never touch the network")
     install.set_defaults(func=run_install)
@@ -70,27 +70,39 @@ def _table(rows: Sequence[Tuple[str, ...]]) -> str:
 
 
 def run_list(args: argparse.Namespace) -> int:
+    """One table of every model: the catalogue's, then the user's; trust from the sha256 of the files now."""
     store = _store(args)
     installed = {model.id: model for model in store.installed()}
-    rows = [("ID", "NAME", "STATUS")]
+    rows = [("ID", "NAME", "SIZE", "TRUST", "SOURCE")]
+    notes = []
     for entry in store.catalogue:
         model = installed.pop(entry.id, None)
-        if entry.builtin:
-            status = "built-in" if entry.path.is_dir() else "built-in, missing from this build"
+        if entry.builtin and entry.path.is_dir():
+            size = sum(f.stat().st_size for f in entry.path.rglob("*") if f.is_file())
+            rows.append(_row(notes, entry.id, entry.name, size, store.trust_state_of_folder(entry.path, entry),
+                             "built-in"))
+        elif entry.builtin:
+            rows.append((entry.id, entry.name, "-", "-", "built-in, missing from this build"))
         elif model is not None:
-            status = (f"installed {model.version or ''}, {format_size(model.size_bytes())}, "
-                      f"trust: {store.trust_status(model)}")
+            rows.append(_row(notes, model.id, entry.name, model.size_bytes(), store.trust_status(model), model.source))
         else:
-            status = f"not installed ({entry.version or 'no version'}, {format_size(entry.download_size)})"
-        rows.append((entry.id, entry.name, status))
+            trust = "pinned" if entry.assets_pinned else "asked on first use"
+            rows.append((entry.id, entry.name, format_size(entry.download_size), trust,
+                         f"not installed: catalogue {entry.version or 'release'}"))
+    rows += [_row(notes, model.id, model.record.get("name") or model.id, model.size_bytes(), store.trust_status(model),
+                  model.source) for model in installed.values()]
     print(_table(rows))
-    if installed:
-        print(f"\nYour models in {store.models_dir}:")
-        print(_table([("ID", "SIZE", "TRUST", "SOURCE")] + [
-            (m.id, format_size(m.size_bytes()), store.trust_status(m), m.source) for m in installed.values()
-        ]))
+    if notes:
+        print("\n" + "\n".join(notes))
     print(f"\nModels folder: {store.models_dir}")
     return 0
+
+
+def _row(notes: List[str], model_id: str, name: str, size: int, state, source: str) -> Tuple[str, ...]:
+    """A table row; the details of a changed or unusable model go to ``notes``, printed below the table."""
+    if state.changes or state.problem:
+        notes.append(f"{model_id}: {state}")
+    return (model_id, name, format_size(size), "unusable" if state.problem else state.summary, source)
 
 
 def run_install(args: argparse.Namespace) -> int:
@@ -113,8 +125,8 @@ def run_install(args: argparse.Namespace) -> int:
     if args.trust:
         resolved = store.resolve(model.id, trust=True)
         print(f"{model.id}: trusted ({resolved.trusted_because})")
-    elif store.trust_status(model) == "not trusted":
-        print(f"{model.id}: its checkpoints are not trusted yet; you will be asked before first use "
+    elif not store.trust_status(model).trusted:
+        print(f"{model.id}: its files are not trusted yet; you will be asked before first use "
               f"(or run 'spinalcordseg models install {model.id} --trust')")
     return 0
 
@@ -142,14 +154,20 @@ def _info_lines(store, model_id: str) -> List[str]:
             lines += [f"built-in folder: {entry.path}"]
         lines += [f"citation: {entry.citation or 'none given'}", f"licence: {entry.licence or 'unknown'}",
                   f"homepage: {entry.homepage or 'none'}", f"SCT model: {entry.sct_model or 'none'}"]
+    if entry is not None and entry.builtin and entry.path.is_dir():
+        return lines + _trust_lines(store.trust_state_of_folder(entry.path, entry))
     if model is None:
-        lines += ["installed: no" if entry is None or not entry.builtin else "installed: built in"]
-        return lines
+        return lines + ["installed: no" if entry is None or not entry.builtin else "installed: built in"]
     lines += [f"installed: {model.path} ({format_size(model.size_bytes())})", f"source: {model.source}",
-              f"installed at: {model.record.get('installed_at', 'unknown')}",
-              f"trust: {store.trust_status(model)}"]
-    lines += [f"checkpoint fold {fold} sha256: {digest}"
-              for fold, digest in (model.record.get("checkpoint_sha256") or {}).items()]
+              f"installed at: {model.record.get('installed_at', 'unknown')}"]
+    return lines + _trust_lines(store.trust_status(model))
+
+
+def _trust_lines(state) -> List[str]:
+    """The trust state and the sha256 of each file now, marking those that changed."""
+    lines = [f"trust: {state}"]
+    for name, digest in state.files.items():
+        lines += [f"sha256 {name}: {digest}" + (" (CHANGED)" if name in state.changes else "")]
     return lines
 
 

@@ -68,7 +68,7 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
                            "catalogue's cord model for models trained on cropped scans)")
     parser.add_argument("--crop-margin", type=float, default=20.0, help="crop margin in mm (default 20)")
     parser.add_argument("--trust", action="store_true",
-                        help="trust this model's checkpoints (pickled code) and remember the decision")
+                        help="trust this model folder's files (checkpoints are pickled code) and remember the decision")
     parser.add_argument("--yes", action="store_true", help="install a missing catalogue model without asking")
     parser.add_argument("--offline", action="store_true", default=None, help="never touch the network")
 

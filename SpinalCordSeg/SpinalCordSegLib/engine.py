@@ -31,7 +31,7 @@ import SimpleITK as sitk
 
 from . import __version__
 from .errors import InputImageError, ModelFolderError
-from .image_io import check_scan, orientation_of, reorient, same_grid
+from .image_io import check_scan, orientation_of, read_image, reorient, same_grid
 from .model_folder import ModelFolder
 from .outputs import binarize, now
 
@@ -376,9 +376,9 @@ class SegmentationEngine:
 
 
 def load_crop_mask(path: Union[str, Path]) -> sitk.Image:
-    """Read a cord mask used for cropping (any pixel type; > 0 is inside)."""
+    """Read a cord mask used for cropping (any pixel type; > 0 is inside), checked as every image file is."""
     path = Path(path)
     if not path.is_file():
         raise InputImageError(f"{path}: crop mask not found")
-    return sitk.ReadImage(str(path))
+    return read_image(path)
 

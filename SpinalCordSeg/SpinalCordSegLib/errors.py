@@ -22,7 +22,7 @@ class ModelInstallError(SpinalCordSegError):
 
 
 class UntrustedModelError(SpinalCordSegError):
-    """A model's checkpoint is not trusted yet (pickled code): ask the user first."""
+    """A model folder's files are not trusted yet (checkpoints are pickled code): ask the user first."""
 
 
 class CancelledError(SpinalCordSegError):

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
 from .errors import ModelFolderError
+from .plans_check import check_dataset, check_plans
 
 CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint_best.pth")
 # How deep below a given folder a results folder may sit (release zips nest it
@@ -86,6 +87,10 @@ def sha256_of_file(path: Union[str, Path], chunk_size: int = 1 << 20) -> str:
 class ModelFolder:
     """A validated nnU-Net v2 results folder.
 
+    Opening it checks ``dataset.json`` and ``plans.json`` (fields inference
+    reads, and the allow-list of names nnU-Net imports; see
+    :mod:`SpinalCordSegLib.plans_check`) before nnU-Net ever sees them.
+
     Attributes:
         path: the ``Trainer__Plans__configuration`` folder.
         dataset: the parsed ``dataset.json``.
@@ -109,21 +114,10 @@ class ModelFolder:
         folder = find_results_folder(path)
         dataset = _load_json(folder / "dataset.json")
         plans = _load_json(folder / "plans.json")
-        labels = dataset.get("labels")
-        if not isinstance(labels, dict) or not labels:
-            raise ModelFolderError(f"{folder / 'dataset.json'}: no 'labels' mapping")
-        if not isinstance(dataset.get("channel_names") or dataset.get("modality"), dict):
-            raise ModelFolderError(f"{folder / 'dataset.json'}: no 'channel_names' mapping")
-        if any(isinstance(v, list) for v in labels.values()) and not dataset.get("regions_class_order"):
-            raise ModelFolderError(
-                f"{folder / 'dataset.json'}: region labels (lists) need 'regions_class_order'"
-            )
+        check_dataset(dataset, str(folder / "dataset.json"))
         configuration = folder.name.split("__")[-1]
-        if configuration not in plans.get("configurations", {}):
-            raise ModelFolderError(
-                f"{folder / 'plans.json'}: no configuration '{configuration}' (from the folder name); "
-                f"it has {sorted(plans.get('configurations', {}))}"
-            )
+        channels = len(dataset.get("channel_names") or dataset.get("modality"))
+        check_plans(plans, str(folder / "plans.json"), configuration, channels)
         checkpoint_name, folds = cls._find_folds(folder)
         return cls(folder, dataset, plans, configuration, checkpoint_name, folds)
 
@@ -193,3 +187,17 @@ class ModelFolder:
     def checkpoint_sha256(self, folds: Optional[Sequence[Union[int, str]]] = None) -> Dict[str, str]:
         """sha256 of each selected fold's checkpoint, fold name to hex digest."""
         return {f: sha256_of_file(self.checkpoint_path(f)) for f in self.select_folds(folds)}
+
+    def checkpoint_file(self, fold: str) -> str:
+        """The checkpoint of ``fold`` as a path relative to the folder (a key of :meth:`file_sha256`)."""
+        return f"fold_{fold}/{self.checkpoint_name}"
+
+    def file_sha256(self) -> Dict[str, str]:
+        """sha256 of every file nnU-Net reads from this folder, by relative path.
+
+        ``dataset.json``, ``plans.json`` and each fold's checkpoint: what trust
+        and pinned checksums must cover (a trusted checkpoint beside another
+        plans file is another model).
+        """
+        names = ["dataset.json", "plans.json"] + [self.checkpoint_file(f) for f in self.folds]
+        return {name: sha256_of_file(self.path / name) for name in names}

@@ -2,14 +2,17 @@
 
 Each installed model is a folder ``models_dir()/<id>/``: the extracted release
 (its nnU-Net results folder somewhere below) and ``spinalcordseg-model.json``,
-which records where it came from and the sha256 of its archives and
-checkpoints. An install is staged in a hidden temporary folder inside the
-models folder and moved into place with one rename, so a failed or
-interrupted install leaves the models folder as it was.
+which records where it came from and the sha256 of its archives and of
+every file nnU-Net reads (``dataset.json``, ``plans.json``, checkpoints). An
+install is staged in a hidden temporary folder inside the models folder and
+moved into place with one rename, so a failed or interrupted install leaves
+the models folder as it was.
 
 :func:`resolve_model` is what the ``segment`` command and the Slicer module
 call: it turns a catalogue id, an installed model's id, a folder or a zip
-into a validated results folder whose checkpoints are trusted.
+into a validated results folder whose files are all trusted (pinned by the
+catalogue or trusted by the user); otherwise the message says which file
+changed since install or since the user trusted it.
 
 Example:
     >>> from SpinalCordSegLib.model_store import resolve_model
@@ -39,7 +42,7 @@ from .download import Progress, download, verify_file
 from .errors import ModelFolderError, ModelInstallError, UntrustedModelError
 from .fileutil import disk_full_hint, format_size, write_json_atomically
 from .model_folder import ModelFolder, find_results_folder, sha256_of_file
-from .trust import TrustStore, check_weights_only, untrusted_message
+from .trust import TrustStore, changed_files, check_weights_only, untrusted_message
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +60,7 @@ class ResolvedModel:
             for a folder given by path.
         version: release version (catalogue or install record), if known.
         sha256: fold -> sha256 of its checkpoint.
+        files_sha256: relative path -> sha256 of every file nnU-Net reads.
         trusted_because: ``"pinned"`` (catalogue checksums), ``"builtin"``
             (shipped with the module) or ``"user"`` (the user trusted it).
         orientation: the catalogue's orientation, for when dataset.json has none.
@@ -67,9 +71,52 @@ class ResolvedModel:
     model_id: Optional[str]
     version: Optional[str]
     sha256: Dict[str, str]
+    files_sha256: Dict[str, str]
     trusted_because: str
     orientation: Optional[str]
     crop_with: Optional[str]
+
+
+@dataclass(frozen=True)
+class TrustState:
+    """Whether a model folder may be loaded, from the sha256 of its files now.
+
+    Attributes:
+        status: ``builtin``, ``pinned``, ``user``, ``not trusted`` or
+            ``unusable`` (the folder fails its checks: ``problem`` says why).
+        files: relative path -> sha256 now (empty when unusable).
+        changes: relative path -> a phrase, for each file that differs from
+            when it was trusted (or installed, or the catalogue's pins), e.g.
+            ``plans.json changed (sha256 ... is now ...)``.
+        since: what ``changes`` compare with (``"since you trusted it"``,
+            ``"since install"``, ``"compared with the catalogue's pinned checksums"``).
+        problem: the ModelFolderError message when unusable.
+    """
+
+    status: str
+    files: Dict[str, str]
+    changes: Dict[str, str]
+    since: Optional[str] = None
+    problem: Optional[str] = None
+
+    @property
+    def trusted(self) -> bool:
+        """True when the model loads without asking."""
+        return self.status in ("builtin", "pinned", "user")
+
+    @property
+    def summary(self) -> str:
+        """One short line: the status, and which files changed (``not trusted: plans.json changed since install``)."""
+        if self.changes:
+            return f"{self.status}: {', '.join(self.changes)} changed {self.since}"
+        return self.status
+
+    def __str__(self) -> str:
+        if self.problem:
+            return f"unusable: {self.problem}"
+        if self.changes:
+            return f"{self.status}: {'; '.join(self.changes.values())} {self.since}"
+        return self.status
 
 
 @dataclass(frozen=True)
@@ -176,13 +223,35 @@ class ModelStore:
             record = {}
         return InstalledModel(path.name, path, record if isinstance(record, dict) else {})
 
-    def trust_status(self, installed: InstalledModel) -> str:
-        """``pinned``, ``user`` or ``not trusted``, from the checkpoint hashes recorded at install."""
-        hashes = installed.record.get("checkpoint_sha256") or {}
-        reason = self._pinned(self.catalogue.get(installed.id), installed, hashes)
-        if reason is None and self.trust_store.is_trusted(hashes.values()):
+    def trust_status(self, installed: InstalledModel) -> TrustState:
+        """The trust state of an installed model, from the sha256 of its files now (they are hashed)."""
+        return self.trust_state_of_folder(installed.path, self.catalogue.get(installed.id), installed)
+
+    def trust_state_of_folder(self, folder: Path, entry: Optional[CatalogueEntry] = None,
+                              installed: Optional[InstalledModel] = None) -> TrustState:
+        """The trust state of a model folder (a built-in model's, for ``entry``), from its files now."""
+        try:
+            model = ModelFolder.open(folder)
+        except ModelFolderError as error:
+            return TrustState("unusable", {}, {}, problem=str(error))
+        return self._trust_state(model, entry, installed)
+
+    def _trust_state(self, model: ModelFolder, entry: Optional[CatalogueEntry],
+                     installed: Optional[InstalledModel]) -> TrustState:
+        files = model.file_sha256()
+        reason = self._pinned(entry, installed, files)
+        if reason is None and self.trust_store.is_trusted(files):
             reason = "user"
-        return reason or "not trusted"
+        if reason is not None:
+            return TrustState(reason, files, {})
+        before, since = self.trust_store.trusted_before(model.path), "since you trusted it"
+        if before is None and installed is not None and isinstance(installed.record.get("files_sha256"), dict):
+            before, since = installed.record["files_sha256"], "since install"
+        if before is None and entry is not None and entry.files_sha256:
+            before = {name: digest for name, digest in entry.files_sha256.items() if name in files}
+            since = "compared with the catalogue's pinned checksums"
+        changes = changed_files(before, files) if before is not None else {}
+        return TrustState("not trusted", files, changes, since if changes else None)
 
     # -- installing ------------------------------------------------------
 
@@ -332,7 +401,7 @@ class ModelStore:
             if missing:
                 raise ModelInstallError(f"{first}: fold(s) {missing} missing; found {model.folds}")
             record.update(
-                checkpoint_sha256=model.checkpoint_sha256(),
+                files_sha256=model.file_sha256(),
                 installed_at=_now(),
                 installed_by=f"SpinalCordSeg {__version__}",
             )
@@ -448,57 +517,58 @@ class ModelStore:
 
     @staticmethod
     def _pinned(entry: Optional[CatalogueEntry], installed: Optional[InstalledModel],
-                hashes: Dict[str, str]) -> Optional[str]:
-        """``builtin`` / ``pinned`` when the catalogue's checksums vouch for these checkpoints, else None."""
-        if entry is None or not hashes:
+                files: Dict[str, str]) -> Optional[str]:
+        """``builtin`` / ``pinned`` when the catalogue's checksums vouch for every file, else None."""
+        if entry is None or not files:
             return None
-        pins = entry.checkpoint_sha256
-        if pins and all(pins.get(fold) == digest for fold, digest in hashes.items()):
+        pins = entry.files_sha256
+        if pins and all(pins.get(name) == digest for name, digest in files.items()):
             return "builtin" if entry.builtin else "pinned"
         record = installed.record if installed is not None else {}
         archives = record.get("archive_sha256") or {}
-        if (entry.assets_pinned and record.get("checkpoint_sha256") == hashes
+        if (entry.assets_pinned and record.get("files_sha256") == files
                 and all(archives.get(asset.name) == asset.sha256 for asset in entry.assets)):
-            return "pinned"  # verified archives at install, checkpoints unchanged since
+            return "pinned"  # verified archives at install, every file unchanged since
         return None
 
     def resolve(self, spec: str, *, trust: bool = False, confirm: Optional[Confirm] = None) -> ResolvedModel:
         """See :func:`resolve_model`."""
         location, entry, installed = self._locate(spec, confirm)
         model = ModelFolder.open(location)
-        hashes = model.checkpoint_sha256()
-        reason = self._pinned(entry, installed, hashes)
-        if reason is None and self.trust_store.is_trusted(hashes.values()):
-            reason = "user"
-        if reason is None:
+        state = self._trust_state(model, entry, installed)
+        reason = state.status
+        if not state.trusted:
             if entry is not None:
                 label = f"model '{entry.id}' ({entry.name}, {model.path})"
-                why = ("its checkpoints do not match the catalogue's pinned checksums"
-                       if entry.checkpoint_sha256 or entry.assets_pinned
+                why = ("its files do not match the catalogue's pinned checksums"
+                       if entry.files_sha256 or entry.assets_pinned
                        else "the catalogue pins no checksum for this release")
             else:
                 label = f"model '{installed.id}' ({model.path})" if installed else f"model folder {model.path}"
-                why = "it is not from the catalogue and you have not trusted its checkpoints"
-            reason = self._ask_trust(label, why, model, hashes, trust, confirm)
+                why = "it is not from the catalogue and you have not trusted these files"
+            if state.changes:
+                why = f"{why}; {state.since}:"
+            reason = self._ask_trust(label, why, model, state, trust, confirm)
         version = installed.version if installed is not None else (entry.version if entry else None)
         return ResolvedModel(
             folder=model.path,
             model_id=entry.id if entry else (installed.id if installed else None),
             version=version,
-            sha256=hashes,
+            sha256={fold: state.files[model.checkpoint_file(fold)] for fold in model.folds},
+            files_sha256=state.files,
             trusted_because=reason,
             orientation=entry.orientation if entry else None,
             crop_with=entry.crop_with if entry else None,
         )
 
-    def _ask_trust(self, label: str, why: str, model: ModelFolder, hashes: Dict[str, str],
+    def _ask_trust(self, label: str, why: str, model: ModelFolder, state: TrustState,
                    trust: bool, confirm: Optional[Confirm]) -> str:
-        """Return ``"user"`` once the user trusts the checkpoints; raise UntrustedModelError otherwise."""
-        checks = {digest: check_weights_only(model.checkpoint_path(fold)) for fold, digest in hashes.items()}
-        message = untrusted_message(label, why, list(checks.values()))
-        remembered = f"the decision is remembered by checksum in {self.trust_store.path}"
-        if trust or (confirm is not None and confirm(f"{message}\nTrust these checkpoints? ({remembered})")):
-            self.trust_store.trust(checks, source=label)
+        """Return ``"user"`` once the user trusts the folder's files; raise UntrustedModelError otherwise."""
+        checks = [check_weights_only(model.checkpoint_path(fold)) for fold in model.folds]
+        message = untrusted_message(label, why, checks, list(state.changes.values()))
+        remembered = f"the decision is remembered by the checksums of its files in {self.trust_store.path}"
+        if trust or (confirm is not None and confirm(f"{message}\nTrust this model folder? ({remembered})")):
+            self.trust_store.trust(model.path, state.files, checks, source=label)
             logger.info("%s\ntrusted at the user's request; %s", message, remembered)
             return "user"
         raise UntrustedModelError(
@@ -520,10 +590,10 @@ def resolve_model(
         spec: a catalogue id (installed on first use), the id of an installed
             model, a results folder (used in place) or a zip (installed once,
             found again by its sha256).
-        trust: trust the checkpoints if they are not trusted yet, and
+        trust: trust the folder's files if they are not trusted yet, and
             remember it (the ``--trust`` flag).
         confirm: asked ``confirm(message) -> bool`` before downloading a
-            catalogue model and before trusting checkpoints (a dialog in
+            catalogue model and before trusting a model folder (a dialog in
             Slicer, a prompt on a terminal). None: never ask; a missing
             catalogue model raises ModelInstallError saying how to install it.
         offline: never touch the network (default: ``SPINALCORDSEG_OFFLINE``).
@@ -532,7 +602,8 @@ def resolve_model(
         ModelInstallError: unknown spec; not installed and not confirmed or
             offline; download or install failure.
         ModelFolderError: not a valid nnU-Net results folder.
-        UntrustedModelError: checkpoints not trusted and not confirmed; the
-            message says what to do and whether weights-only loading works.
+        UntrustedModelError: the folder's files are not trusted and not
+            confirmed; the message says which file changed (when one did),
+            what to do and whether weights-only loading works.
     """
     return ModelStore(offline=offline).resolve(spec, trust=trust, confirm=confirm)

@@ -46,6 +46,7 @@ from scipy.spatial import ConvexHull
 from skimage import measure
 
 from .errors import InputImageError
+from .image_io import read_image
 
 logger = logging.getLogger(__name__)
 
@@ -127,15 +128,8 @@ class Centreline:
 
 
 def load_image(path: Union[str, Path]) -> sitk.Image:
-    """Read an image file with SimpleITK; raise InputImageError naming the file if it cannot be read."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputImageError(f"{path}: file not found")
-    try:
-        return sitk.ReadImage(str(path))
-    except RuntimeError as error:
-        reason = str(error).strip().splitlines()[-1]
-        raise InputImageError(f"{path}: cannot be read as an image ({reason})") from error
+    """Read an image file (see ``image_io.read_image``); raise InputImageError naming the file if it cannot be used."""
+    return read_image(path)
 
 
 def to_axial_volume(image: sitk.Image, name: str = "image") -> AxialVolume:

@@ -27,7 +27,7 @@ import SimpleITK as sitk
 
 from .correction import GRID_TOLERANCE, plan_outputs
 from .errors import SpinalCordSegError
-from .image_io import read_scan, same_grid, write_image_atomic
+from .image_io import read_image, read_scan, same_grid, write_image_atomic
 from .outputs import output_name
 from .worklist import Worklist
 
@@ -119,7 +119,7 @@ def _label_map(scan: sitk.Image, masks: Dict[str, Path], case: str) -> sitk.Imag
     """Cord 1, lesion 2 (lesion wins), on the scan's grid."""
     arrays = {}
     for structure, path in masks.items():
-        mask = sitk.ReadImage(str(path))
+        mask = read_image(path)
         if not same_grid(mask, scan, tolerance=GRID_TOLERANCE):
             raise SpinalCordSegError(f"{path}: not on the grid of case {case}'s scan")
         arrays[structure] = sitk.GetArrayFromImage(mask) > 0

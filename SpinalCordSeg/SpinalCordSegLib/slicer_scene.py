@@ -41,7 +41,7 @@ import slicer
 
 from .correction import GRID_TOLERANCE, OutputPlan, SavedCorrection, on_grid, save_correction
 from .errors import InputImageError, SpinalCordSegError
-from .image_io import same_grid
+from .image_io import read_image, same_grid
 from .outputs import bids_label, source_name, structure_colour
 from .panel_state import EditTracker, ThresholdState, volume_mm3
 from .worklist import WorklistCase
@@ -508,7 +508,7 @@ class ResultScene:
         with flipped axes, so they are put on the volume node's grid first.
         """
         grid = image_from_volume(volume_node)
-        soft_maps = {s: on_grid(sitk.ReadImage(str(path)), grid, sitk.sitkLinear) for s, path in case.soft_maps.items()}
+        soft_maps = {s: on_grid(read_image(path), grid, sitk.sitkLinear) for s, path in case.soft_maps.items()}
         return self.show(volume_node, soft_maps, case.provenance(), case.thresholds(), opacity)
 
     @contextmanager

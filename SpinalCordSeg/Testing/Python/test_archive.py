@@ -81,10 +81,41 @@ def test_archive_expanding_past_the_limit_is_refused(tmp_path):
     source = _zip(tmp_path / "bomb.zip", {"zeros.bin": bytes(2 * 1024 * 1024)})
     assert source.stat().st_size < 64 * 1024
     with pytest.raises(ModelInstallError, match="expands to more than the limit of 1.0 MiB"):
-        extract_zip(source, tmp_path / "out", max_bytes=1024 * 1024)
+        extract_zip(source, tmp_path / "out", max_bytes=1024 * 1024, max_ratio=2000)
     assert not (tmp_path / "out").exists()
-    extract_zip(source, tmp_path / "out", max_bytes=3 * 1024 * 1024)  # under the limit: fine
+    extract_zip(source, tmp_path / "out", max_bytes=3 * 1024 * 1024, max_ratio=2000)  # under both limits: fine
     assert (tmp_path / "out/zeros.bin").stat().st_size == 2 * 1024 * 1024
+
+
+def test_zip_bomb_member_is_refused_by_its_compression_ratio(tmp_path):
+    """A real zip whose checkpoint is 20 MiB of zeros in 20 KiB: far under the size limit, refused by ratio."""
+    source = _zip(tmp_path / "bomb.zip", {"Dataset1/T__P__3d_fullres/plans.json": b"{}",
+                                          "Dataset1/T__P__3d_fullres/fold_0/checkpoint_final.pth": bytes(20 << 20)})
+    assert source.stat().st_size < 64 * 1024
+    with pytest.raises(ModelInstallError) as error:
+        extract_zip(source, tmp_path / "out")
+    message = str(error.value)
+    assert str(source) in message and "member 'Dataset1/T__P__3d_fullres/fold_0/checkpoint_final.pth'" in message
+    assert "to 20.0 MiB (ratio" in message and "limit 100:1): a zip bomb" in message
+    assert not (tmp_path / "out").exists()  # refused before anything is written
+
+
+def test_archive_of_many_small_members_is_held_to_the_ratio_as_a_whole(tmp_path):
+    # Each member is under the 1 MiB floor of the per-member check; together 40 MiB from ~50 KiB.
+    source = _zip(tmp_path / "many.zip", {f"model/part{i}.bin": bytes(1 << 20) for i in range(40)})
+    with pytest.raises(ModelInstallError, match="the archive expands .* to 40.0 MiB .*a zip bomb"):
+        extract_zip(source, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_model_weights_pass_the_ratio_check(tmp_path):
+    # Random float weights barely compress: a real checkpoint's ratio is near 1:1.
+    import numpy as np
+
+    weights = np.random.default_rng(0).standard_normal(600_000).astype(np.float32).tobytes()
+    source = _zip(tmp_path / "ok.zip", {"model/fold_0/checkpoint_final.pth": weights, "model/plans.json": b"{}" * 10})
+    extract_zip(source, tmp_path / "out")
+    assert (tmp_path / "out/model/fold_0/checkpoint_final.pth").read_bytes() == weights
 
 
 def test_duplicate_member_is_refused(tmp_path):

@@ -69,15 +69,18 @@ def test_environment_variable_selects_another_catalogue(tmp_path, monkeypatch):
     assert load_catalogue().ids == ["spinalcord"]
 
 
+PINS = {"dataset.json": "a" * 64, "plans.json": "b" * 64, "fold_0/checkpoint_final.pth": "c" * 64}
+
+
 def test_builtin_path_is_relative_to_the_models_folder_next_to_the_catalogue(tmp_path):
     data = {"format": 1, "models": [{
         "id": "demo", "name": "Demo", "description": "d", "task": "t", "structures": ["sc"],
-        "contrasts": ["t2"], "builtin": True, "path": "demo/model", "checkpoint_sha256": {"0": "a" * 64},
+        "contrasts": ["t2"], "builtin": True, "path": "demo/model", "files_sha256": PINS,
     }]}
     (tmp_path / "models.json").write_text(json.dumps(data))
     entry = load_catalogue(tmp_path / "models.json")["demo"]
     assert entry.builtin and entry.path == tmp_path.resolve() / "Models" / "demo" / "model"
-    assert entry.checkpoint_sha256 == {"0": "a" * 64}
+    assert entry.files_sha256 == PINS and entry.checkpoint_sha256 == {"0": "c" * 64}
 
 
 def _broken(base: dict, change) -> dict:
@@ -96,8 +99,14 @@ def _broken(base: dict, change) -> dict:
     (lambda m: m[0].pop("name"), "missing 'name'"),
     (lambda m: m[0].update(structures="sc"), "'structures' has the wrong type"),
     (lambda m: m[0].update(assets=[]), "'assets' is empty"),
-    (lambda m: m[0].update(builtin=True, path="../x", assets=[], checkpoint_sha256={"0": "a" * 64}),
-     "without '..'"),
+    (lambda m: m[0].update(builtin=True, path="../x", assets=[], files_sha256=PINS), "without '..'"),
+    # Pins must cover every file nnU-Net reads, plans.json included (it names code to import).
+    (lambda m: m[0].update(builtin=True, path="x", assets=[], files_sha256={"fold_0/checkpoint_final.pth": "c" * 64}),
+     "'files_sha256' must pin dataset.json, plans.json and each fold_*/checkpoint_*.pth (missing: dataset.json, "
+     "plans.json)"),
+    (lambda m: m[0].update(builtin=True, path="x", assets=[], checkpoint_sha256={"0": "a" * 64}),
+     "'checkpoint_sha256' is replaced by 'files_sha256'"),
+    (lambda m: m[0].update(builtin=True, path="x", assets=[]), "needs 'files_sha256'"),
     (lambda m: next(e for e in m if e["id"] == "lesion_ms")["assets"][0].update(fold="9"), "do not match 'folds'"),
 ])
 def test_invalid_catalogue_names_the_file_and_problem(tmp_path, change, problem):

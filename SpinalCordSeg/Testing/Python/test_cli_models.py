@@ -28,9 +28,13 @@ def _run(capsys, *argv):
 def test_list_shows_the_catalogue_and_installed_models(capsys, release):
     code, out, _ = _run(capsys, "list")
     assert code == 0
-    assert "spinalcord" in out and "Spinal cord (any contrast)" in out and "not installed (v4.0" in out
+    assert out.splitlines()[0].split() == ["ID", "NAME", "SIZE", "TRUST", "SOURCE"]
+    line = next(line for line in out.splitlines() if line.startswith("spinalcord "))
+    assert "Spinal cord (any contrast)" in line and "not installed: catalogue v4.0" in line
+    assert "asked on first use" in line and "size unknown" in line
+    demo = next(line for line in out.splitlines() if line.startswith("demo-sc "))
+    assert "MiB" in demo and "builtin" in demo and demo.endswith("built-in")
     assert "SCI lesion + cord (T2w)" in out and f"Models folder: {models_dir()}" in out
-    assert "Your models" not in out
 
     assert _run(capsys, "install", "--from", str(release))[0] == 0
     code, out, _ = _run(capsys, "list")
@@ -46,7 +50,8 @@ def test_install_trust_info_remove(capsys, release):
     code, out, _ = _run(capsys, "info", "mine")
     checkpoint = next((models_dir() / "mine").rglob("checkpoint_final.pth"))
     assert code == 0 and "trust: user" in out and f"source: zip: {release.resolve()}" in out
-    assert f"checkpoint fold 0 sha256: {sha256_of_file(checkpoint)}" in out
+    assert f"sha256 fold_0/checkpoint_final.pth: {sha256_of_file(checkpoint)}" in out
+    assert f"sha256 plans.json: {sha256_of_file(checkpoint.parent.parent / 'plans.json')}" in out
     code, out, _ = _run(capsys, "remove", "mine")
     assert code == 0 and "mine: removed" in out and not (models_dir() / "mine").exists()
 
@@ -56,7 +61,7 @@ def test_catalogue_model_from_a_downloaded_file_offline(capsys, release):
     assert code == 0 and "catalogue v4.0" in out and "not trusted yet" in out
     code, out, _ = _run(capsys, "list")
     line = next(line for line in out.splitlines() if line.startswith("spinalcord "))
-    assert "installed v4.0" in line and "trust: not trusted" in line
+    assert "catalogue v4.0" in line and "not trusted" in line
 
 
 def test_models_dir_option(capsys, release, tmp_path):
@@ -97,3 +102,43 @@ def test_an_action_is_required(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["models"])
     assert exit_info.value.code == 2
+
+
+def test_list_and_info_show_the_real_trust_state_and_which_file_changed(capsys, release):
+    """After a trusted model's checkpoint bytes change, neither command may still say 'user' or the old sha256."""
+    assert _run(capsys, "install", "mine", "--from", str(release), "--trust")[0] == 0
+    checkpoint = next((models_dir() / "mine").rglob("checkpoint_final.pth"))
+    old = sha256_of_file(checkpoint)
+    checkpoint.write_bytes(checkpoint.read_bytes() + b"appended")
+    new = sha256_of_file(checkpoint)
+    code, out, _ = _run(capsys, "list")
+    line = next(line for line in out.splitlines() if line.startswith("mine "))
+    assert code == 0 and "not trusted: fold_0/checkpoint_final.pth changed since you trusted it" in line
+    assert f"mine: not trusted: fold_0/checkpoint_final.pth changed (sha256 {old} is now {new}) since you trusted it" \
+        in out
+    code, out, _ = _run(capsys, "info", "mine")
+    assert code == 0 and "trust: user" not in out
+    assert f"sha256 fold_0/checkpoint_final.pth: {new} (CHANGED)" in out
+    assert f"trust: not trusted: fold_0/checkpoint_final.pth changed (sha256 {old} is now {new})" in out
+    # Using it is refused, and the refusal says which file changed.
+    from SpinalCordSegLib.errors import UntrustedModelError
+    from SpinalCordSegLib.model_store import resolve_model
+
+    with pytest.raises(UntrustedModelError) as error:
+        resolve_model("mine")
+    assert f"fold_0/checkpoint_final.pth changed (sha256 {old} is now {new})" in str(error.value)
+
+
+def test_list_shows_a_model_whose_plans_fail_the_checks_as_unusable(capsys, release):
+    import json
+
+    assert _run(capsys, "install", "mine", "--from", str(release))[0] == 0
+    plans_path = next((models_dir() / "mine").rglob("plans.json"))
+    plans = json.loads(plans_path.read_text())
+    plans["configurations"]["3d_fullres"]["architecture"]["network_class_name"] = "os.system"
+    plans_path.write_text(json.dumps(plans))
+    code, out, _ = _run(capsys, "list")
+    line = next(line for line in out.splitlines() if line.startswith("mine "))
+    assert code == 0 and "unusable" in line
+    assert f"mine: unusable: {plans_path}: 'configurations.3d_fullres.architecture.network_class_name' = 'os.system'" \
+        in out

@@ -9,6 +9,7 @@ connection half-way through a file, once or every time.
 import hashlib
 import io
 import json
+import random
 import re
 import resource
 import signal
@@ -275,7 +276,8 @@ def test_catalogue_model_installs_on_first_use_and_is_pinned(server, catalogue, 
     assert (resolved.orientation, resolved.crop_with) == ("RAS", None)
     record = json.loads((models_dir() / "spinalcord" / "spinalcordseg-model.json").read_text())
     assert record["urls"] == [server.url(CORD_ZIP)] and record["archive_sha256"] == {CORD_ZIP[1:]: _sha256(data)}
-    assert record["checkpoint_sha256"] == resolved.sha256
+    assert record["files_sha256"] == resolved.files_sha256
+    assert resolved.sha256 == {"0": resolved.files_sha256["fold_0/checkpoint_final.pth"]}
     assert not list((cache_dir() / "downloads").iterdir())  # the zip is deleted once installed
     # Second use: nothing downloaded, nothing asked.
     server.requests.clear()
@@ -330,8 +332,9 @@ def _bad_release(kind: str, server: ModelServer, model: Path, catalogue) -> str:
         server.files[CORD_ZIP] = _zip_bytes({**_model_members(model), "../../evil.py": b"import os"})
         return "outside the archive"
     assert kind == "disk-full"
-    # Highly compressible padding: the download stays small, its extraction passes the write limit.
-    server.files[CORD_ZIP] = _zip_bytes({**_model_members(model), "padding.bin": bytes(2_000_000)})
+    # Incompressible padding (a zip bomb's zeros are refused by the ratio limit): extraction passes the write limit.
+    padding = random.Random(0).randbytes(2_000_000)
+    server.files[CORD_ZIP] = _zip_bytes({**_model_members(model), "padding.bin": padding})
     return "File too large"
 
 

@@ -140,15 +140,15 @@ def _write(array, path, spacing=None):
 @pytest.mark.parametrize("case,expected", [
     ("2d", "2D"),
     ("nan", "NaN"),
-    ("all-nan", "constant"),
+    ("all-nan", "4000 of 4000 stored values are NaN"),
     ("constant", "constant"),
     ("slice", "single slice"),
     ("missing", "not found"),
-    ("garbage", "cannot read"),
+    ("garbage", "cannot be read as an image"),
 ])
 def test_bad_scans_are_refused_with_the_file_name(tmp_path, case, expected):
-    # SimpleITK's NIfTI reader turns NaN into 0, so partial NaN is tested with NRRD;
-    # a NIfTI full of NaN then reads as constant.
+    # Partial NaN through NRRD (SimpleITK keeps it); a NIfTI full of NaN, which SimpleITK's
+    # NIfTI reader would turn into 0 (constant), is found in its raw values (see test_image_files.py).
     path = tmp_path / (f"{case}.nrrd" if case == "nan" else f"{case}.nii.gz")
     if case == "2d":
         _write(np.random.rand(30, 30).astype(np.float32), path)
@@ -254,6 +254,10 @@ def test_channel_count_mismatch(tiny_model, tmp_path):
     dataset = json.loads((model / "dataset.json").read_text())
     dataset["channel_names"] = {"0": "T2w", "1": "T1w"}
     (model / "dataset.json").write_text(json.dumps(dataset))
+    plans = json.loads((model / "plans.json").read_text())
+    plans["configurations"]["3d_fullres"].update(normalization_schemes=["ZScoreNormalization"] * 2,
+                                                 use_mask_for_norm=[False] * 2)  # consistent, or plans fail first
+    (model / "plans.json").write_text(json.dumps(plans))
     with pytest.raises(ModelFolderError, match="expects 2 input channels"):
         SegmentationEngine(model, InferenceOptions(device="cpu"))
 

@@ -76,7 +76,7 @@ def test_install_from_zip_is_listed_with_size_and_source(release, tiny_model):
     assert listed.size_bytes() == sum(f.stat().st_size for f in model.path.rglob("*") if f.is_file())
     assert listed.results_folder() == model.path / "Dataset900_SyntheticCord" / tiny_model.name
     assert listed.record["archive_sha256"] == {"my-release.zip": sha256_of_file(release)}
-    assert store.trust_status(listed) == "not trusted"
+    assert str(store.trust_status(listed)) == "not trusted"
 
 
 def test_install_from_folder_copies_the_results_folder(tiny_model):
@@ -93,14 +93,14 @@ def test_custom_model_needs_trust_and_the_decision_is_remembered(release):
     message = str(error.value)
     assert "not trusted yet" in message and "--trust" in message
     assert "checkpoint_final.pth: readable with torch.load(weights_only=True)" in message
-    assert not (config_dir() / "trusted_checkpoints.json").exists()
+    assert not (config_dir() / "trusted_models.json").exists()
 
     resolved = resolve_model("my-release", trust=True)
     assert resolved.trusted_because == "user" and resolved.model_id == "my-release"
     assert resolved.sha256 == {"0": sha256_of_file(resolved.folder / "fold_0" / "checkpoint_final.pth")}
     assert (resolved.orientation, resolved.crop_with, resolved.version) == (None, None, None)
     assert resolve_model("my-release").trusted_because == "user"  # remembered
-    assert ModelStore().trust_status(ModelStore().get_installed("my-release")) == "user"
+    assert str(ModelStore().trust_status(ModelStore().get_installed("my-release"))) == "user"
 
 
 def test_confirm_callback_decides_trust(release):
@@ -108,7 +108,7 @@ def test_confirm_callback_decides_trust(release):
     asked = []
     with pytest.raises(UntrustedModelError):
         resolve_model("my-release", confirm=lambda question: asked.append(question) or False)
-    assert len(asked) == 1 and "Trust these checkpoints?" in asked[0] and "weights_only=True" in asked[0]
+    assert len(asked) == 1 and "Trust this model folder?" in asked[0] and "weights_only=True" in asked[0]
     assert resolve_model("my-release", confirm=lambda question: True).trusted_because == "user"
 
 
@@ -118,8 +118,11 @@ def test_changed_checkpoint_is_not_trusted_any_more(release):
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     state["current_epoch"] = 99
     torch.save(state, checkpoint)
-    with pytest.raises(UntrustedModelError, match="not trusted yet"):
+    with pytest.raises(UntrustedModelError, match="not trusted yet") as error:
         resolve_model(str(release))
+    # The refusal says which file changed.
+    assert "fold_0/checkpoint_final.pth changed (sha256" in str(error.value)
+    assert "since you trusted it" in str(error.value)
 
 
 def test_folder_path_is_used_in_place(tiny_model, tmp_path):
@@ -196,7 +199,7 @@ def _bad_source(kind: str, tiny_model: Path, tmp_path: Path) -> Path:
     ("two-folders", ModelFolderError, "several nnU-Net results folders found (Dataset1/"),
     ("zip-slip", ModelInstallError, "outside the archive"),
     ("not-a-zip", ModelInstallError, "not a valid zip file"),
-    ("bad-dataset-json", ModelFolderError, "no 'labels' mapping"),
+    ("bad-dataset-json", ModelFolderError, "dataset.json: 'labels' must be a non-empty mapping"),
     ("folder-without-model", ModelFolderError, "no nnU-Net results folder"),
     ("missing", ModelInstallError, "no such file or folder"),
 ])
@@ -302,7 +305,8 @@ def test_per_fold_files_are_merged(tiny_model, tmp_path):
     with pytest.raises(ModelInstallError, match="missing from the given files: model_fold4.zip"):
         store.install("lesion_ms", files=files[:4])
     model = store.install("lesion_ms", files=files)
-    assert sorted(model.record["checkpoint_sha256"]) == ["0", "1", "2", "3", "4"]
+    assert sorted(model.record["files_sha256"]) == ["dataset.json"] + [
+        f"fold_{i}/checkpoint_final.pth" for i in range(5)] + ["plans.json"]
     resolved = resolve_model("lesion_ms", trust=True)
     assert sorted(p.name for p in resolved.folder.glob("fold_*")) == [f"fold_{i}" for i in range(5)]
     assert resolved.crop_with == "spinalcord"
@@ -329,15 +333,19 @@ def test_fold_files_that_do_not_fit_together(tiny_model, tmp_path, conflict, pro
     assert _listing(models_dir()) == []
 
 
-def _builtin(pin: str, path: str = "demo") -> dict:
+def _builtin(pins: dict, path: str = "demo") -> dict:
     return {"id": "demo-sc", "name": "Demo", "description": "generated", "task": "spinal cord segmentation",
             "structures": ["sc"], "contrasts": ["t2"], "orientation": "LAS", "version": "1",
-            "builtin": True, "path": path, "checkpoint_sha256": {"0": pin}}
+            "builtin": True, "path": path, "files_sha256": pins}
+
+
+def _pins(folder: Path) -> dict:
+    return {name: sha256_of_file(folder / name)
+            for name in ("dataset.json", "plans.json", "fold_0/checkpoint_final.pth")}
 
 
 def test_builtin_model_is_trusted_by_its_pinned_checksum(tiny_model, test_catalogue):
-    pin = sha256_of_file(tiny_model / "fold_0" / "checkpoint_final.pth")
-    models = test_catalogue(extra=[_builtin(pin)])  # the Models folder next to the test catalogue
+    models = test_catalogue(extra=[_builtin(_pins(tiny_model))])  # the Models folder next to the test catalogue
     shutil.copytree(tiny_model.parent, models / "demo" / tiny_model.parent.name)
     resolved = resolve_model("demo-sc", offline=True)
     assert resolved.folder == models / "demo" / tiny_model.parent.name / tiny_model.name
@@ -350,13 +358,28 @@ def test_builtin_model_is_trusted_by_its_pinned_checksum(tiny_model, test_catalo
 
 
 def test_builtin_model_with_another_checkpoint_is_not_trusted(tiny_model, test_catalogue):
-    models = test_catalogue(extra=[_builtin("f" * 64)])
+    models = test_catalogue(extra=[_builtin({**_pins(tiny_model), "fold_0/checkpoint_final.pth": "f" * 64})])
     shutil.copytree(tiny_model.parent, models / "demo" / tiny_model.parent.name)
     with pytest.raises(UntrustedModelError, match="do not match the catalogue's pinned checksums"):
         resolve_model("demo-sc")
 
 
+def test_builtin_model_with_a_changed_plans_file_is_not_trusted(tiny_model, test_catalogue):
+    """Pinned checksums cover plans.json: the same checkpoint beside another plans file is not pinned."""
+    models = test_catalogue(extra=[_builtin(_pins(tiny_model))])
+    folder = Path(shutil.copytree(tiny_model.parent, models / "demo" / tiny_model.parent.name)) / tiny_model.name
+    plans = json.loads((folder / "plans.json").read_text())
+    plans["configurations"]["3d_fullres"]["batch_size"] = 3  # harmless, but not the pinned file
+    (folder / "plans.json").write_text(json.dumps(plans))
+    with pytest.raises(UntrustedModelError) as error:
+        resolve_model("demo-sc")
+    message = str(error.value)
+    assert "do not match the catalogue's pinned checksums" in message
+    assert "plans.json changed (sha256" in message and "checkpoint_final.pth changed" not in message
+
+
 def test_builtin_model_missing_from_the_build(test_catalogue):
-    test_catalogue(extra=[_builtin("f" * 64, path="absent")])
+    test_catalogue(extra=[_builtin({"dataset.json": "f" * 64, "plans.json": "f" * 64,
+                                    "fold_0/checkpoint_final.pth": "f" * 64}, path="absent")])
     with pytest.raises(ModelInstallError, match="not part of this build"):
         resolve_model("demo-sc")
