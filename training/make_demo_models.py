@@ -246,6 +246,7 @@ def register_in_catalogue(model_id: str, checkpoint_sha256: Dict[str, str]) -> N
         "folds": ["all"],
         "builtin": True,
         "path": model_id,
+        "demo": True,  # every output says "demo model: not for clinical use"
         "checkpoint_sha256": checkpoint_sha256,
         "licence": "MIT",
     }
