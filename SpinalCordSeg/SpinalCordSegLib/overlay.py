@@ -253,8 +253,8 @@ def _draw_view(axis, view: View, views: List[View], image: np.ndarray, arrays: M
         if view.plane == "sagittal" and other.plane == "axial":
             height = (other.index + 0.5) * spacing[2]
             axis.axhline(height, color=_REFERENCE_COLOUR, lw=0.8, ls="--")
-            axis.text(extent[1], height, _axial_name(other, views).lower() + " ",
-                      color=_REFERENCE_COLOUR, fontsize=8, va="bottom", ha="right")
+            axis.text(0.08, height, _axial_name(other, views).lower(), transform=axis.get_yaxis_transform(),
+                      color=_REFERENCE_COLOUR, fontsize=8, va="bottom", ha="left")  # clear of the letters
         elif view.plane == "axial" and other.plane == "sagittal":
             axis.axvline((other.index + 0.5) * spacing[0], color=_REFERENCE_COLOUR, lw=0.6, ls=":")
     axis.set_xlim(field[0], field[1])
