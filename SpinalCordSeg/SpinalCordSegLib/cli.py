@@ -72,6 +72,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s: %(message)s",
     )
+    logging.getLogger("numexpr").setLevel(logging.WARNING)  # pandas' thread-count notice is noise here
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Tuple, Union
@@ -156,16 +157,22 @@ def draw_overlay(
     colours = {s: structure_colour(s, n) for n, s in enumerate(arrays)}
     fields = [_field(view, arrays, spacing, image.shape) for view in views]
     ratios = [(x1 - x0) / (y1 - y0) for x0, x1, y0, y1 in fields]  # panels keep the views' true shapes
-    figure = Figure(figsize=(max(_MIN_FIGURE_WIDTH, 3.8 * sum(ratios) + 0.6), 6.4), dpi=110, facecolor="black")
+    width = max(_MIN_FIGURE_WIDTH, 3.8 * sum(ratios) + 0.6)
+    figure = Figure(figsize=(width, 6.6), dpi=110, facecolor="black")
+    note = provenance.get("Note")
     grid = figure.add_gridspec(2, len(views), width_ratios=ratios, height_ratios=[4.0, 1.1],
-                               left=0.02, right=0.98, top=0.87, bottom=0.01, wspace=0.08, hspace=0.14)
+                               left=0.02, right=0.98, top=0.82 if note else 0.87, bottom=0.01, wspace=0.08,
+                               hspace=0.14)
     panels = []
     for column, (view, field) in enumerate(zip(views, fields)):
         axis = figure.add_subplot(grid[0, column])
         _draw_view(axis, view, views, image, arrays, colours, spacing, (low, high), display, field)
         panels.append((view, axis))
     _draw_text(figure.add_subplot(grid[1, :]), arrays, colours, spacing, provenance, scan)
-    figure.suptitle(title or "SpinalCordSeg", color="white", fontsize=13, y=0.975)
+    figure.suptitle(title or "SpinalCordSeg", color="white", fontsize=13, y=0.985)
+    if note:  # a demo model: said first, under the title
+        figure.text(0.5, 0.945, textwrap.fill(str(note), int(width * 11)), color=_WARNING_COLOUR, fontsize=9.5,
+                    fontweight="bold", ha="center", va="top")
     return figure, panels
 
 
@@ -296,8 +303,9 @@ def _structure_line(structure: str, mask: np.ndarray, voxel_mm3: float) -> str:
     if count == 0:
         return f"{full_name(structure)}: none found"
     largest = np.bincount(labels.ravel())[1:].max() * voxel_mm3
-    return (f"{full_name(structure)}: {count}, {volume:.1f} mm\u00b3 in all"
-            + (f", largest {largest:.1f} mm\u00b3" if count > 1 else ""))
+    if count == 1:
+        return f"{full_name(structure)}: 1 ({volume:.1f} mm\u00b3)"
+    return f"{full_name(structure)}: {count}, {volume:.1f} mm\u00b3 in all, largest {largest:.1f} mm\u00b3"
 
 
 def _model_line(provenance: Mapping[str, object]) -> str:
@@ -335,10 +343,6 @@ def _draw_text(axis, arrays: Mapping[str, np.ndarray], colours: Mapping[str, tup
     lines.append(f"Date: {provenance.get('Date') or now()}")
     axis.text(0.36, 0.98, "\n".join(lines), color="white", fontsize=8.5, va="top", ha="left",
               transform=axis.transAxes, linespacing=1.45)
-    note = provenance.get("Note")
-    if note:
-        axis.text(0.005, 0.02, str(note), color=_WARNING_COLOUR, fontsize=9.5, fontweight="bold",
-                  va="bottom", ha="left", transform=axis.transAxes, wrap=True)
 
 
 def _rectangle(xy: Tuple[float, float], width: float, height: float, colour: tuple, axis):

@@ -98,11 +98,12 @@ def test_overlay_states_structures_model_note_thresholds_and_date(tmp_path):
     provenance = {"ModelId": "demo-sc-lesion", "Note": "demo-sc-lesion is a demo model: not for clinical use",
                   "Thresholds": {"sc": 0.5, "lesion": 0.3}, "Date": "2026-12-01 10:00:00"}
     figure, panels = draw_overlay(scan, masks, title="sub-01_T2w", provenance=provenance)
-    text = "\n".join(t.get_text() for axis in figure.axes for t in axis.texts)
+    text = "\n".join(t.get_text() for t in figure.texts + [t for axis in figure.axes for t in axis.texts])
     voxel = float(np.prod(SPACING_LPS))
     cord_mm3 = sitk.GetArrayFromImage(masks["sc"]).sum() * voxel
     assert f"Spinal cord: {cord_mm3:.1f} mm\u00b3" in text
-    assert "Lesions: 1," in text
+    lesion_mm3 = sitk.GetArrayFromImage(masks["lesion"]).sum() * voxel
+    assert f"Lesions: 1 ({lesion_mm3:.1f} mm\u00b3)" in text
     assert "Model: demo-sc-lesion (Demo: spinal cord and lesions (embedded)" in text
     assert "demo model: not for clinical use" in text
     assert "Thresholds: spinal cord 0.5, lesions 0.3" in text and "2026-12-01 10:00:00" in text
