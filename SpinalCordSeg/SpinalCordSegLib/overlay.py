@@ -77,11 +77,12 @@ def full_name(structure: str) -> str:
 def choose_views(arrays: Mapping[str, np.ndarray]) -> List[View]:
     """The sagittal view and the axial views for masks on the display grid ([k, j, i], LPS).
 
-    The sagittal slice goes through the cord (the median left-right position of
-    its voxels); the axial views go through the largest lesion's largest
-    section, when there are lesions, and through the middle of the cord's
-    extent. Without a cord mask, the union of all masks stands for it; without
-    any structure, the middle of the scan is shown.
+    The cord is the largest connected part of the cord mask (false positives
+    elsewhere do not move the views). The sagittal slice goes through it (the
+    median left-right position of its voxels); the axial views go through the
+    largest lesion's largest section, when there are lesions, and through the
+    middle of the cord's extent. Without a cord mask, the union of all masks
+    stands for it; without any structure, the middle of the scan is shown.
     """
     from .lesion_metrics import label_lesions
 
@@ -90,16 +91,14 @@ def choose_views(arrays: Mapping[str, np.ndarray]) -> List[View]:
     lesions = _union(a for s, a in arrays.items() if bids_label(s) == "lesion")
     if cord is None or not cord.any():
         cord = _union(arrays.values())
-    views: List[View] = []
     if cord is None or not cord.any():
         middle = [n // 2 for n in shape] if shape else [0, 0, 0]
         return [View("sagittal", middle[2], "middle of the scan (no structure found)"),
                 View("axial", middle[0], "middle of the scan (no structure found)")]
-    views.append(View("sagittal", int(np.median(np.nonzero(cord)[2])), "through the cord"))
+    cord = _largest_part(label_lesions(cord))
+    views = [View("sagittal", int(np.median(np.nonzero(cord)[2])), "through the cord")]
     if lesions is not None and lesions.any():
-        labels = label_lesions(lesions)
-        largest = np.argmax(np.bincount(labels.ravel())[1:]) + 1
-        areas = (labels == largest).sum(axis=(1, 2))
+        areas = _largest_part(label_lesions(lesions)).sum(axis=(1, 2))
         views.append(View("axial", int(np.argmax(areas)), "largest lesion"))
     cord_slices = np.flatnonzero(cord.any(axis=(1, 2)))
     middle = (cord_slices[0] + cord_slices[-1]) / 2.0
@@ -174,6 +173,11 @@ def draw_overlay(
         figure.text(0.5, 0.945, textwrap.fill(str(note), int(width * 11)), color=_WARNING_COLOUR, fontsize=9.5,
                     fontweight="bold", ha="center", va="top")
     return figure, panels
+
+
+def _largest_part(labels: np.ndarray) -> np.ndarray:
+    """The largest labelled component of a label array, as a boolean array."""
+    return labels == np.argmax(np.bincount(labels.ravel())[1:]) + 1
 
 
 def _union(arrays) -> Optional[np.ndarray]:

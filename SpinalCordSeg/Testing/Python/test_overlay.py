@@ -87,6 +87,8 @@ def test_axial_views_go_through_the_largest_lesion_and_the_cords_middle():
     lesions[30, 7:13, 7:13] = True  # ...is slice 30
     views = choose_views({"sc": cord, "lesion": lesions})
     assert [(v.plane, v.index) for v in views] == [("sagittal", 10), ("axial", 30), ("axial", 20)]
+    cord[0:3, 0:2, 0:2] = True  # a false positive far from the cord moves no view
+    assert [(v.plane, v.index) for v in views] == [("sagittal", 10), ("axial", 30), ("axial", 20)]
     only_cord = choose_views({"sc": cord, "lesion": np.zeros_like(cord)})
     assert [(v.plane, v.index) for v in only_cord] == [("sagittal", 10), ("axial", 20)]
     nothing = choose_views({"sc": np.zeros_like(cord)})
