@@ -8,8 +8,8 @@ Slicer shows them, and the slice number counted from inferior, as ``measure``
 counts them); the sagittal view marks where the axial views cut. The axial
 views are taken where the structures are: one through the largest lesion (at
 its largest axial section) when there are lesions, one through the middle of
-the cord. Below the views: each structure's full name and volume, the model
-(with its note for a demo model), the thresholds and the date.
+the cord. A demo model's note stands under the title; below the views: each
+structure's full name and volume, the model, the thresholds and the date.
 
 Example:
     >>> from SpinalCordSegLib.overlay import save_overlay_png
@@ -138,8 +138,8 @@ def draw_overlay(
         masks: binary masks on the scan's grid, by structure name (``sc``, ``lesion``...).
         title: shown at the top (usually the scan's name).
         provenance: the ``GeneratedBy`` entry of the automatic step; its
-            ``ModelId``/``Model``, ``Note`` (demo models), ``Thresholds`` and
-            ``Date`` are printed under the views.
+            ``Note`` (demo models) is printed under the title, its
+            ``ModelId``/``Model``, ``Thresholds`` and ``Date`` under the views.
 
     Returns:
         (matplotlib Figure, [(View, its Axes), ...]).
