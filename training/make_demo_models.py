@@ -249,6 +249,7 @@ def register_in_catalogue(model_id: str) -> None:
         "folds": ["all"],
         "builtin": True,
         "path": model_id,
+        "demo": True,  # every output says "demo model: not for clinical use"
         "files_sha256": files_sha256,
         "licence": "MIT",
     }

@@ -40,6 +40,8 @@ from .resources import resources_dir
 
 CATALOGUE_ENV = "SPINALCORDSEG_CATALOGUE"
 CATALOGUE_FORMAT = 1
+#: What every output of a demo model (``"demo": true``) says: command line, sidecar, overlay, Slicer panel.
+DEMO_NOTE = "demo model: not for clinical use"
 
 # Ids name folders in the models directory: keep them to safe file-name characters.
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -100,6 +102,15 @@ class CatalogueEntry:
     sct_model: Optional[str]
     builtin: bool = False
     path: Optional[Path] = None  # absolute folder of a built-in model
+    demo: bool = False
+
+    @property
+    def note(self) -> Optional[str]:
+        """The one-line note shown with this model's outputs (demo models), else None."""
+        if not self.demo:
+            return None
+        return (f"{self.id} is a {DEMO_NOTE}: trained in minutes on a few test scans to try the tools;"
+                " for real scans use the field's models ('spinalcordseg models list')")
 
     @property
     def assets_pinned(self) -> bool:
@@ -230,6 +241,7 @@ def _parse_entry(data: object, where: str, models_root: Path) -> CatalogueEntry:
         sct_model=reader.get("sct_model", str, required=False),
         builtin=builtin,
         path=_builtin_path(reader.get("path", str), models_root, where) if builtin else None,
+        demo=bool(reader.get("demo", bool, required=False)),
     )
 
 
@@ -263,6 +275,16 @@ def catalogue_path() -> Path:
     """The catalogue in use: ``$SPINALCORDSEG_CATALOGUE``, else the shipped one."""
     value = os.environ.get(CATALOGUE_ENV)
     return Path(value).expanduser() if value else resources_dir() / "models.json"
+
+
+def model_note(model_id: Optional[str]) -> Optional[str]:
+    """The note to show with a model's outputs (see :attr:`CatalogueEntry.note`); None for others.
+
+    >>> model_note("demo-sc-lesion").startswith("demo-sc-lesion is a demo model: not for clinical use")
+    True
+    """
+    entry = load_catalogue().get(model_id) if model_id else None
+    return entry.note if entry is not None else None
 
 
 def load_catalogue(path: Union[str, Path, None] = None) -> Catalogue:

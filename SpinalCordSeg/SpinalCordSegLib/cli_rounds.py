@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_inference_arguments(batch)
     batch.set_defaults(func=run_batch_command)
 
-    rounds = subparsers.add_parser("round", help="active-learning round: rank, mark, next, export")
+    rounds = subparsers.add_parser("round", help="active-learning round: merge, rank, mark, next, sync, export")
     actions = rounds.add_subparsers(dest="action", metavar="ACTION", required=True)
     rank = actions.add_parser("rank", help="order cases by uncertainty, with a random share")
     rank.add_argument("-w", "--worklist", required=True)

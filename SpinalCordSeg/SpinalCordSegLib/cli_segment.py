@@ -150,7 +150,8 @@ def segment_files(
                 if overlay:
                     masks = {k: binarize(v, levels[k]) for k, v in prediction.soft_maps.items()}
                     written["overlay"] = save_overlay_png(
-                        scan, masks, output_dir / f"{source_name(path)}_overlay.png", title=source_name(path))
+                        scan, masks, output_dir / f"{source_name(path)}_overlay.png", title=source_name(path),
+                        provenance=dict(prediction.provenance, Thresholds=levels))
                 for key, file in written.items():
                     tqdm.write(f"{path}: {key} -> {file}")
             except SpinalCordSegError as error:

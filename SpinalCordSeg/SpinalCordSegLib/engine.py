@@ -30,6 +30,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import __version__
+from .catalogue import model_note
 from .errors import InputImageError, ModelFolderError
 from .image_io import check_scan, orientation_of, read_image, reorient, same_grid
 from .model_folder import ModelFolder
@@ -189,6 +190,9 @@ class SegmentationEngine:
             torch.set_num_threads(int(self.options.num_threads))
         self.checkpoint_sha256 = self.model.checkpoint_sha256(self.folds)
         self.model_id = model_id
+        self.note = model_note(model_id)  # said on every run and recorded with every output
+        if self.note:
+            logger.warning(self.note)
         self._predictor = _make_predictor(self.device, self.options)
         self._load_checkpoints()
 
@@ -243,6 +247,7 @@ class SegmentationEngine:
             "Orientation": self.orientation,
             "Device": self.device,
             "Date": now(),
+            **({"Note": self.note} if self.note else {}),
         }
 
     def predict(
