@@ -37,21 +37,12 @@ from SpinalCordSegLib.catalogue import load_catalogue
 from SpinalCordSegLib.correction import plan_outputs
 from SpinalCordSegLib.errors import CancelledError, SpinalCordSegError
 from SpinalCordSegLib.image_io import write_image_atomic
-from SpinalCordSegLib.panel_state import (
-    MAX_THRESHOLD,
-    MIN_THRESHOLD,
-    ApplyRun,
-    ModelSelectorState,
-    catalogue_model_entries,
-    device_choices,
-    format_volume,
-    install_plan,
-    install_question,
-    missing_packages,
-    overwrite_question,
-    parse_folds,
-    plan_jobs,
-)
+from SpinalCordSegLib.devices import device_choices
+from SpinalCordSegLib.edit_tracking import overwrite_question
+from SpinalCordSegLib.install_plan import install_plan, install_question, missing_packages
+from SpinalCordSegLib.job_runner import ApplyRun, parse_folds, plan_jobs
+from SpinalCordSegLib.model_selector import ModelSelectorState, catalogue_model_entries
+from SpinalCordSegLib.thresholds import MAX_THRESHOLD, MIN_THRESHOLD, format_volume
 from SpinalCordSegLib.outputs import read_sidecar
 from SpinalCordSegLib.slicer_scene import (
     ResultScene,
@@ -695,7 +686,7 @@ class SpinalCordSegLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def installStep(step) -> bool:
-        """Run one install step (panel_state.install_plan); True when Slicer must restart."""
+        """Run one install step (install_plan.install_plan); True when Slicer must restart."""
         if step.method == "slicer_nnunet":
             from SlicerNNUNetLib import InstallLogic
 
@@ -743,7 +734,7 @@ class SpinalCordSegTest(ScriptedLoadableModuleTest):
         import numpy as np
 
         from SpinalCordSegLib.cli_segment import DEMO_MODEL
-        from SpinalCordSegLib.panel_state import PlannedJob
+        from SpinalCordSegLib.job_runner import PlannedJob
         from SpinalCordSegLib.resources import sample_scan_path
         from SpinalCordSegLib.slicer_scene import set_segment_mask
 

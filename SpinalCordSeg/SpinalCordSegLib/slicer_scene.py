@@ -30,7 +30,7 @@ import os
 import re
 import time
 from contextlib import contextmanager
-from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Mapping, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -43,8 +43,11 @@ from .correction import GRID_TOLERANCE, OutputPlan, SavedCorrection, on_grid, sa
 from .errors import InputImageError, SpinalCordSegError
 from .image_io import same_grid
 from .outputs import bids_label, source_name, structure_colour
-from .panel_state import EditTracker, ThresholdState, volume_mm3
-from .worklist import WorklistCase
+from .edit_tracking import EditTracker
+from .thresholds import ThresholdState, volume_mm3
+
+if TYPE_CHECKING:  # worklist needs pandas, which Slicer does not ship: imported where a case is opened
+    from .worklist import WorklistCase
 
 MODULE_NAME = "SpinalCordSeg"
 # ITK (LPS) and Slicer (RAS) differ by the signs of x and y; the matrix is its own inverse.

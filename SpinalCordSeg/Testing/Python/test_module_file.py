@@ -47,9 +47,9 @@ def test_every_name_imported_from_the_lib_exists():
 @pytest.mark.parametrize("variable, owner", [
     ("results", "SpinalCordSegLib.slicer_scene.ResultScene"),
     ("params", "SpinalCordSegLib.slicer_scene.SceneParameters"),
-    ("run", "SpinalCordSegLib.panel_state.ApplyRun"),
-    ("update", "SpinalCordSegLib.panel_state.RunUpdate"),
-    ("step", "SpinalCordSegLib.panel_state.InstallStep"),
+    ("run", "SpinalCordSegLib.job_runner.ApplyRun"),
+    ("update", "SpinalCordSegLib.job_runner.RunUpdate"),
+    ("step", "SpinalCordSegLib.install_plan.InstallStep"),
     ("saved", "SpinalCordSegLib.correction.SavedCorrection"),
     ("plan", "SpinalCordSegLib.correction.OutputPlan"),
 ])
