@@ -108,9 +108,7 @@ class SpinalCordSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._models: Optional[ModelSelectorState] = None
         self._structureRows: Dict[str, dict] = {}
         self._mapButtons = None
-        self._pollTimer = qt.QTimer()
-        self._pollTimer.setInterval(POLL_INTERVAL_MS)
-        self._pollTimer.connect("timeout()", self.onPollWorker)
+        self._pollTimer = None  # made in setup(): Qt objects belong to the panel, not to the class
 
     # -- set-up -----------------------------------------------------------------
 
@@ -121,6 +119,9 @@ class SpinalCordSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = SpinalCordSegLogic()
+        self._pollTimer = qt.QTimer()
+        self._pollTimer.setInterval(POLL_INTERVAL_MS)
+        self._pollTimer.connect("timeout()", self.onPollWorker)
 
         self.ui.outputFolderPathLineEdit.filters = ctk.ctkPathLineEdit.Dirs
         self.ui.outputFolderPathLineEdit.currentPath = qt.QSettings().value(OUTPUT_FOLDER_SETTING, "")
