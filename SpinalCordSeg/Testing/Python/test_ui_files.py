@@ -103,6 +103,15 @@ def test_top_level_cmake_is_an_extension():
         assert f"add_subdirectory({module})" in cmake
 
 
+def test_icon_and_screenshot_urls_point_at_pngs_in_the_repository():
+    cmake = (REPO / "CMakeLists.txt").read_text()
+    urls = re.findall(r'set\(EXTENSION_(?:ICONURL|SCREENSHOTURLS) "([^"]+)"\)', cmake)
+    assert len(urls) == 2
+    for url in urls:
+        path = REPO / url.split("/main/", 1)[1]
+        assert path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", url
+
+
 def test_libs_import_without_qt_ctk_or_slicer():
     """Importing every Lib module pulls in none of Slicer's GUI libraries."""
     import subprocess
