@@ -118,7 +118,7 @@ def test_libs_import_without_qt_ctk_or_slicer():
     import sys
 
     # slicer_scene imports slicer (MRML only); the panels' controllers reach MRML through it.
-    scene_modules = ("__init__", "slicer_scene", "review_controller")
+    scene_modules = ("__init__", "slicer_scene", "segmentation_controller", "review_controller")
     modules = [f"SpinalCordSegLib.{p.stem}" for p in (REPO / "SpinalCordSeg/SpinalCordSegLib").glob("*.py")
                if p.stem not in scene_modules]
     modules += [f"LesionQCLib.{p.stem}" for p in (REPO / "LesionQC/LesionQCLib").glob("*.py")
