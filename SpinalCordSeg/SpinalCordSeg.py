@@ -270,6 +270,7 @@ class SpinalCordSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 choices = self.controller.device_choices()
             combo = self.ui.deviceComboBox
             combo.blockSignals(True)
+            combo.clear()
             for index, choice in enumerate(choices):
                 combo.addItem(choice.label, choice.name)
                 combo.setItemData(index, None if choice.enabled else 0, qt.Qt.UserRole - 1)
@@ -302,15 +303,16 @@ class SpinalCordSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onApplyButton(self) -> None:
         if not self.ensureDependencies():
             return
-        with slicer.util.tryWithErrorDisplay("Failed to start the segmentation.", waitCursor=True):
-            self.ui.statusLabel.text = self.controller.start_apply(self._confirm) or self.ui.statusLabel.text
-            self.ui.progressBar.value = 0
-            self._pollTimer.start()
-        self.updateGUIFromParameterNode()
+        try:
+            with slicer.util.tryWithErrorDisplay("Failed to start the segmentation.", waitCursor=True):
+                self.ui.statusLabel.text = self.controller.start_apply(self._confirm) or self.ui.statusLabel.text
+                self.ui.progressBar.value = 0
+                self._pollTimer.start()  # a tick without a run stops it again
+        finally:  # tryWithErrorDisplay shows the error, then re-raises it
+            self.updateGUIFromParameterNode()
 
     def onPollWorker(self) -> None:
-        with slicer.util.WaitCursor():
-            result = self.controller.poll(self.ui.overlayOpacitySlider.value)
+        result = self.controller.poll(self.ui.overlayOpacitySlider.value)
         self.ui.progressBar.value = result.progress
         self.ui.statusLabel.text = result.message
         if result.finished:
@@ -361,10 +363,12 @@ class SpinalCordSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onMaskOptionsChanged(self, *unused) -> None:
         if self._updatingGUI:
             return
-        with slicer.util.tryWithErrorDisplay("Cannot update the segmentation.", waitCursor=True):
-            self.controller.set_mask_options(self.ui.keepLargestCordCheckBox.checked,
-                                             self.ui.restrictLesionsCheckBox.checked, self._confirm)
-        self.updateGUIFromParameterNode()
+        try:
+            with slicer.util.tryWithErrorDisplay("Cannot update the segmentation.", waitCursor=True):
+                self.controller.set_mask_options(self.ui.keepLargestCordCheckBox.checked,
+                                                 self.ui.restrictLesionsCheckBox.checked, self._confirm)
+        finally:
+            self.updateGUIFromParameterNode()  # declined or failed: the boxes show the options in use
 
     def onMapSelected(self, structure: str, on: bool) -> None:
         if on and not self._updatingGUI:
@@ -395,13 +399,15 @@ class SpinalCordSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateGUIFromParameterNode()
 
     def onNextCaseButton(self) -> None:
-        with slicer.util.tryWithErrorDisplay("Failed to open the next case.", waitCursor=True):
-            line = self.controller.open_next_case(self.ui.worklistPathLineEdit.currentPath,
-                                                  self.ui.raterLineEdit.text.strip(),
-                                                  self.ui.overlayOpacitySlider.value, self._confirm)
-            self.ui.worklistStatusLabel.text = line or self.ui.worklistStatusLabel.text
-        self.connectEditor()
-        self.updateGUIFromParameterNode()
+        try:
+            with slicer.util.tryWithErrorDisplay("Failed to open the next case.", waitCursor=True):
+                line = self.controller.open_next_case(self.ui.worklistPathLineEdit.currentPath,
+                                                      self.ui.raterLineEdit.text.strip(),
+                                                      self.ui.overlayOpacitySlider.value, self._confirm)
+                self.ui.worklistStatusLabel.text = line or self.ui.worklistStatusLabel.text
+        finally:
+            self.connectEditor()
+            self.updateGUIFromParameterNode()
 
 
 #
