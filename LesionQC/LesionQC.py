@@ -21,7 +21,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from LesionQCLib.review_controller import ReviewController, score_keys
+from LesionQCLib.review_controller import ReviewController, flag_tooltip, score_keys, structure_label
 
 SETTINGS_PREFIX = "LesionQC/"
 
@@ -138,7 +138,7 @@ class LesionQCWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             header.toolTip = point.description
             grid.addWidget(header, 0, column)
         for row, structure in enumerate(scale.structures, start=1):
-            label = qt.QLabel(structure.label + ("" if structure.required else " (optional)"))
+            label = qt.QLabel(structure_label(structure))
             grid.addWidget(label, row, 0)
             self.structureLabels[structure.id] = label
             group = qt.QButtonGroup(self.scoresGrid)
@@ -152,7 +152,7 @@ class LesionQCWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         for flag in scale.flags:
             checkBox = qt.QCheckBox(flag.label)
-            checkBox.toolTip = "Applies to every item of this case." if flag.scope == "case" else ""
+            checkBox.toolTip = flag_tooltip(flag)
             checkBox.connect("toggled(bool)", functools.partial(self.onFlagToggled, flag.id))
             self.ui.flagsGroupBox.layout().addWidget(checkBox)
             self.flagCheckBoxes[flag.id] = checkBox

@@ -236,9 +236,8 @@ class SpinalCordSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def updateParameterNodeFromGUI(self, *unused) -> None:
         if self._parameterNode is None or self._updatingGUI:
             return
-        values = {key: getattr(getattr(self.ui, name), prop) for key, (name, _, prop) in OPTION_WIDGETS.items()
-                  if key != "Device" or self.controller.devices_loaded}
-        self.controller.set_options(values)
+        self.controller.set_options({key: getattr(getattr(self.ui, name), prop)
+                                     for key, (name, _, prop) in OPTION_WIDGETS.items()})
 
     def onInputVolumeChanged(self, node) -> None:
         if self._parameterNode is not None and not self._updatingGUI:

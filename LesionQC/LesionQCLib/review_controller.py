@@ -30,6 +30,16 @@ def score_keys(scale) -> List[int]:
     return [point.value for point in scale.points if 0 <= point.value <= 9]
 
 
+def structure_label(structure) -> str:
+    """The label of a scale structure's row of score buttons."""
+    return structure.label + ("" if structure.required else " (optional)")
+
+
+def flag_tooltip(flag) -> str:
+    """The tooltip of a flag's check box."""
+    return "Applies to every item of this case." if flag.scope == "case" else ""
+
+
 @dataclass
 class ReviewPanel:
     """What the panel shows after an action (the widget copies it into its widgets)."""

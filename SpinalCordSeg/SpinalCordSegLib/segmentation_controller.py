@@ -178,12 +178,18 @@ class SegmentationController:
             self._results = None
 
     def set_options(self, values: Mapping[str, object]) -> None:
-        """The Apply options typed in the panel (keys of :data:`DEFAULTS`)."""
+        """The Apply options typed in the panel (keys of :data:`DEFAULTS`).
+
+        The device stays as the scene has it until the device list is filled
+        (until then the panel's device box is empty).
+        """
         node = self.params.node
         was_modifying = node.StartModify()
         for key, value in values.items():
             if key not in DEFAULTS:
                 raise KeyError(f"unknown panel option {key!r}")
+            if key == "Device" and not self.devices_loaded:
+                continue
             self.params.set(key, _OPTION_TYPES[key](value))
         node.EndModify(was_modifying)
 

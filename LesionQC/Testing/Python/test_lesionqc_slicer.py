@@ -133,12 +133,14 @@ def _rows(table):
 
 def test_a_rater_scores_with_keys_goes_back_and_resumes(mrml_scene, session):
     """The panel's whole flow through ReviewController, as the widget drives it, on a real scene."""
-    from LesionQCLib.review_controller import ReviewController, score_keys
+    from LesionQCLib.review_controller import ReviewController, flag_tooltip, score_keys, structure_label
 
     controller = ReviewController(mrml_scene)
     assert controller.score_key(3).rating_enabled is False  # a key before any session does nothing
     scale = controller.open_session(session.folder, "jd")
     assert score_keys(scale) == [1, 2, 3, 4, 5]
+    assert [structure_label(s) for s in scale.structures] == ["Overall", "Spinal cord (optional)", "Lesions (optional)"]
+    assert [flag_tooltip(f) for f in scale.flags] == ["Applies to every item of this case."] * 2
     panel = controller.panel()
     first = controller.state.item.item_id
     assert (panel.item_count, panel.done_count, panel.can_go_previous) == (2, 0, False)

@@ -14,7 +14,9 @@ inside the Slicer application, are described in its docstring.
 The environment lives in ``$SPINALCORDSEG_SLICER_ENV_CACHE`` (default
 ``~/.cache/spinalcordseg-test-slicer-env``), in a folder named after a hash of
 the Python version and the requirement list, so changing the list builds a
-new one; pip's own cache keeps the wheels between builds.
+new one; pip's own cache keeps the wheels between builds. It is built on
+this interpreter's Python, or on ``$SPINALCORDSEG_SLICER_PYTHON`` (for
+example a Python 3.9 for Slicer 5.8 or a 3.12 for Slicer 5.10).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -47,7 +50,15 @@ SLICER_BUNDLES = {
 EXPECTED_MISSING = ["torch", "nnunetv2", "pandas", "platformdirs", "tqdm"]
 
 
-def slicer_release_for(version=sys.version_info[:2]) -> str:
+def base_python() -> tuple:
+    """The interpreter the environment is built on, and its (major, minor) version."""
+    python = os.environ.get("SPINALCORDSEG_SLICER_PYTHON", sys.executable)
+    done = subprocess.run([python, "-c", "import sys; print(*sys.version_info[:2])"], capture_output=True,
+                          text=True, check=True)
+    return python, tuple(int(part) for part in done.stdout.split())
+
+
+def slicer_release_for(version) -> str:
     """The newest Slicer release whose Python is not newer than ``version`` (else the oldest)."""
     fitting = [name for name, (python, _) in SLICER_BUNDLES.items() if python <= tuple(version)]
     return max(fitting, key=lambda name: SLICER_BUNDLES[name][0]) if fitting else "5.8"
@@ -62,13 +73,14 @@ def _slicer_core_requirements() -> list:
 
 
 def _pip(python: Path, *args: str) -> subprocess.CompletedProcess:
+    # The environment's own pip (Slicer ships pip too; a newer pip may not support an older Python).
     # --no-deps: exactly the listed packages (PyPI's vtk would bring matplotlib, which Slicer's VTK does not).
-    return subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps",
-                           "--no-input", "--quiet", *args], capture_output=True, text=True)
+    return subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "--no-input", "--quiet", *args],
+                          capture_output=True, text=True)
 
 
-def _build(folder: Path, requirements: list) -> None:
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True, capture_output=True)
+def _build(base: str, folder: Path, requirements: list) -> None:
+    subprocess.run([base, "-m", "venv", str(folder)], check=True, capture_output=True)
     python = _python(folder)
     if _pip(python, *requirements).returncode == 0:
         return
@@ -88,22 +100,24 @@ def _python(folder: Path) -> Path:
 def slicer_python() -> Path:
     """The interpreter of the cached Slicer-like environment (built on first use)."""
     pytest.importorskip("slicer", reason="slicer-core is not installed")
-    requirements = SLICER_BUNDLES[slicer_release_for()][1] + _slicer_core_requirements()
-    key = hashlib.sha256(json.dumps([sys.version_info[:2], requirements]).encode()).hexdigest()[:16]
+    base, version = base_python()
+    requirements = SLICER_BUNDLES[slicer_release_for(version)][1] + _slicer_core_requirements()
+    key = hashlib.sha256(json.dumps([version, requirements]).encode()).hexdigest()[:16]
     cache = Path(os.environ.get("SPINALCORDSEG_SLICER_ENV_CACHE",
                                 Path.home() / ".cache" / "spinalcordseg-test-slicer-env"))
     folder = cache / key
     if not (folder / "complete").is_file():
         cache.mkdir(parents=True, exist_ok=True)
         building = cache / f"{key}.building-{os.getpid()}"
-        _build(building, requirements)
-        (building / "requirements.txt").write_text("\n".join(requirements) + "\n")
-        (building / "complete").write_text("")
         try:
+            _build(base, building, requirements)
+            (building / "requirements.txt").write_text("\n".join(requirements) + "\n")
+            (building / "complete").write_text("")
             building.rename(folder)  # atomic: a concurrent run sees a complete environment or none
-        except OSError:  # another run finished first: use its environment
-            import shutil
-
+        except OSError:
+            if not (folder / "complete").is_file():
+                raise
+        finally:  # a failed build, or one that another run finished first, leaves nothing behind
             shutil.rmtree(building, ignore_errors=True)
     return _python(folder)
 
@@ -149,8 +163,6 @@ def test_the_dependency_check_reports_what_slicer_lacks(slicer_python):
 
 def test_a_module_level_pandas_import_names_the_package_and_the_chain(slicer_python, tmp_path):
     """What a developer sees after adding ``import pandas`` at the top of slicer_scene.py."""
-    import shutil
-
     copy = tmp_path / "repo"
     for module in ("SpinalCordSeg", "LesionQC"):
         shutil.copytree(REPO / module, copy / module, ignore=shutil.ignore_patterns("Resources", "Testing",
