@@ -21,9 +21,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from LesionQCLib.review_state import ReviewState
-from LesionQCLib.session import SessionView
-from LesionQCLib.slicer_scene import load_case, remove_case, show_in_slice_views, show_item
+from LesionQCLib.review_controller import ReviewController, flag_tooltip, score_keys, structure_label
 
 SETTINGS_PREFIX = "LesionQC/"
 
@@ -109,10 +107,7 @@ class LesionQCWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             shortcut.enabled = False
 
     def onSceneStartClose(self, caller, event):
-        self.logic.caseNodes = None  # the scene removes the case's nodes itself
-        self.logic.closeSession()
-        self.ui.ratingCollapsibleButton.enabled = False
-        self.ui.sessionStatusLabel.text = "Scene closed: open the session again to go on."
+        self.showPanel(self.logic.controller.scene_closed())
 
     # ------------------------------------------------------------------ session
 
@@ -120,17 +115,11 @@ class LesionQCWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         folder = self.ui.sessionPathLineEdit.currentPath
         rater = self.ui.raterLineEdit.text.strip()
         with slicer.util.tryWithErrorDisplay("Cannot open the session.", waitCursor=True):
-            state = self.logic.openSession(folder, rater)
+            self.buildScaleWidgets(self.logic.controller.open_session(folder, rater))
             settings = qt.QSettings()
             settings.setValue(SETTINGS_PREFIX + "sessionFolder", folder)
             settings.setValue(SETTINGS_PREFIX + "rater", rater)
-            self.buildScaleWidgets(state.scale)
-            self.ui.sessionStatusLabel.text = (
-                f"Session {state.session.session_id}: {len(state.session.cases)} cases,"
-                f" {state.item_count} items. Ratings: {state.table_path}"
-            )
-            self.ui.ratingCollapsibleButton.enabled = True
-            self.showCurrentItem()
+            self.showPanel(self.logic.controller.panel())
 
     def buildScaleWidgets(self, scale):
         """One row of score buttons per structure, one check box per flag, one shortcut per key."""
@@ -149,7 +138,7 @@ class LesionQCWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             header.toolTip = point.description
             grid.addWidget(header, 0, column)
         for row, structure in enumerate(scale.structures, start=1):
-            label = qt.QLabel(structure.label + ("" if structure.required else " (optional)"))
+            label = qt.QLabel(structure_label(structure))
             grid.addWidget(label, row, 0)
             self.structureLabels[structure.id] = label
             group = qt.QButtonGroup(self.scoresGrid)
@@ -163,20 +152,17 @@ class LesionQCWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         for flag in scale.flags:
             checkBox = qt.QCheckBox(flag.label)
-            if flag.scope == "case":
-                checkBox.toolTip = "Applies to every item of this case."
+            checkBox.toolTip = flag_tooltip(flag)
             checkBox.connect("toggled(bool)", functools.partial(self.onFlagToggled, flag.id))
             self.ui.flagsGroupBox.layout().addWidget(checkBox)
             self.flagCheckBoxes[flag.id] = checkBox
         self.ui.flagsGroupBox.visible = bool(scale.flags)
-        self.ui.commentLabel.visible = scale.comment
-        self.ui.commentLineEdit.visible = scale.comment
+        self.ui.commentLabel.visible = self.ui.commentLineEdit.visible = scale.comment
 
-        for point in scale.points:
-            if 0 <= point.value <= 9:
-                shortcut = qt.QShortcut(qt.QKeySequence(str(point.value)), slicer.util.mainWindow())
-                shortcut.connect("activated()", functools.partial(self.onScoreKey, point.value))
-                self.shortcuts.append(shortcut)
+        for value in score_keys(scale):
+            shortcut = qt.QShortcut(qt.QKeySequence(str(value)), slicer.util.mainWindow())
+            shortcut.connect("activated()", functools.partial(self.onScoreKey, value))
+            self.shortcuts.append(shortcut)
 
     def removeShortcuts(self):
         for shortcut in self.shortcuts:
@@ -186,82 +172,60 @@ class LesionQCWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ------------------------------------------------------------------ rating
 
     def onScoreClicked(self, structure, value):
-        self.saveScore(value, structure)
+        self.act("The score was not saved.", self.logic.controller.score, value, structure,
+                 self.ui.commentLineEdit.text)
 
     def onScoreKey(self, value):
-        if self.logic.state is not None:
-            self.saveScore(value, None)
-
-    def saveScore(self, value, structure):
-        self.onCommentEdited()  # keep a comment being typed: the update below shows the saved one
-        with slicer.util.tryWithErrorDisplay("The score was not saved.", waitCursor=True):
-            rating = self.logic.state.set_score(value, structure)
-            self.ui.savedLabel.text = (
-                f"Saved: {rating.structure} = {rating.score} (revision {rating.revision}, {rating.submitted})"
-            )
-        self.updateGUIFromState()
+        self.act("The score was not saved.", self.logic.controller.score_key, value, self.ui.commentLineEdit.text)
 
     def onFlagToggled(self, flagId, checked):
-        with slicer.util.tryWithErrorDisplay("The flag was not saved.", waitCursor=True):
-            if self.logic.state.set_flag(flagId, checked):
-                self.ui.savedLabel.text = f"Saved: flag {flagId} {'set' if checked else 'cleared'}"
-        self.updateGUIFromState()
+        self.act("The flag was not saved.", self.logic.controller.set_flag, flagId, checked)
 
     def onCommentEdited(self):
-        if self.logic.state is None:
-            return
-        with slicer.util.tryWithErrorDisplay("The comment was not saved.", waitCursor=True):
-            if self.logic.state.set_comment(self.ui.commentLineEdit.text):
-                self.ui.savedLabel.text = "Saved: comment"
+        self.act("The comment was not saved.", self.logic.controller.set_comment, self.ui.commentLineEdit.text)
 
     def onPrevious(self):
-        self.navigate(self.logic.state.go_previous)
+        self.act("Cannot load the case.", self.logic.controller.navigate, "previous", self.ui.commentLineEdit.text)
 
     def onNext(self):
-        self.navigate(self.logic.state.go_next)
+        self.act("Cannot load the case.", self.logic.controller.navigate, "next", self.ui.commentLineEdit.text)
 
     def onNextOpen(self):
-        self.navigate(self.logic.state.go_to_next_open)
+        self.act("Cannot load the case.", self.logic.controller.navigate, "next_open", self.ui.commentLineEdit.text)
 
-    def navigate(self, step):
-        self.onCommentEdited()  # a comment being typed belongs to the item it was typed for
-        if step():
-            self.ui.savedLabel.text = ""
-            self.showCurrentItem()
+    def act(self, failure, action, *args):
+        """Run one controller action; the panel shows where things stand even when it failed."""
+        try:
+            with slicer.util.tryWithErrorDisplay(failure, waitCursor=True):  # shows the error, then re-raises
+                action(*args)
+        finally:
+            self.showPanel(self.logic.controller.panel())
 
-    def showCurrentItem(self):
-        with slicer.util.tryWithErrorDisplay("Cannot load the case.", waitCursor=True):
-            self.logic.showCurrentItem()
-        self.updateGUIFromState()
-
-    def updateGUIFromState(self):
-        state = self.logic.state
-        if state is None:
-            return
-        self.ui.caseLabel.text = f"Case {state.progress_text}"
-        self.ui.itemLabel.text = state.item_text
-        self.ui.progressBar.maximum = state.item_count
-        self.ui.progressBar.value = state.done_count
-        scores = state.scores()
-        active = state.active_structure
+    def showPanel(self, panel):
+        """Copy the controller's panel into the widgets (no decisions here)."""
+        self.ui.sessionStatusLabel.text = panel.session_status
+        self.ui.savedLabel.text = panel.saved
+        self.ui.ratingCollapsibleButton.enabled = panel.rating_enabled
+        self.ui.caseLabel.text = panel.case_label
+        self.ui.itemLabel.text = panel.item_label
+        self.ui.progressBar.maximum = panel.item_count
+        self.ui.progressBar.value = panel.done_count
         for structure, group in self.scoreGroups.items():
             group.exclusive = False  # the only way to show "no score" in an exclusive group
             for button in group.buttons():
-                button.checked = group.id(button) == scores[structure]
+                button.checked = group.id(button) == panel.scores.get(structure)
             group.exclusive = True
             font = self.structureLabels[structure].font
-            font.setBold(structure == active)
+            font.setBold(structure == panel.active_structure)
             self.structureLabels[structure].font = font
         for flagId, checkBox in self.flagCheckBoxes.items():
             wasBlocked = checkBox.blockSignals(True)
-            checkBox.checked = flagId in state.flags
+            checkBox.checked = flagId in panel.flags
             checkBox.blockSignals(wasBlocked)
-        self.ui.commentLineEdit.text = state.comment
-        self.ui.previousButton.enabled = state.can_go_previous
-        self.ui.nextButton.enabled = state.can_go_next
-        self.ui.nextOpenButton.enabled = not state.is_complete
-        if state.is_complete:
-            self.ui.sessionStatusLabel.text = f"All {state.item_count} items are scored. Thank you!"
+        self.ui.commentLineEdit.text = panel.comment
+        self.ui.previousButton.enabled = panel.can_go_previous
+        self.ui.nextButton.enabled = panel.can_go_next
+        self.ui.nextOpenButton.enabled = panel.can_go_next_open
 
 
 #
@@ -270,39 +234,22 @@ class LesionQCWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 class LesionQCLogic(ScriptedLoadableModuleLogic):
-    """Opens a session for a rater and keeps the current case loaded in the scene."""
+    """The module's logic: a ReviewController (LesionQCLib.review_controller) on Slicer's scene."""
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
-        self.state = None
-        self.caseNodes = None
+        self._controller = None
 
-    def openSession(self, sessionFolder, rater):
-        """Open ``sessionFolder`` (its rating view only) for ``rater``; return the ReviewState."""
-        self.closeSession()
-        self.state = ReviewState(SessionView.load(sessionFolder), rater)
-        return self.state
-
-    def showCurrentItem(self):
-        """Load the current case if it is not loaded yet, and show only the current item."""
-        case = self.state.case
-        if self.caseNodes is None or self.caseNodes.case_id != case.case_id:
-            self.removeCase()
-            self.caseNodes = load_case(case, self.state.session.labels, slicer.mrmlScene)
-            show_in_slice_views(slicer.mrmlScene, self.caseNodes)
-            slicer.util.resetSliceViews()
-        show_item(self.caseNodes, self.state.item.item_id)
-
-    def removeCase(self):
-        if self.caseNodes is not None:
-            remove_case(slicer.mrmlScene, self.caseNodes)
-            self.caseNodes = None
+    @property
+    def controller(self):
+        """The review of the current scene (made on first use: the scene exists by then)."""
+        if self._controller is None or self._controller.scene is not slicer.mrmlScene:
+            self._controller = ReviewController(slicer.mrmlScene, slicer.util.resetSliceViews)
+        return self._controller
 
     def closeSession(self):
-        self.removeCase()
-        if self.state is not None:
-            self.state.close()
-            self.state = None
+        if self._controller is not None:
+            self._controller.close()
 
 
 #
@@ -343,19 +290,19 @@ class LesionQCTest(ScriptedLoadableModuleTest):
                 stream.write(f"case{index},image.nii.gz,manual.nii.gz,model.nii.gz\n")
         make_session(os.path.join(folder, "manifest.csv"), os.path.join(folder, "session"), seed=1)
 
-        logic = LesionQCLogic()
-        state = logic.openSession(os.path.join(folder, "session"), "selftest")
-        logic.showCurrentItem()
-        self.assertEqual(len(logic.caseNodes.segmentations), 2)
-        segmentations = logic.caseNodes.segmentations
+        controller = LesionQCLogic().controller
+        controller.open_session(os.path.join(folder, "session"), "selftest")
+        state = controller.state
+        segmentations = controller.case_nodes.segmentations
+        self.assertEqual(len(segmentations), 2)
         visible = [item for item, node in segmentations.items() if node.GetDisplayNode().GetVisibility()]
         self.assertEqual(visible, [state.item.item_id])
         while True:
-            state.set_score(4)
-            if not state.go_next():
+            controller.score_key(4)
+            if not controller.panel().can_go_next:
                 break
-            logic.showCurrentItem()
+            controller.navigate("next")
         self.assertTrue(state.is_complete)
-        logic.closeSession()
+        controller.close()
         logging.info("LesionQC self-test rated %d items", state.item_count)
         self.delayDisplay("Test passed")

@@ -30,7 +30,7 @@ import os
 import re
 import time
 from contextlib import contextmanager
-from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Mapping, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -43,8 +43,12 @@ from .correction import GRID_TOLERANCE, OutputPlan, SavedCorrection, on_grid, sa
 from .errors import InputImageError, SpinalCordSegError
 from .image_io import read_image, same_grid
 from .outputs import bids_label, source_name, structure_colour
-from .panel_state import EditTracker, ThresholdState, volume_mm3
-from .worklist import WorklistCase
+from .resources import resources_dir
+from .edit_tracking import EditTracker
+from .thresholds import ThresholdState, volume_mm3
+
+if TYPE_CHECKING:  # worklist needs pandas, which Slicer does not ship: imported where a case is opened
+    from .worklist import WorklistCase
 
 MODULE_NAME = "SpinalCordSeg"
 # ITK (LPS) and Slicer (RAS) differ by the signs of x and y; the matrix is its own inverse.
@@ -56,10 +60,13 @@ SOFT_MAP_COLOURS = (("vtkMRMLColorTableNodeFileViridis.txt", "Viridis"),
 #: Used where Slicer's colour files are absent (slicer-core): a built-in sequential map.
 FALLBACK_COLOUR_ID = "vtkMRMLColorTableNodeIron"
 
-TERMINOLOGY_CONTEXT = "Segmentation category and type - DICOM master list"
+#: Slicer's terminology lists have the spinal cord but no "Lesion" type, so the extension ships
+#: its own list (Resources/Terminology); :func:`register_terminology` loads it in Slicer.
+TERMINOLOGY_CONTEXT = "SpinalCordSeg - spinal cord and lesions"
+TERMINOLOGY_FILE = resources_dir() / "Terminology" / "SegmentationCategoryTypeModifier-SpinalCordSeg.json"
 ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
-#: BIDS label -> (segment name, category code, type code); SNOMED CT codes as in
-#: Slicer's terminology lists (colours: outputs.STRUCTURE_COLOURS).
+#: BIDS label -> (segment name, category code, type code); SNOMED CT codes, as in TERMINOLOGY_FILE
+#: (colours: outputs.STRUCTURE_COLOURS, the file's recommended colours).
 TERMINOLOGY = {
     "SC": ("Spinal cord", "SCT^123037004^Anatomical Structure", "SCT^2748008^Spinal cord"),
     "lesion": ("Lesion", "SCT^49755003^Morphologically Altered Structure", "SCT^52988006^Lesion"),
@@ -188,10 +195,26 @@ def show_overlay(scene, background, foreground, opacity: float) -> None:
 
 # ------------------------------------------------------------------ segmentation
 
+def register_terminology(terminologies_logic) -> str:
+    """Load the extension's terminology list into Slicer's terminologies logic (once); return its name.
+
+    In Slicer: ``register_terminology(slicer.modules.terminologies.logic())``.
+    """
+    names = vtk.vtkStringArray()
+    terminologies_logic.GetLoadedTerminologyNames(names)
+    if TERMINOLOGY_CONTEXT not in {names.GetValue(i) for i in range(names.GetNumberOfValues())}:
+        if not terminologies_logic.LoadTerminologyFromFile(str(TERMINOLOGY_FILE)):
+            raise SpinalCordSegError(f"Slicer cannot load the terminology file {TERMINOLOGY_FILE}")
+    return TERMINOLOGY_CONTEXT
+
+
 def ensure_segmentation_converters() -> None:
     """Register the labelmap/surface conversion rules; Slicer's Segmentations module does it at start-up."""
     factory = slicer.vtkSegmentationConverterFactory.GetInstance()
-    if not factory.GetConverterRules():
+    rules = getattr(factory, "GetConverterRules", None)
+    if rules is None:
+        return  # not wrapped in some Slicer 5.8 builds; there the Segmentations module registered the rules
+    if not rules():
         factory.RegisterConverterRule(slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule())
         factory.RegisterConverterRule(slicer.vtkClosedSurfaceToBinaryLabelmapConversionRule())
 
@@ -228,6 +251,9 @@ def set_segments(segmentation_node, reference_volume, structures: Sequence[str])
     for index, structure in enumerate(structures):
         name, colour, terminology = segment_look(structure, index)
         segmentation.AddEmptySegment(structure, name, list(colour))
+        # One labelmap layer per segment: an edit then changes only its own segment's voxels (see
+        # observe_segment_edits), and the cord may contain the lesions.
+        segmentation.SeparateSegmentLabelmap(structure)
         if terminology:
             segment = segmentation.GetSegment(structure)
             segment.SetTag(segment.GetTerminologyEntryTagName(), terminology)
@@ -278,15 +304,38 @@ def mask_image(mask: np.ndarray, reference_volume) -> sitk.Image:
     return _with_geometry(sitk.GetImageFromArray(mask.astype(np.uint8)), reference_volume)
 
 
+def _source_stamps(segmentation) -> Dict[str, int]:
+    """Segment ID -> modification time of its source representation (its voxels)."""
+    name = segmentation.GetSourceRepresentationName()
+    stamps = {}
+    for index in range(segmentation.GetNumberOfSegments()):
+        segment_id = segmentation.GetNthSegmentID(index)
+        representation = segmentation.GetSegment(segment_id).GetRepresentation(name)
+        stamps[segment_id] = representation.GetMTime() if representation is not None else 0
+    return stamps
+
+
 def observe_segment_edits(segmentation_node, callback: Callable[[Optional[str]], None]) -> int:
     """Call ``callback(segment_id or None)`` whenever a segment's voxels change; return the observer tag.
 
     The segment editor, undo and :func:`set_segment_mask` all modify the
     source representation; remove with ``segmentation_node.RemoveObserver(tag)``.
+    The event's call data is a segment ID (a string) for some changes and an
+    object pointer (the segmentation, a labelmap) for others, so it is not
+    read: the segments whose voxels' modification time moved are the ones
+    changed (segments sharing one labelmap layer change together), and
+    ``None`` (unknown) when none moved.
     """
-    @vtk.calldata_type(vtk.VTK_STRING)
-    def on_modified(caller, event, segment_id=None):
-        callback(segment_id or None)
+    segmentation = segmentation_node.GetSegmentation()
+    seen = _source_stamps(segmentation)
+
+    def on_modified(caller, event):
+        now = _source_stamps(segmentation)
+        changed = [segment_id for segment_id, stamp in now.items() if seen.get(segment_id) != stamp]
+        seen.clear()
+        seen.update(now)
+        for segment_id in changed or [None]:
+            callback(segment_id)
 
     return segmentation_node.AddObserver(slicer.vtkSegmentation.SourceRepresentationModified, on_modified)
 

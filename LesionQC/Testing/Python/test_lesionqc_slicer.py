@@ -122,3 +122,64 @@ def test_a_missing_item_file_is_a_clear_error_and_leaves_no_node(mrml_scene, ses
     with pytest.raises(SessionError, match=f"{case.items[1].path.name}: cannot load"):
         load_case(case, session.labels, mrml_scene)
     assert mrml_scene.GetNumberOfNodes() == 0
+
+
+def _rows(table):
+    import csv
+
+    with open(table, newline="") as stream:
+        return list(csv.DictReader(stream))
+
+
+def test_a_rater_scores_with_keys_goes_back_and_resumes(mrml_scene, session):
+    """The panel's whole flow through ReviewController, as the widget drives it, on a real scene."""
+    from LesionQCLib.review_controller import ReviewController, flag_tooltip, score_keys, structure_label
+
+    controller = ReviewController(mrml_scene)
+    assert controller.score_key(3).rating_enabled is False  # a key before any session does nothing
+    scale = controller.open_session(session.folder, "jd")
+    assert score_keys(scale) == [1, 2, 3, 4, 5]
+    assert [structure_label(s) for s in scale.structures] == ["Overall", "Spinal cord (optional)", "Lesions (optional)"]
+    assert [flag_tooltip(f) for f in scale.flags] == ["Applies to every item of this case."] * 2
+    panel = controller.panel()
+    first = controller.state.item.item_id
+    assert (panel.item_count, panel.done_count, panel.can_go_previous) == (2, 0, False)
+    assert set(panel.scores.values()) == {None}
+    visible = [i for i, n in controller.case_nodes.segmentations.items() if n.GetDisplayNode().GetVisibility()]
+    assert visible == [first]
+
+    # Keys score the active structure, one after the other, each saved at once.
+    required = [s.id for s in scale.structures if s.required]
+    for value, structure in zip((4, 2, 5), required):
+        assert controller.panel().active_structure == structure
+        panel = controller.score_key(value, comment="blurry")
+        assert panel.saved.startswith(f"Saved: {structure} = {value} (revision ")
+    assert panel.done_count == 1 and panel.comment == "blurry"
+    rows = _rows(controller.state.table_path)
+    assert [(r["item"], r["structure"], r["score"]) for r in rows if r["score"]] == \
+        [(first, s, str(v)) for v, s in zip((4, 2, 5), required)]
+
+    panel = controller.navigate("next")
+    second = controller.state.item.item_id
+    assert second != first and panel.can_go_previous and set(panel.scores.values()) == {None}
+    visible = [i for i, n in controller.case_nodes.segmentations.items() if n.GetDisplayNode().GetVisibility()]
+    assert visible == [second]
+    panel = controller.navigate("previous")  # back: the saved scores are shown, and can be changed
+    assert controller.state.item.item_id == first and panel.scores[required[0]] == 4
+    revisions = len(_rows(controller.state.table_path))
+    panel = controller.score(3, required[0])
+    assert panel.saved.startswith(f"Saved: {required[0]} = 3 (revision ")
+    assert len(_rows(controller.state.table_path)) == revisions + 1  # a change is a new row, never a rewrite
+
+    controller.close()
+    assert controller.case_nodes is None and mrml_scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0
+    resumed = ReviewController(mrml_scene)
+    resumed.open_session(session.folder, "jd")  # resumes at the first item not scored yet
+    panel = resumed.panel()
+    assert resumed.state.item.item_id == second and panel.done_count == 1
+    panel = resumed.score_key(1)
+    assert panel.done_count == 2 and panel.session_status == "All 2 items are scored. Thank you!"
+    assert not panel.can_go_next_open
+    panel = resumed.navigate("previous")
+    assert panel.scores[required[0]] == 3 and panel.comment == "blurry"  # the latest revision wins
+    resumed.close()

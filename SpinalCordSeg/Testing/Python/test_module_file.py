@@ -1,9 +1,13 @@
-"""Static checks of the Slicer module file, which cannot run without the Slicer application.
+"""Static checks of the Slicer module files, whose widgets cannot run without the Slicer application.
 
-The module (``SpinalCordSeg.py``) imports ``qt`` and ``ctk``, so it only runs
-inside Slicer (its ``SpinalCordSegTest`` does that there). Here it must at
-least compile, and everything it takes from SpinalCordSegLib must exist, so
-that a renamed function fails a test instead of a clinician's session.
+The modules (``SpinalCordSeg.py``, ``LesionQC.py``) import ``qt`` and ``ctk``,
+so their widgets only run inside Slicer (their self-tests do that there;
+``test_slicer_environment.py`` imports them with Slicer's packages only).
+Here they must compile, everything they take from their Lib must exist, and
+every attribute they read on a Lib object must be that object's, so that a
+renamed method fails a test instead of a clinician's session. The
+decisions behind the widgets are tested through the controllers
+(``test_segmentation_controller.py``, ``test_lesionqc_slicer.py``).
 """
 
 import ast
@@ -22,47 +26,58 @@ MODULE_FILE = MODULE_DIR / "SpinalCordSeg.py"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "SpinalCordSeg.ui"
 
 
-def _source() -> str:
-    return MODULE_FILE.read_text(encoding="utf-8")
+LESIONQC_FILE = MODULE_DIR.parent / "LesionQC" / "LesionQC.py"
+
+
+def _source(path: Path = MODULE_FILE) -> str:
+    return path.read_text(encoding="utf-8")
 
 
 def test_module_file_compiles(tmp_path):
     py_compile.compile(str(MODULE_FILE), cfile=str(tmp_path / "SpinalCordSeg.pyc"), doraise=True)
 
 
-def _lib_imports():
-    for node in ast.walk(ast.parse(_source())):
-        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("SpinalCordSegLib."):
+def _lib_imports(path: Path):
+    for node in ast.walk(ast.parse(_source(path))):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(("SpinalCordSegLib.", "LesionQCLib.")):
             yield node.module, [alias.name for alias in node.names]
 
 
-def test_every_name_imported_from_the_lib_exists():
-    imports = list(_lib_imports())
-    assert len(imports) >= 8  # the module really is wired to the Lib
+@pytest.mark.parametrize("path, controller", [(MODULE_FILE, "SegmentationController"),
+                                              (LESIONQC_FILE, "ReviewController")])
+def test_every_name_imported_from_the_lib_exists(path, controller):
+    imports = list(_lib_imports(path))
+    assert controller in {name for _, names in imports for name in names}  # wired to its controller
     missing = [f"{module}.{name}" for module, names in imports for name in names
                if not hasattr(importlib.import_module(module), name)]
     assert not missing
 
 
-@pytest.mark.parametrize("variable, owner", [
-    ("results", "SpinalCordSegLib.slicer_scene.ResultScene"),
-    ("params", "SpinalCordSegLib.slicer_scene.SceneParameters"),
-    ("run", "SpinalCordSegLib.panel_state.ApplyRun"),
-    ("update", "SpinalCordSegLib.panel_state.RunUpdate"),
-    ("step", "SpinalCordSegLib.panel_state.InstallStep"),
-    ("saved", "SpinalCordSegLib.correction.SavedCorrection"),
-    ("plan", "SpinalCordSegLib.correction.OutputPlan"),
+@pytest.mark.parametrize("path, variable, owners", [
+    (MODULE_FILE, "controller", ["SpinalCordSegLib.segmentation_controller.SegmentationController"]),
+    (MODULE_FILE, "panel", ["SpinalCordSegLib.segmentation_controller.PanelState"]),
+    (MODULE_FILE, "controls", ["SpinalCordSegLib.segmentation_controller.Controls"]),
+    (MODULE_FILE, "row", ["SpinalCordSegLib.segmentation_controller.StructureRow"]),
+    (MODULE_FILE, "result", ["SpinalCordSegLib.segmentation_controller.PollResult",
+                             "SpinalCordSegLib.segmentation_controller.SaveResult"]),
+    (MODULE_FILE, "saved", ["SpinalCordSegLib.correction.SavedCorrection"]),
+    (MODULE_FILE, "item", ["SpinalCordSegLib.model_selector.ModelItem"]),
+    (MODULE_FILE, "choice", ["SpinalCordSegLib.devices.DeviceChoice"]),
+    (LESIONQC_FILE, "controller", ["LesionQCLib.review_controller.ReviewController"]),
+    (LESIONQC_FILE, "panel", ["LesionQCLib.review_controller.ReviewPanel"]),
 ])
-def test_attributes_the_widget_uses_exist(variable, owner):
-    """``results.show_map``, ``run.detail``... : the attributes read on Lib objects are theirs."""
-    module_name, class_name = owner.rsplit(".", 1)
-    cls = getattr(importlib.import_module(module_name), class_name)
-    known = set(dir(cls)) | set(re.findall(r"self\.(\w+)(?:: [^=]+)? = ", inspect.getsource(cls)))
-    if dataclasses.is_dataclass(cls):
-        known |= {field.name for field in dataclasses.fields(cls)}
-    used = set(re.findall(rf"\b{variable}\.([A-Za-z_]\w*)", _source()))
-    assert used, f"the module file never uses {variable}"
-    assert not used - known, f"{class_name} has no {sorted(used - known)}"
+def test_attributes_the_widget_uses_exist(path, variable, owners):
+    """``controller.poll``, ``panel.rows``... : the attributes read on Lib objects are theirs."""
+    known = set()
+    for owner in owners:
+        module_name, class_name = owner.rsplit(".", 1)
+        cls = getattr(importlib.import_module(module_name), class_name)
+        known |= set(dir(cls)) | set(re.findall(r"self\.(\w+)(?:: [^=]+)? = ", inspect.getsource(cls)))
+        if dataclasses.is_dataclass(cls):
+            known |= {field.name for field in dataclasses.fields(cls)}
+    used = set(re.findall(rf"\b{variable}\.([A-Za-z_]\w*)", _source(path)))
+    assert used, f"{path.name} never uses {variable}"
+    assert not used - known, f"{owners} have no {sorted(used - known)}"
 
 
 def test_mrml_widgets_receive_the_scene():

@@ -28,6 +28,8 @@ from SpinalCordSegLib.slicer_scene import (  # noqa: E402
     ijk_to_ras,
     new_parameter_node,
     segment_editor_node,
+    observe_segment_edits,
+    register_terminology,
     segment_mask_array,
     set_segment_mask,
     soft_map_colour_node,
@@ -262,6 +264,50 @@ def test_options_restrict_lesions_and_respect_edits(mrml_scene):
     assert results.set_options(True, False, overwrite_edits=True) == []
     assert segment_mask_array(segmentation, "lesion", volume).sum() == 10
     assert results.tracker.edited == set()
+
+
+def _two_structure_results(scene):
+    soft = np.zeros((6, 8, 8), np.float32)
+    soft[1:5, 2:6, 2:6] = 0.9
+    images = {"sc": sitk.GetImageFromArray(soft), "lesion": sitk.GetImageFromArray(soft * 0.5)}
+    volume = add_volume_from_image(scene, images["sc"], "scan")
+    results = ResultScene(new_parameter_node(scene))
+    results.show(volume, images, {"sc": PROVENANCE, "lesion": PROVENANCE})
+    return results, volume
+
+
+def test_an_edit_marks_only_the_segment_whose_voxels_changed(mrml_scene):
+    """The segment events' call data (a segment ID or an object pointer) is never read."""
+    results, volume = _two_structure_results(mrml_scene)
+    segmentation = results.params.segmentation
+    painted = np.zeros((6, 8, 8), bool)
+    painted[2, 2:4, 2:4] = True
+    set_segment_mask(segmentation, "lesion", painted, volume)  # as a paint stroke would
+    assert results.tracker.edited == {"lesion"}
+    seen = []
+    tag = observe_segment_edits(segmentation, seen.append)
+    segmentation.GetSegmentation().InvokeEvent(slicer.vtkSegmentation.SourceRepresentationModified)
+    segmentation.RemoveObserver(tag)
+    assert seen == [None]  # nothing moved: unknown, so every structure counts as edited
+    assert results.tracker.edited == {"sc", "lesion"}
+
+
+def test_segments_carry_a_terminology_that_slicer_resolves(mrml_scene):
+    """Slicer's own lists have no "Lesion": the extension's terminology file gives its name and colour."""
+    logic = slicer.vtkSlicerTerminologiesModuleLogic()
+    context = register_terminology(logic)
+    assert register_terminology(logic) == context  # loaded once
+    results, _ = _two_structure_results(mrml_scene)
+    segmentation = results.params.segmentation.GetSegmentation()
+    for structure, meaning in (("sc", "Spinal cord"), ("lesion", "Lesion")):
+        segment = segmentation.GetSegment(structure)
+        entry = slicer.vtkSlicerTerminologyEntry()
+        assert logic.DeserializeTerminologyEntry(segment.GetTerminology(), entry)
+        assert logic.UpdateEntryFromLoadedTerminologies(entry, [], [])
+        kind = entry.GetTypeObject()
+        assert (entry.GetTerminologyContextName(), kind.GetCodeMeaning()) == (context, meaning)
+        colour = tuple(round(c * 255) for c in segment.GetColor())
+        assert tuple(kind.GetRecommendedDisplayRGBValue()) == colour
 
 
 def save_scene(scene, folder):
