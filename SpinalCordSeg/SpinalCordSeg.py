@@ -37,7 +37,7 @@ from slicer.util import VTKObservationMixin
 from SpinalCordSegLib.errors import SpinalCordSegError
 from SpinalCordSegLib.segmentation_controller import SegmentationController
 from SpinalCordSegLib.slicer_scene import register_terminology, segment_editor_node
-from SpinalCordSegLib.thresholds import MAX_THRESHOLD, MIN_THRESHOLD
+from SpinalCordSegLib.binarization import SLIDER_RANGE
 
 RATER_SETTING = "SpinalCordSeg/Rater"
 OUTPUT_FOLDER_SETTING = "SpinalCordSeg/OutputFolder"
@@ -344,19 +344,23 @@ class SpinalCordSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             mapButton.toolTip = f"Show the {row.name.lower()} probability map over the scan"
             self._mapButtons.addButton(mapButton)
             slider = ctk.ctkSliderWidget()
-            slider.minimum, slider.maximum = MIN_THRESHOLD, MAX_THRESHOLD
+            slider.minimum, slider.maximum = SLIDER_RANGE
             slider.singleStep, slider.decimals = 0.01, 2
             slider.toolTip = f"{row.name}: voxels with probability >= this value"
             volumeLabel = qt.QLabel()
             layout.addWidget(mapButton, index, 0)
             layout.addWidget(slider, index, 1)
             layout.addWidget(volumeLabel, index, 2)
+            # Without tracking, valueChanged fires on release; valueIsChanging during the drag.
+            slider.tracking = False
+            slider.connect("valueIsChanging(double)",
+                           lambda value, s=row.structure: self.onThresholdChanged(s, value, False))
             slider.connect("valueChanged(double)", lambda value, s=row.structure: self.onThresholdChanged(s, value))
             mapButton.connect("toggled(bool)", lambda on, s=row.structure: self.onMapSelected(s, on))
             self._structureRows[row.structure] = {"map": mapButton, "slider": slider, "volume": volumeLabel}
 
-    def onThresholdChanged(self, structure: str, value: float) -> None:
-        if not self._updatingGUI and not self.controller.move_slider(structure, value, self._confirm):
+    def onThresholdChanged(self, structure: str, value: float, settled: bool = True) -> None:
+        if not self._updatingGUI and not self.controller.move_slider(structure, value, self._confirm, settled):
             self.updateGUIFromParameterNode()  # declined: the slider goes back to the threshold in use
 
     def onMaskOptionsChanged(self, *unused) -> None:

@@ -19,10 +19,9 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import SimpleITK as sitk
 
+from .binarization import binarize, cord_structure, is_cord
 from .errors import CancelledError, SpinalCordSegError
 from .image_io import write_image_atomic
-from .outputs import binarize
-from .thresholds import is_cord
 
 #: Threshold that turns the crop model's cord map into the crop mask (nnU-Net's own decision level).
 CROP_THRESHOLD = 0.5
@@ -181,7 +180,7 @@ class ApplyRun:
         provenance = dict(event.get("provenance") or {})
         self._update.warnings += list(event.get("warnings") or [])
         if job.purpose == "crop":
-            cord = next((s for s in maps if is_cord(s)), None)
+            cord = cord_structure(maps)
             if cord is None:
                 raise SpinalCordSegError(f"crop model '{job.model}' gives no cord map (it gives {sorted(maps)})")
             mask = binarize(sitk.ReadImage(maps[cord]), CROP_THRESHOLD)

@@ -391,14 +391,17 @@ class SegmentationController:
 
     # -- thresholds and display -----------------------------------------------------------------
 
-    def move_slider(self, structure: str, value: float, confirm: Confirm) -> bool:
-        """A threshold slider moved; asks before overwriting edits. False: the slider must go back."""
+    def move_slider(self, structure: str, value: float, confirm: Confirm, settled: bool = True) -> bool:
+        """A threshold slider moved (``settled`` False while dragged); asks before overwriting edits.
+
+        False: the slider must go back.
+        """
         results = self.results
-        blocked = results.set_threshold(structure, value)
+        blocked = results.set_threshold(structure, value, settled=settled)
         if not blocked:
             return True
         if confirm(overwrite_question(blocked)):
-            results.set_threshold(structure, value, overwrite_edits=True)
+            results.set_threshold(structure, value, overwrite_edits=True, settled=settled)
             return True
         return False
 

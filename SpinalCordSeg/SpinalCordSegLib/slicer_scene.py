@@ -45,6 +45,7 @@ from .image_io import read_image, same_grid
 from .outputs import bids_label, source_name, structure_colour
 from .resources import resources_dir
 from .edit_tracking import EditTracker
+from .binarization import MaskOptions
 from .thresholds import ThresholdState, volume_mm3
 
 if TYPE_CHECKING:  # worklist needs pandas, which Slicer does not ship: imported where a case is opened
@@ -489,14 +490,16 @@ class ResultScene:
         provenance: Mapping[str, dict],
         defaults: Optional[Mapping[str, float]] = None,
         opacity: float = 0.5,
+        options: Optional[MaskOptions] = None,
     ) -> ThresholdState:
         """Show new soft maps of ``volume_node`` and their thresholded segmentation.
 
         Soft maps must lie on the volume's grid (the engine guarantees it).
         A new run on the same volume reuses its soft-map volumes and
         segmentation; a run on another volume makes new ones and leaves the
-        previous case's nodes in the scene. Options (largest cord component,
-        lesions in cord) carry over.
+        previous case's nodes in the scene. Mask options (largest cord
+        component, lesions in cord) are ``options``, else the previous case's,
+        else the field's defaults (:class:`~.binarization.MaskOptions`).
         """
         if not soft_maps:
             raise ValueError("no soft maps to show")
@@ -508,9 +511,9 @@ class ResultScene:
                     f"soft map '{structure}' is not on the grid of volume '{volume_node.GetName()}' "
                     f"(size {soft.GetSize()} vs {grid.GetSize()})")
         previous = self.state
-        state = ThresholdState(list(soft_maps), defaults,
-                               previous.keep_largest_cord if previous else False,
-                               previous.restrict_lesions_to_cord if previous else False)
+        if options is None:
+            options = previous.options if previous else MaskOptions()
+        state = ThresholdState(list(soft_maps), defaults, options)
         with self._batch():
             same_case = self.params.result_volume is volume_node
             for structure in previous.structures if previous else []:
@@ -551,14 +554,14 @@ class ResultScene:
         return state
 
     def show_case(self, volume_node, case: WorklistCase, opacity: float = 0.5) -> ThresholdState:
-        """Show the saved predictions of a worklist case on its loaded scan, at their own thresholds.
+        """Show the saved predictions of a worklist case on its loaded scan, at the batch's thresholds and options.
 
         The soft maps lie on the scan file's grid; Slicer may hold the scan
         with flipped axes, so they are put on the volume node's grid first.
         """
         grid = image_from_volume(volume_node)
         soft_maps = {s: on_grid(read_image(path), grid, sitk.sitkLinear) for s, path in case.soft_maps.items()}
-        return self.show(volume_node, soft_maps, case.provenance(), case.thresholds(), opacity)
+        return self.show(volume_node, soft_maps, case.provenance(), case.thresholds(), opacity, case.mask_options())
 
     @contextmanager
     def _batch(self) -> Iterator[None]:
@@ -581,11 +584,14 @@ class ResultScene:
         """Structures among ``structures`` the user edited by hand."""
         return self.tracker.needs_confirmation(structures)
 
-    def set_threshold(self, structure: str, value: float, overwrite_edits: bool = False) -> List[str]:
+    def set_threshold(self, structure: str, value: float, overwrite_edits: bool = False,
+                      settled: bool = True) -> List[str]:
         """Move one slider: update the segment(s) and the overlay's lower threshold.
 
         Returns the edited structures that stop the update (nothing changed)
-        unless ``overwrite_edits``; an empty list once done.
+        unless ``overwrite_edits``; an empty list once done. ``settled`` False
+        while the slider is dragged: the largest-component step waits for the
+        release (see :func:`~.binarization.binary_masks`).
         """
         state = self._require_state()
         blocked = self.edited_among(state.dependents(structure))
@@ -595,7 +601,7 @@ class ResultScene:
         with self._batch():
             self._store_state(state)
             set_soft_map_threshold(self.params.soft_map(structure), state.thresholds[structure])
-            self._update_masks(state, affected)
+            self._update_masks(state, affected, settled)
         return []
 
     def set_options(self, keep_largest_cord: bool, restrict_lesions_to_cord: bool,
@@ -616,12 +622,12 @@ class ResultScene:
         """Volume of each structure's thresholded mask at the last update."""
         return self.params.get("VolumesMm3", {})
 
-    def _update_masks(self, state: ThresholdState, structures: Sequence[str]) -> None:
+    def _update_masks(self, state: ThresholdState, structures: Sequence[str], settled: bool = True) -> None:
         if not structures:
             return
         volume = self.params.result_volume
         segmentation = self.params.segmentation
-        masks = state.masks(self._soft_arrays(state), structures)
+        masks = state.masks(self._soft_arrays(state), structures, settled)
         with self.tracker.automatic():
             for structure, mask in masks.items():
                 set_segment_mask(segmentation, structure, mask, volume)

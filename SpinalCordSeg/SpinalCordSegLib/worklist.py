@@ -29,9 +29,11 @@ from typing import Dict, List, Optional, Union
 import numpy as np
 import pandas as pd
 
+from .binarization import DEFAULT_THRESHOLD, MaskOptions
 from .errors import SpinalCordSegError
 from .image_io import write_text_atomic
-from .outputs import now, read_sidecar
+from .outputs import now
+from .sidecar import Sidecar
 
 STATUSES = ("predicted", "in correction", "corrected", "approved", "excluded")
 BASE_COLUMNS = ["case", "subject", "session", "scan"]
@@ -49,11 +51,17 @@ class WorklistCase:
 
     def provenance(self) -> Dict[str, dict]:
         """structure -> the automatic step that made its mask (from the mask's sidecar)."""
-        return {s: (read_sidecar(path).get("GeneratedBy") or [{}])[0] for s, path in self.masks.items()}
+        return {s: Sidecar.read(path).automatic_step for s, path in self.masks.items()}
 
     def thresholds(self) -> Dict[str, float]:
-        """structure -> threshold that made its mask (0.5 where the sidecar has none)."""
-        return {s: float(read_sidecar(path).get("Threshold", 0.5)) for s, path in self.masks.items()}
+        """structure -> threshold that made its mask (the default where the sidecar has none)."""
+        thresholds = {s: Sidecar.read(path).threshold for s, path in self.masks.items()}
+        return {s: DEFAULT_THRESHOLD if t is None else t for s, t in thresholds.items()}
+
+    def mask_options(self) -> MaskOptions:
+        """The mask options that made the masks (recorded in each mask's sidecar)."""
+        recorded = [Sidecar.read(path).mask_options for path in self.masks.values()]
+        return next((o for o in recorded if o is not None), MaskOptions.from_sidecar({}))
 
 
 class Worklist:

@@ -51,7 +51,7 @@ def lesion_only_model(tiny_model, tmp_path_factory):
 
 
 def _resolved(folder, model_id):
-    return ResolvedModel(folder=folder, model_id=model_id, version=None, sha256={}, trusted_because="user",
+    return ResolvedModel(folder=folder, model_id=model_id, version=None, sha256={}, files_sha256={}, trusted_because="user",
                          orientation=None, crop_with=None)
 
 

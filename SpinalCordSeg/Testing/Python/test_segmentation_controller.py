@@ -13,6 +13,8 @@ here without installing packages into this Python.
 import csv
 import shutil
 import time
+from dataclasses import astuple
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,6 +35,7 @@ from SpinalCordSegLib.segmentation_controller import (  # noqa: E402
 )
 from SpinalCordSegLib.slicer_scene import new_parameter_node, segment_mask_array, set_segment_mask  # noqa: E402
 from SpinalCordSegLib.thresholds import format_volume, volume_mm3  # noqa: E402
+from SpinalCordSegLib.worklist import WorklistCase  # noqa: E402
 
 
 def load_volume(scene, path, labelmap=False):
@@ -198,8 +201,10 @@ def test_a_whole_session_apply_sliders_edit_save_next_case(mrml_scene, dataset, 
         assert line.startswith("Correcting sub-02_T2w")
         second = controller.params.result_volume
         assert second is not volume and controller.results.state.thresholds == {"sc": 0.5, "lesion": 0.3}
-        assert controller.panel(worklist, "").keep_largest_cord  # the mask options carry over between cases
-        controller.set_mask_options(False, False, never)  # batch's masks are plain thresholds
+        recorded = WorklistCase("sub-02_T2w", Path(), {}, {
+            s: derivatives / f"sub-02/anat/sub-02_T2w_label-{bids_label(s)}_seg.nii.gz" for s in ("sc", "lesion")})
+        panel = controller.panel(worklist, "")  # the case opens with the batch's mask options
+        assert (panel.keep_largest_cord, panel.restrict_lesions) == astuple(recorded.mask_options())
         for structure in ("sc", "lesion"):
             batch_mask = derivatives / f"sub-02/anat/sub-02_T2w_label-{bids_label(structure)}_seg.nii.gz"
             np.testing.assert_array_equal(segment_mask_array(controller.params.segmentation, structure, second),

@@ -15,6 +15,7 @@ import SimpleITK as sitk
 
 slicer = pytest.importorskip("slicer", reason="slicer-core is not installed")
 
+from SpinalCordSegLib.binarization import MaskOptions  # noqa: E402
 from SpinalCordSegLib.correction import plan_outputs  # noqa: E402
 from SpinalCordSegLib.engine import InferenceOptions, SegmentationEngine  # noqa: E402
 from SpinalCordSegLib.errors import InputImageError  # noqa: E402
@@ -251,7 +252,7 @@ def test_options_restrict_lesions_and_respect_edits(mrml_scene):
         images[name].SetSpacing((0.5, 0.5, 2.0))
     volume = add_volume_from_image(mrml_scene, images["sc"], "scan")
     results = ResultScene(new_parameter_node(mrml_scene))
-    results.show(volume, images, {"sc": PROVENANCE, "lesion": PROVENANCE})
+    results.show(volume, images, {"sc": PROVENANCE, "lesion": PROVENANCE}, options=MaskOptions(False, False))
     assert results.volumes_mm3() == pytest.approx({"sc": (64 + 4) * 0.5, "lesion": (8 + 2) * 0.5})
     segmentation = results.params.segmentation
 
@@ -331,7 +332,7 @@ def test_a_saved_scene_reopens_where_it_was(mrml_scene, shared_data, tmp_path):
     scan = image_from_volume(scan_node)
     soft = sitk.Cast(sitk.RescaleIntensity(sitk.Cast(scan, sitk.sitkFloat32), 0.0, 1.0), sitk.sitkFloat32)
     results = ResultScene(new_parameter_node(mrml_scene), clock=lambda: 500.0)
-    results.show(scan_node, {"sc": soft}, {"sc": PROVENANCE})
+    results.show(scan_node, {"sc": soft}, {"sc": PROVENANCE}, options=MaskOptions(False, False))
     results.set_threshold("sc", 0.35)
     edited = np.zeros(slicer.util.arrayFromVolume(scan_node).shape, bool)
     edited[10:20, 10:20, 10:20] = True

@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from SpinalCordSegLib.thresholds import ThresholdState, largest_component, volume_mm3
+from SpinalCordSegLib.binarization import MaskOptions, largest_component
+from SpinalCordSegLib.thresholds import ThresholdState, volume_mm3
 
 
 def test_thresholds_default_to_the_model_or_one_half_and_stay_in_range():
@@ -30,7 +31,7 @@ def test_largest_cord_component_keeps_only_the_biggest_island():
     soft = np.zeros((5, 10, 10), np.float32)
     soft[1:4, 1:5, 1:5] = 0.9  # 48 voxels
     soft[1:3, 7:9, 7:9] = 0.9  # 8 voxels, separate
-    state = ThresholdState(["sc"], keep_largest_cord=True)
+    state = ThresholdState(["sc"], options=MaskOptions(keep_largest_cord=True))
     mask = state.masks({"sc": soft})["sc"]
     assert mask.sum() == 48 and not mask[1:3, 7:9, 7:9].any()
     # diagonal neighbours connect (26-connectivity), so a corner touch is one component
@@ -42,7 +43,7 @@ def test_largest_cord_component_keeps_only_the_biggest_island():
 def test_lesions_restricted_to_the_cord_and_cord_threshold_moves_them():
     soft_sc = np.array([[[0.9, 0.9, 0.2, 0.2]]], np.float32)
     soft_lesion = np.array([[[0.8, 0.1, 0.8, 0.1]]], np.float32)
-    state = ThresholdState(["sc", "lesion"])
+    state = ThresholdState(["sc", "lesion"], options=MaskOptions(False, False))
     assert state.set_threshold("sc", 0.5) == ["sc"]  # option off: the cord alone
     maps = {"sc": soft_sc, "lesion": soft_lesion}
     assert state.masks(maps)["lesion"].tolist() == [[[True, False, True, False]]]
@@ -53,7 +54,7 @@ def test_lesions_restricted_to_the_cord_and_cord_threshold_moves_them():
 
 
 def test_threshold_state_round_trips_through_json():
-    state = ThresholdState(["sc", "lesion"], {"lesion": 0.2}, keep_largest_cord=True)
+    state = ThresholdState(["sc", "lesion"], {"lesion": 0.2}, MaskOptions(keep_largest_cord=True))
     copy = ThresholdState.from_dict(json.loads(json.dumps(state.to_dict())))
     assert copy.to_dict() == state.to_dict()
 
