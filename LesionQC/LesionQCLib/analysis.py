@@ -26,9 +26,8 @@ Example:
 
 from __future__ import annotations
 
+import io
 import itertools
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 from sklearn.metrics import cohen_kappa_score
+from SpinalCordSegLib.fileutil import write_text_atomic
 
 from .errors import LesionQCError, RaterTableError
 from .rater_table import RaterTable, load_rater_table
@@ -249,22 +249,12 @@ def plot_distributions(scores: pd.DataFrame, scale: Scale, out_dir: Path) -> Lis
         figure.suptitle(f"{scale.title}: {structure}", fontsize=10)
         figure.tight_layout()
         path = out_dir / f"distribution_{structure}.png"
-        _replace_atomically(path, lambda temporary: figure.savefig(temporary, format="png", dpi=100))
+        png = io.BytesIO()
+        figure.savefig(png, format="png", dpi=100)
+        write_text_atomic(png.getvalue(), path)
         plt.close(figure)
         written.append(path)
     return written
-
-
-def _replace_atomically(path: Path, write) -> None:
-    """Call ``write(temporary_path)`` beside ``path``, then rename it over ``path``."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
 
 
 def analyze(session: SessionView, key: SessionKey, tables: Sequence[RaterTable],
@@ -299,6 +289,6 @@ def analyze_session(session_dir: PathLike, out_dir: PathLike, key_path: Optional
         "kappa_pairwise.csv": result.kappa_pairwise, "agreement.csv": result.agreement,
     }
     for name, frame in files.items():
-        _replace_atomically(out_dir / name, lambda temporary, frame=frame: frame.to_csv(temporary, index=False))
+        write_text_atomic(frame.to_csv(index=False), out_dir / name)
     result.plots = plot_distributions(usable_scores(result.ratings), session.scale, out_dir)
     return result

@@ -52,6 +52,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
+from SpinalCordSegLib.fileutil import write_text_atomic
 
 from .errors import KeyMismatchError, ManifestError, SessionError
 from .scales import Scale, default_scale
@@ -482,7 +483,7 @@ def make_session(manifest: PathLike, session_dir: PathLike, seed: Optional[int] 
         if key_path.parent == session_dir:
             (building / key_path.name).write_text(json.dumps(key, indent=2) + "\n", encoding="utf-8")
         else:
-            _write_new_file(key_path, json.dumps(key, indent=2) + "\n")
+            write_text_atomic(json.dumps(key, indent=2) + "\n", key_path, replace=False)
             external_key = key_path
         if session_dir.exists():
             session_dir.rmdir()  # empty, checked above
@@ -573,17 +574,3 @@ def _session_id(building: Path, content: Mapping[str, Any], assignments: Sequenc
     files = {p.relative_to(building).as_posix(): _sha256(p) for p in building.rglob("*") if p.is_file()}
     payload = json.dumps({"content": content, "files": files, "key": list(assignments)}, sort_keys=True)
     return "lqc-" + hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
-
-
-def _write_new_file(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file; refuse to replace an existing file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.link(temporary, path)  # fails if the path appeared meanwhile, unlike os.replace
-    finally:
-        os.unlink(temporary)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence, Union
 
 from .errors import SpinalCordSegError
-from .fileutil import write_json_atomically
+from .fileutil import write_json_atomic
 from .paths import config_dir
 
 TRUST_FILE = "trusted_checkpoints.json"
@@ -115,6 +115,6 @@ class TrustStore:
                 "weights_only_loadable": check.loadable,
             }
         try:
-            write_json_atomically(self.path, data)
+            write_json_atomic(data, self.path)
         except OSError as error:
             raise TrustStoreError(f"{self.path}: cannot write the trust store ({error})") from error
