@@ -14,7 +14,6 @@ Example:
 
 from __future__ import annotations
 
-import gzip
 import struct
 import zlib
 from pathlib import Path
@@ -116,19 +115,38 @@ def _verify_image_file(path: Path, image: sitk.Image) -> None:
                               sitk.GetArrayViewFromImage(image)):
             raise ValueError("it does not read back as the image written")
         return
-    header = b""
-    size = 0
-    try:
-        with (gzip.open(path, "rb") if name.endswith(".gz") else open(path, "rb")) as stream:
-            for block in iter(lambda: stream.read(1 << 20), b""):  # to the end: gzip checks CRC and length
-                header = header or block[:544]
-                size += len(block)
-    except (EOFError, OSError, zlib.error) as error:
-        raise ValueError(f"damaged gzip stream: {error}") from error
+    if name.endswith(".gz"):
+        header, size = _gunzipped_size(path)
+    else:
+        with open(path, "rb") as stream:
+            header = stream.read(544)
+        size = path.stat().st_size
     voxels = image.GetNumberOfPixels() * image.GetNumberOfComponentsPerPixel() * image.GetSizeOfPixelComponent()
     expected = _nifti_data_offset(header) + voxels
     if size != expected:
         raise ValueError(f"{size} bytes of NIfTI data where {expected} were written")
+
+
+def _gunzipped_size(path: Path) -> "tuple[bytes, int]":
+    """(first 544 bytes, length) of a gzip file's content; ValueError when its stream is cut or damaged.
+
+    zlib checks the stream's CRC and length at its end; output is taken in bounded pieces.
+    """
+    inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    header, size = b"", 0
+    try:
+        with open(path, "rb") as stream:
+            data = stream.read(1 << 20)
+            while data and not inflate.eof:
+                piece = inflate.decompress(data, 1 << 24)
+                header, size = header or piece[:544], size + len(piece)
+                data = inflate.unconsumed_tail or stream.read(1 << 20)
+            size += len(inflate.flush())
+    except zlib.error as error:
+        raise ValueError(f"damaged gzip stream ({error})") from error
+    if not inflate.eof:
+        raise ValueError("the gzip stream ends early")
+    return header, size
 
 
 def _nifti_data_offset(header: bytes) -> int:
