@@ -122,14 +122,19 @@ def _create_temporary(path: Path, suffix: str) -> Path:
 
 
 def fsync_folder(folder: Path) -> None:
-    """Flush a folder's entries (a new or renamed file) to disk; a no-op where folders cannot be opened."""
+    """Flush a folder's entries (a new or renamed file) to disk, where the system can."""
     if sys.platform == "win32":
-        return
-    fd = os.open(folder, os.O_RDONLY)
+        return  # folders cannot be opened there; NTFS journals the entry
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as error:
+        # Some network and FUSE file systems cannot flush a folder: the file itself is on disk.
+        if error.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EACCES):
+            raise
 
 
 def _space_hint(folder: Path) -> str:
@@ -170,7 +175,6 @@ def write_atomic(path: PathLike, write: Callable[[Path], None], verify: Callable
         else:
             os.link(temporary, path)  # fails if the path appeared meanwhile, unlike os.replace
             os.unlink(temporary)
-        fsync_folder(path.parent)
     except FileExistsError:
         temporary.unlink(missing_ok=True)
         raise
@@ -189,6 +193,10 @@ def write_atomic(path: PathLike, write: Callable[[Path], None], verify: Callable
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+    try:
+        fsync_folder(path.parent)
+    except OSError as error:  # published, but its entry may not survive a power cut
+        logger.warning("%s: written, but its folder could not be flushed to disk (%s)", path, error)
     return path
 
 
