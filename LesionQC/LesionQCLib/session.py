@@ -44,7 +44,6 @@ import re
 import secrets
 import shutil
 import string
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -52,7 +51,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
-from SpinalCordSegLib.fileutil import write_text_atomic
+from SpinalCordSegLib.fileutil import make_staging_folder, write_text_atomic
 
 from .errors import KeyMismatchError, ManifestError, SessionError
 from .scales import Scale, default_scale
@@ -452,7 +451,7 @@ def make_session(manifest: PathLike, session_dir: PathLike, seed: Optional[int] 
     assignments = [dict(zip(letters, (sources[i] for i in rng.permutation(len(sources))))) for _ in order]
 
     session_dir.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=f".{session_dir.name}.building-", dir=session_dir.parent))
+    building = make_staging_folder(session_dir.parent, f".{session_dir.name}.building")  # raters must read it
     external_key: Optional[Path] = None  # a key written outside the folder, removed if the build fails
     try:
         session_cases, key_cases, values = [], {}, set()

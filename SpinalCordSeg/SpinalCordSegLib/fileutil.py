@@ -121,6 +121,21 @@ def _create_temporary(path: Path, suffix: str) -> Path:
             continue
 
 
+def make_staging_folder(parent: PathLike, prefix: str) -> Path:
+    """Create a new folder ``<prefix>.<pid>@<host>.<random>`` in ``parent``; return it.
+
+    Like ``tempfile.mkdtemp``, but with the umask's mode (mkdtemp's 0700 would follow the
+    folder when it is renamed into place) and an owner that :func:`is_stale` can check.
+    """
+    while True:
+        folder = Path(parent) / f"{prefix}.{owner_tag()}.{secrets.token_hex(4)}"
+        try:
+            os.mkdir(folder, 0o777)
+            return folder
+        except FileExistsError:
+            continue
+
+
 def fsync_folder(folder: Path) -> None:
     """Flush a folder's entries (a new or renamed file) to disk, where the system can."""
     if sys.platform == "win32":

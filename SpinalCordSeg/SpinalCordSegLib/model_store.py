@@ -25,7 +25,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -37,7 +36,7 @@ from .archive import extract_zip
 from .catalogue import Catalogue, CatalogueEntry, is_valid_id, load_catalogue
 from .download import Progress, download, verify_file
 from .errors import ModelFolderError, ModelInstallError, UntrustedModelError
-from .fileutil import disk_full_hint, format_size, is_stale, owner_tag, write_json_atomic
+from .fileutil import disk_full_hint, format_size, is_stale, make_staging_folder, write_json_atomic
 from .model_folder import ModelFolder, find_results_folder, sha256_of_file
 from .trust import TrustStore, check_weights_only, untrusted_message
 
@@ -314,7 +313,7 @@ class ModelStore:
         try:
             self.models_dir.mkdir(parents=True, exist_ok=True)
             self.remove_stale_staging()
-            work = Path(tempfile.mkdtemp(prefix=f".install-{model_id}.{owner_tag()}.", dir=self.models_dir))
+            work = make_staging_folder(self.models_dir, f".install-{model_id}")
         except OSError as error:
             raise ModelInstallError(f"cannot create a folder in {self.models_dir}: {error}") from error
         try:
@@ -393,7 +392,7 @@ class ModelStore:
             raise ModelInstallError(f"no installed model '{model_id}' in {self.models_dir}")
         try:
             self.remove_stale_staging()
-            trash = Path(tempfile.mkdtemp(prefix=f".remove-{model_id}.{owner_tag()}.", dir=self.models_dir))
+            trash = make_staging_folder(self.models_dir, f".remove-{model_id}")
             os.rename(installed.path, trash / model_id)
         except OSError as error:
             raise ModelInstallError(f"cannot remove {installed.path}: {error}") from error
