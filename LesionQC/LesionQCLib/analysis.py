@@ -42,9 +42,8 @@ Example:
 
 from __future__ import annotations
 
+import io
 import itertools
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +52,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 from sklearn.metrics import cohen_kappa_score
+from SpinalCordSegLib.fileutil import write_text_atomic
 
 from .errors import LesionQCError, RaterTableError
 from .rater_table import RaterTable, load_rater_table
@@ -408,9 +408,10 @@ def _violin_groups(axis, groups, sources: List[str], scale: Scale, tests: pd.Dat
 
 
 def _save(figure, path: Path) -> Path:
-    _replace_atomically(path, lambda temporary: figure.savefig(temporary, format="png", dpi=110))
+    png = io.BytesIO()
+    figure.savefig(png, format="png", dpi=110)
     _pyplot().close(figure)
-    return path
+    return write_text_atomic(png.getvalue(), path)
 
 
 def plot_scores(scores: pd.DataFrame, wilcoxon: pd.DataFrame, scale: Scale, out_dir: Path) -> List[Path]:
@@ -483,18 +484,6 @@ def plot_agreement(kappas: pd.DataFrame, intra: pd.DataFrame, out_dir: Path) -> 
     return _save(figure, out_dir / "agreement_heatmap.png")
 
 
-def _replace_atomically(path: Path, write) -> None:
-    """Call ``write(temporary_path)`` beside ``path``, then rename it over ``path``."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
-
-
 def analyze(session: SessionView, key: SessionKey, tables: Sequence[RaterTable],
             zero_method: str = "wilcox", by: Optional[str] = None) -> AnalysisResult:
     """Compute every table of the analysis (no files written)."""
@@ -534,8 +523,7 @@ def analyze_session(session_dir: PathLike, out_dir: PathLike, key_path: Optional
         **result.stratified,
     }
     for name, frame in files.items():
-        _replace_atomically(out_dir / f"{name}.csv",
-                            lambda temporary, frame=frame: frame.to_csv(temporary, index=False))
+        write_text_atomic(frame.to_csv(index=False), out_dir / f"{name}.csv")
     first = first_showings(usable_scores(result.ratings))
     result.plots = plot_scores(first, result.wilcoxon, session.scale, out_dir)
     heat_map = plot_agreement(result.kappa_pairwise, result.intra_rater, out_dir)

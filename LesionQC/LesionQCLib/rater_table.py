@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+
 from .errors import RaterTableError, ScoreError
 from .session import SessionView, is_portable_name
 
@@ -251,7 +252,10 @@ class RaterTableWriter:
             if table.complete_size == 0:
                 self._write((",".join(COLUMNS) + "\n").encode("utf-8"))
             if created:
-                _fsync_folder(path.parent)  # the new file's entry must survive a power cut too
+                # Imported here: LesionQC.py loads this module before Slicer has loaded SpinalCordSeg's folder.
+                from SpinalCordSegLib.fileutil import fsync_folder
+
+                fsync_folder(path.parent)  # the new file's entry must survive a power cut too
         except BaseException:
             os.close(self._fd)
             raise
@@ -291,13 +295,3 @@ class RaterTableWriter:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
-
-
-def _fsync_folder(folder: Path) -> None:
-    if os.name != "posix":
-        return  # Windows cannot open folders; NTFS journals the entry
-    fd = os.open(str(folder), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -210,7 +210,7 @@ def write_qc_fail(failures: Sequence[Failure], path: PathLike, labels: Mapping[i
     the ``-config`` of manual-correction's ``manual_correction.py``.
     """
     import yaml
-    from SpinalCordSegLib.image_io import write_text_atomic
+    from SpinalCordSegLib.fileutil import write_text_atomic
 
     overall = ("FILES_SEG",) + (("FILES_LESION",) if any("lesion" in n.lower() for n in labels.values()) else ())
     tasks: Dict[str, List[str]] = {}

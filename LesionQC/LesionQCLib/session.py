@@ -48,7 +48,6 @@ import re
 import secrets
 import shutil
 import string
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -560,6 +559,9 @@ def build_session(cases: Sequence[ManifestCase], session_dir: PathLike, origin: 
     ``origin`` names the file the cases came from (``{"manifest": path}``): its path
     and sha256 go into the key, with ``model_source``.
     """
+    # Imported here: LesionQC.py loads this module before Slicer has loaded SpinalCordSeg's folder.
+    from SpinalCordSegLib.fileutil import make_staging_folder, write_text_atomic
+
     session_dir = Path(session_dir).resolve()
     key_path = _check_key_path(session_dir, key_path, key_inside)
     scale = scale or default_scale()
@@ -587,7 +589,7 @@ def build_session(cases: Sequence[ManifestCase], session_dir: PathLike, origin: 
                 for n, (i, _) in enumerate(showings, start=1)]
 
     session_dir.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=f".{session_dir.name}.building-", dir=session_dir.parent))
+    building = make_staging_folder(session_dir.parent, f".{session_dir.name}.building")  # raters must read it
     external_key: Optional[Path] = None  # a key written outside the folder, removed if the build fails
     try:
         session_cases, key_cases, values = [], {}, set()
@@ -628,7 +630,7 @@ def build_session(cases: Sequence[ManifestCase], session_dir: PathLike, origin: 
         if key_path.parent == session_dir:
             (building / key_path.name).write_text(json.dumps(key, indent=2) + "\n", encoding="utf-8")
         else:
-            _write_new_file(key_path, json.dumps(key, indent=2) + "\n")
+            write_text_atomic(json.dumps(key, indent=2) + "\n", key_path, replace=False)
             external_key = key_path
         if session_dir.exists():
             session_dir.rmdir()  # empty, checked above
@@ -654,6 +656,8 @@ def _write_case(building: Path, display: str, case: ManifestCase, items: Mapping
     Items are uncompressed uint8 NIfTI on the image's grid: the files of one case
     have the same size and header, whatever their content.
     """
+    from SpinalCordSegLib.image_io import write_image_atomic  # see build_session
+
     folder = building / "cases" / display
     folder.mkdir(parents=True)
     image = _read_image(case.image, case.where)
@@ -678,7 +682,7 @@ def _write_case(building: Path, display: str, case: ManifestCase, items: Mapping
         labelmap = sitk.GetImageFromArray(array)
         labelmap.CopyInformation(image)  # grid only: no metadata travels with it
         values |= {int(v) for v in np.unique(array) if v}
-        sitk.WriteImage(labelmap, str(folder / f"{item_id}.nii"), useCompression=False)
+        write_image_atomic(labelmap, folder / f"{item_id}.nii", compress=False)
         entry["items"].append({"item": item_id, "path": f"cases/{display}/{item_id}.nii"})
     return entry, values
 
@@ -734,15 +738,3 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_new_file(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file; refuse to replace an existing file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.link(temporary, path)  # fails if the path appeared meanwhile, unlike os.replace
-    finally:
-        os.unlink(temporary)

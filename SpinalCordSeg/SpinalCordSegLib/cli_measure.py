@@ -20,13 +20,13 @@ Example:
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import pandas as pd
 
 from .errors import InputImageError, SpinalCordSegError
+from .fileutil import write_text_atomic
 from .lesion_metrics import lesion_metrics, lesion_totals
 from .morphometrics import (
     DEFAULT_THRESHOLD,
@@ -109,16 +109,8 @@ def output_paths(table: Path) -> Dict[str, Path]:
 
 
 def write_csv(table: pd.DataFrame, path: Path) -> None:
-    """Write ``table`` to ``path`` through a temporary file, so no half-written table is left."""
-    # A plain open() in the same folder: the file gets the user's usual permissions
-    # (mkstemp would make it private) and os.replace() stays atomic.
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        table.to_csv(temporary, index=False)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    """Write ``table`` to ``path`` atomically, so no half-written table is left."""
+    write_text_atomic(table.to_csv(index=False), path)
 
 
 def summary_lines(summary: pd.DataFrame, lesions: Optional[pd.DataFrame], written: List[Path]) -> List[str]:

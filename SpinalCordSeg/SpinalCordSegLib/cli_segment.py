@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from .errors import SpinalCordSegError
 
@@ -18,6 +18,27 @@ logger = logging.getLogger(__name__)
 
 DEMO_MODEL = "demo-sc-lesion"
 DEMO_OUTPUT = "spinalcordseg-demo-output"
+#: Orientation letter -> axis (SimpleITK letters).
+AXIS_OF = {"R": "x", "L": "x", "A": "y", "P": "y", "S": "z", "I": "z"}
+
+
+def threshold_items(text: Optional[str]) -> List[Tuple[str, float]]:
+    """Parse ``"sc=0.5,lesion=0.3"`` (or one number for all) into (name, value) pairs; '' names all.
+
+    >>> threshold_items("0.4,lesion=0.3")
+    [('', 0.4), ('lesion', 0.3)]
+    """
+    items: List[Tuple[str, float]] = []
+    for item in text.split(",") if text else []:
+        name, _, value = item.rpartition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            raise SpinalCordSegError(f"--threshold: {item!r} is not NAME=VALUE or a number") from None
+        if not 0.0 < number < 1.0:
+            raise SpinalCordSegError(f"--threshold: {item!r}: the value must be between 0 and 1")
+        items.append((name, number))
+    return items
 
 
 def parse_thresholds(text: Optional[str], structures: Sequence[str], default: float = 0.5) -> Dict[str, float]:
@@ -27,16 +48,7 @@ def parse_thresholds(text: Optional[str], structures: Sequence[str], default: fl
     {'sc': 0.5, 'lesion': 0.3}
     """
     thresholds = {s: default for s in structures}
-    if not text:
-        return thresholds
-    for item in text.split(","):
-        name, _, value = item.rpartition("=")
-        try:
-            number = float(value)
-        except ValueError:
-            raise SpinalCordSegError(f"--threshold: {item!r} is not NAME=VALUE or a number") from None
-        if not 0.0 < number < 1.0:
-            raise SpinalCordSegError(f"--threshold: {item!r}: the value must be between 0 and 1")
+    for name, number in threshold_items(text):
         if not name:
             thresholds = {s: number for s in structures}
         elif name not in thresholds:
@@ -154,33 +166,128 @@ def segment_files(
                         provenance=dict(prediction.provenance, Thresholds=levels))
                 for key, file in written.items():
                     tqdm.write(f"{path}: {key} -> {file}")
-            except SpinalCordSegError as error:
+            except SpinalCordSegError as error:  # names the file and the problem already
                 logger.error("%s", error)
+                failed.append(str(path))
+            except Exception as error:  # OSError, MemoryError, numpy...: this scan fails, the next one runs
+                logger.error("%s: %s: %s", path, type(error).__name__, error)
+                logger.debug("traceback of the failure on %s", path, exc_info=True)
                 failed.append(str(path))
             bar.update()
     return failed
 
 
-def engines_from_arguments(args: argparse.Namespace):
-    """(engine, crop engine or None) for the inference arguments; may ask to install or trust a model."""
-    from .engine import SegmentationEngine
+def check_options(args: argparse.Namespace) -> None:
+    """Refuse bad option values before anything slow runs (SpinalCordSegError naming the option)."""
+    threshold_items(args.threshold)
+    if not 0.0 < args.step_size <= 1.0:
+        raise SpinalCordSegError(f"--step-size {args.step_size}: must be above 0 and at most 1")
+    if args.threads is not None and args.threads < 1:
+        raise SpinalCordSegError(f"--threads {args.threads}: must be at least 1")
+    if args.crop_margin < 0:
+        raise SpinalCordSegError(f"--crop-margin {args.crop_margin}: must not be negative")
+    orientation = (args.orientation or "").upper()
+    if orientation and sorted(AXIS_OF.get(letter, "?") for letter in orientation) != ["x", "y", "z"]:
+        raise SpinalCordSegError(f"--orientation {args.orientation!r}: give one letter per axis "
+                                 "from R/L, A/P and S/I, such as LAS or RPI")
+
+
+def input_problem(path: str) -> Optional[str]:
+    """Why ``path`` cannot be segmented, from its header only (no voxels read); None when usable."""
+    import SimpleITK as sitk
+
+    file = Path(path)
+    if not file.exists():
+        return f"{path}: file not found"
+    if not file.is_file():
+        return f"{path}: not a file"
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(file))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as error:
+        lines = str(error).strip().splitlines()
+        return f"{path}: cannot read image ({lines[-1] if lines else 'unknown format'})"
+    size = reader.GetSize()
+    if reader.GetNumberOfComponents() != 1:
+        return f"{path}: has {reader.GetNumberOfComponents()} components per voxel; a single-channel scan is needed"
+    if not (len(size) == 3 or (len(size) == 4 and size[3] == 1)):
+        return f"{path}: image is {len(size)}D with size {size}; a 3D scan is needed"
+    return None
+
+
+def prepare_output_folder(folder: Path) -> None:
+    """Create ``folder`` if needed and check that files can be made there; clear stale temporaries.
+
+    Raises SpinalCordSegError naming the folder (a file, no permission, a read-only or virtual file system).
+    """
+    import tempfile
+
+    from .fileutil import remove_stale_temporaries
+
+    if folder.exists() and not folder.is_dir():
+        raise SpinalCordSegError(f"{folder}: the output folder exists and is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise SpinalCordSegError(f"{folder}: cannot write to the output folder ({error.strerror or error})") from error
+    remove_stale_temporaries(folder)
+
+
+def resolve_models(args: argparse.Namespace):
+    """(model, crop model or None) for the inference arguments; may ask to install or trust; loads nothing."""
     from .model_store import resolve_model
 
     confirm = (lambda message: True) if args.yes else _confirm_on_terminal
     resolved = resolve_model(args.model, trust=args.trust, offline=args.offline, confirm=confirm)
+    crop_model = args.crop_with or (None if args.crop_mask else resolved.crop_with)
+    cord = resolve_model(crop_model, trust=args.trust, offline=args.offline, confirm=confirm) if crop_model else None
+    return resolved, cord
+
+
+def load_engines(args: argparse.Namespace, resolved, cord):
+    """(engine, crop engine or None) for models from :func:`resolve_models` (the slow part)."""
+    from .engine import SegmentationEngine
+
     engine = SegmentationEngine(resolved.folder, _options(args, resolved.orientation), model_id=resolved.model_id)
     crop_engine = None
-    crop_model = args.crop_with or (None if args.crop_mask else resolved.crop_with)
-    if crop_model:
-        cord = resolve_model(crop_model, trust=args.trust, offline=args.offline, confirm=confirm)
+    if cord is not None:
         crop_engine = SegmentationEngine(cord.folder, _options(args, cord.orientation), model_id=cord.model_id)
     return engine, crop_engine
 
 
+def engines_from_arguments(args: argparse.Namespace):
+    """(engine, crop engine or None) for the inference arguments; may ask to install or trust a model."""
+    check_options(args)
+    return load_engines(args, *resolve_models(args))
+
+
 def run_segment(args: argparse.Namespace) -> int:
-    engine, crop_engine = engines_from_arguments(args)
-    failed = segment_files(args.input, Path(args.output), engine, args.threshold, args.crop_mask,
-                           write_soft=not args.no_soft, overlay=args.overlay, crop_engine=crop_engine)
+    """Check inputs, options and the output folder; then load the model and segment each usable scan."""
+    from .model_folder import ModelFolder
+
+    check_options(args)
+    problems = {path: input_problem(path) for path in args.input}
+    crop_mask_problem = input_problem(args.crop_mask) if args.crop_mask else None
+    if crop_mask_problem:
+        raise SpinalCordSegError(f"--crop-mask {crop_mask_problem}")
+    for problem in filter(None, problems.values()):
+        logger.error("%s", problem)
+    usable = [path for path, problem in problems.items() if problem is None]
+    if not usable:
+        raise SpinalCordSegError(f"none of the {len(args.input)} input(s) can be segmented; nothing was run")
+    resolved, cord = resolve_models(args)
+    model = ModelFolder.open(resolved.folder)
+    parse_thresholds(args.threshold, model.structures)
+    model.select_folds(args.folds)
+    output = Path(args.output)
+    prepare_output_folder(output)
+    engine, crop_engine = load_engines(args, resolved, cord)
+    failed = [path for path in args.input if problems[path]]
+    failed += segment_files(usable, output, engine, args.threshold, args.crop_mask,
+                            write_soft=not args.no_soft, overlay=args.overlay, crop_engine=crop_engine)
     if failed:
         logger.error("%d of %d scan(s) failed: %s", len(failed), len(args.input), ", ".join(failed))
         return 1
@@ -193,10 +300,11 @@ def run_demo(args: argparse.Namespace) -> int:
 
     from .model_store import resolve_model
 
+    output = Path(args.output).resolve()
+    prepare_output_folder(output)
     model = resolve_model(DEMO_MODEL, offline=True)  # embedded and pinned: no download, no question
     engine = SegmentationEngine(model.folder, InferenceOptions(device=args.device, orientation=model.orientation),
                                 model_id=model.model_id)
-    output = Path(args.output).resolve()
     failed = segment_files([str(sample_scan_path())], output, engine, overlay=True)
     if failed:
         return 1

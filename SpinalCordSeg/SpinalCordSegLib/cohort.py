@@ -23,9 +23,12 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Tuple, Union
+
+import SimpleITK as sitk
 
 from .errors import SpinalCordSegError
+from .fileutil import remove_stale_temporaries
 from .image_io import read_scan
 from .model_folder import sha256_of_file
 from .outputs import now, output_name, read_sidecar, source_name, write_outputs
@@ -120,6 +123,8 @@ class BatchReport:
     predicted: List[str] = field(default_factory=list)
     skipped: List[str] = field(default_factory=list)
     failed: Dict[str, str] = field(default_factory=dict)
+    #: done scans missing from the worklist (or newer than their row), added from the files on disk
+    recovered: List[str] = field(default_factory=list)
 
 
 def _record_failure(derivatives: Path, scan: Scan, message: str) -> None:
@@ -134,6 +139,20 @@ def _record_failure(derivatives: Path, scan: Scan, message: str) -> None:
         os.fsync(stream.fileno())
 
 
+def _record(worklist: Worklist, scan: Scan, folder: Path, soft_maps: Mapping[str, sitk.Image]) -> None:
+    """Put a predicted scan (soft maps written in ``folder``) in the worklist, with its uncertainty; save."""
+    outputs = {}
+    for structure, soft in soft_maps.items():
+        entropy, volume = uncertainty(soft)
+        outputs[structure] = {
+            "probseg": folder / output_name(scan.case, structure, "probseg"),
+            "seg": folder / output_name(scan.case, structure, "seg"),
+            "entropy": round(entropy, 5), "uncertain_mm3": round(volume, 2),
+        }
+    worklist.record_prediction(scan.case, scan.subject, scan.session, scan.path, outputs)
+    worklist.save()
+
+
 def run_batch(
     scans: List[Scan],
     engine,
@@ -145,33 +164,36 @@ def run_batch(
     """Predict every scan not done yet; record failures and go on; update the worklist.
 
     ``crop_engine``, a cord model, runs first on each scan and the main model
-    predicts only around its cord.
+    predicts only around its cord. Temporary files of killed runs are removed
+    first, and finished scans missing from the worklist are added to it.
     """
     derivatives = Path(derivatives)
     derivatives.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(derivatives, recursive=True)  # left by a killed run; each one is logged
     worklist = Worklist.load(worklist_path or derivatives / WORKLIST_FILE, create=True)
     report = BatchReport()
     for scan in scans:
         try:
             input_sha = sha256_of_file(scan.path)
+            folder = scan.derivative_folder(derivatives)
             if is_done(scan, derivatives, engine.structures, input_sha, engine.checkpoint_sha256):
+                # A run killed between writing the outputs and saving the worklist left the case
+                # out of it (or its row older than the outputs): record it from the files.
+                seg = folder / output_name(scan.case, engine.structures[0], "seg")
+                if not worklist.is_recorded(scan.case, read_sidecar(seg)["GeneratedBy"][0].get("Date", "")):
+                    soft_maps = {s: sitk.ReadImage(str(folder / output_name(scan.case, s, "probseg")))
+                                 for s in engine.structures}
+                    _record(worklist, scan, folder, soft_maps)
+                    report.recovered.append(scan.relative)
+                    logger.warning("%s: finished earlier but missing from %s; added", scan.relative, worklist.path)
                 report.skipped.append(scan.relative)
                 continue
             image = read_scan(scan.path)
             mask = crop_engine.cord_mask(image, str(scan.path)) if crop_engine is not None else None
             prediction = engine.predict(image, crop_mask=mask, name=str(scan.path))
             provenance = dict(prediction.provenance, InputSha256=input_sha, Input=scan.relative)
-            written = write_outputs(prediction.soft_maps, scan.case, scan.derivative_folder(derivatives),
-                                    thresholds, provenance)
-            outputs = {}
-            for structure, soft in prediction.soft_maps.items():
-                entropy, volume = uncertainty(soft)
-                outputs[structure] = {
-                    "probseg": written[f"{structure}_probseg"], "seg": written[f"{structure}_seg"],
-                    "entropy": round(entropy, 5), "uncertain_mm3": round(volume, 2),
-                }
-            worklist.record_prediction(scan.case, scan.subject, scan.session, scan.path, outputs)
-            worklist.save()
+            write_outputs(prediction.soft_maps, scan.case, folder, thresholds, provenance)
+            _record(worklist, scan, folder, prediction.soft_maps)
             report.predicted.append(scan.relative)
         except Exception as error:  # one bad case (out of memory...) must not stop a cohort of hundreds
             if isinstance(error, SpinalCordSegError):  # ours already names the file and the problem

@@ -488,7 +488,7 @@ def write_drift(result: DriftResult, folder: Union[str, Path],
                 tolerances: Optional[Dict[str, Optional[float]]] = None) -> List[Path]:
     """Write the CSV tables, the figures and ``report.md`` into ``folder``; return the paths."""
     from .cli_measure import write_csv
-    from .image_io import write_text_atomic
+    from .fileutil import write_text_atomic
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

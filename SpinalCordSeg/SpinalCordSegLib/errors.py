@@ -27,3 +27,10 @@ class UntrustedModelError(SpinalCordSegError):
 
 class CancelledError(SpinalCordSegError):
     """The user cancelled a running job."""
+
+
+class FileWriteError(SpinalCordSegError, OSError):
+    """A file could not be written completely (disk full, no permission...); nothing was left under its name.
+
+    Also an OSError, so that code catching OSError (LesionQC) handles it as before.
+    """

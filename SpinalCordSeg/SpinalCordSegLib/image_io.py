@@ -22,7 +22,7 @@ from __future__ import annotations
 import gzip
 import math
 import os
-import tempfile
+import struct
 import zlib
 from pathlib import Path
 from typing import Iterator, Optional, Tuple, Union
@@ -31,7 +31,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputImageError, SpinalCordSegError
-from .fileutil import disk_full_hint, write_text_atomically
+from .fileutil import write_atomic
 
 PathLike = Union[str, Path]
 
@@ -289,34 +289,77 @@ def read_scan(path: PathLike) -> sitk.Image:
 
 
 def write_image_atomic(image: sitk.Image, path: PathLike, compress: bool = True) -> Path:
-    """Write ``image`` to ``path`` through a temporary file in the same folder.
+    """Write ``image`` to ``path`` atomically, verified (see ``fileutil.write_atomic``); return ``path``.
 
     The temporary name keeps the extension so that SimpleITK picks the same
-    writer; it is removed if writing fails (disk full...).
+    writer. SimpleITK does not report a full disk for ``.nii.gz``: the written
+    file is checked instead (gzip stream complete and intact; a NIfTI holds
+    every voxel; other formats are read back and compared). Raises
+    FileWriteError naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(temporary: Path) -> None:
+        try:
+            sitk.WriteImage(image, str(temporary), compress)
+        except RuntimeError as error:
+            raise OSError(str(error).strip().splitlines()[-1] if str(error).strip() else "SimpleITK error") from error
+
     suffix = "".join(path.suffixes) or ".nii.gz"
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{suffix}", dir=path.parent)
-    os.close(handle)
-    try:
-        sitk.WriteImage(image, temporary, compress)
-        os.replace(temporary, path)
-    except (RuntimeError, OSError) as error:
-        Path(temporary).unlink(missing_ok=True)
-        hint = disk_full_hint(error) if isinstance(error, OSError) else ""
-        raise SpinalCordSegError(f"{path}: cannot write image{hint} ({error})") from error
-    return path
+    return write_atomic(path, write, lambda temporary: _verify_image_file(temporary, image),
+                        suffix=f".part{suffix}", what="image")
 
 
-def write_text_atomic(text: str, path: PathLike) -> Path:
-    """Write ``text`` to ``path`` through a temporary file, fsync'd, then renamed."""
-    path = Path(path)
+def _verify_image_file(path: Path, image: sitk.Image) -> None:
+    """Raise ValueError unless ``path`` holds all of ``image`` (a NIfTI) or reads back equal to it."""
+    name = path.name.lower()
+    if not name.endswith((".nii", ".nii.gz")):
+        if not np.array_equal(sitk.GetArrayViewFromImage(sitk.ReadImage(str(path))),
+                              sitk.GetArrayViewFromImage(image)):
+            raise ValueError("it does not read back as the image written")
+        return
+    if name.endswith(".gz"):
+        header, size = _gunzipped_size(path)
+    else:
+        with open(path, "rb") as stream:
+            header = stream.read(544)
+        size = path.stat().st_size
+    voxels = image.GetNumberOfPixels() * image.GetNumberOfComponentsPerPixel() * image.GetSizeOfPixelComponent()
+    expected = _nifti_data_offset(header) + voxels
+    if size != expected:
+        raise ValueError(f"{size} bytes of NIfTI data where {expected} were written")
+
+
+def _gunzipped_size(path: Path) -> "tuple[bytes, int]":
+    """(first 544 bytes, length) of a gzip file's content; ValueError when its stream is cut or damaged.
+
+    zlib checks the stream's CRC and length at its end; output is taken in bounded pieces.
+    """
+    inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    header, size = b"", 0
     try:
-        write_text_atomically(path, text)
-    except OSError as error:
-        raise SpinalCordSegError(f"{path}: cannot write file{disk_full_hint(error)} ({error})") from error
-    return path
+        with open(path, "rb") as stream:
+            data = stream.read(1 << 20)
+            while data and not inflate.eof:
+                piece = inflate.decompress(data, 1 << 24)
+                header, size = header or piece[:544], size + len(piece)
+                data = inflate.unconsumed_tail or stream.read(1 << 20)
+            size += len(inflate.flush())
+    except zlib.error as error:
+        raise ValueError(f"damaged gzip stream ({error})") from error
+    if not inflate.eof:
+        raise ValueError("the gzip stream ends early")
+    return header, size
+
+
+def _nifti_data_offset(header: bytes) -> int:
+    """Where the voxels start in a NIfTI-1 or NIfTI-2 header (either byte order)."""
+    for order in "<>":
+        if len(header) >= 348 and struct.unpack(f"{order}i", header[:4])[0] == 348:
+            return int(struct.unpack(f"{order}f", header[108:112])[0])
+        if len(header) >= 540 and struct.unpack(f"{order}i", header[:4])[0] == 540:
+            return int(struct.unpack(f"{order}q", header[168:176])[0])
+    raise ValueError("no NIfTI header")
 
 
 def same_grid(a: sitk.Image, b: sitk.Image, tolerance: float = 1e-5) -> bool:

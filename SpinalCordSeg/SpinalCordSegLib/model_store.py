@@ -28,7 +28,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -40,7 +39,7 @@ from .archive import extract_zip
 from .catalogue import Catalogue, CatalogueEntry, is_valid_id, load_catalogue
 from .download import Progress, download, verify_file
 from .errors import ModelFolderError, ModelInstallError, UntrustedModelError
-from .fileutil import disk_full_hint, format_size, write_json_atomically
+from .fileutil import disk_full_hint, format_size, is_stale, make_staging_folder, write_json_atomic
 from .model_folder import ModelFolder, find_results_folder, sha256_of_file
 from .trust import TrustStore, changed_files, check_weights_only, untrusted_message
 
@@ -382,7 +381,8 @@ class ModelStore:
         """Stage ``sources`` (zips or a folder), validate, record, and move into place."""
         try:
             self.models_dir.mkdir(parents=True, exist_ok=True)
-            work = Path(tempfile.mkdtemp(prefix=f".install-{model_id}-", dir=self.models_dir))
+            self.remove_stale_staging()
+            work = make_staging_folder(self.models_dir, f".install-{model_id}")
         except OSError as error:
             raise ModelInstallError(f"cannot create a folder in {self.models_dir}: {error}") from error
         try:
@@ -405,7 +405,7 @@ class ModelStore:
                 installed_at=_now(),
                 installed_by=f"SpinalCordSeg {__version__}",
             )
-            write_json_atomically(root / RECORD_FILE, record)
+            write_json_atomic(record, root / RECORD_FILE)
             self._move_into_place(root, self.models_dir / model_id, work)
         except OSError as error:
             raise ModelInstallError(
@@ -415,6 +415,28 @@ class ModelStore:
             shutil.rmtree(work, ignore_errors=True)
         logger.info("installed model '%s' in %s", model_id, self.models_dir / model_id)
         return self._installed_at(self.models_dir / model_id)
+
+    def remove_stale_staging(self) -> List[Path]:
+        """Delete the staging folders of killed installs and removals; return (and log) them.
+
+        Only ``.install-*`` / ``.remove-*`` folders that ``fileutil.is_stale`` calls stale
+        (their process is gone, or untouched for a day): never a live install's.
+        A model that a killed reinstall had moved aside is moved back first.
+        """
+        removed = []
+        for folder in sorted(self.models_dir.glob(".install-*")) + sorted(self.models_dir.glob(".remove-*")):
+            if not folder.is_dir() or folder.is_symlink() or not is_stale(folder):
+                continue
+            install = re.fullmatch(r"\.install-(.+?)(?:\.\d+@[A-Za-z0-9-]+\.|-)[a-z0-9_]{8}", folder.name)
+            target = self.models_dir / install.group(1) if install else None
+            if target and (folder / "previous").is_dir() and not target.exists():
+                os.rename(folder / "previous", target)
+                logger.warning("restored model %s, moved aside by an interrupted reinstall", target)
+            size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+            shutil.rmtree(folder, ignore_errors=True)
+            logger.warning("removed %s (%s), left by an interrupted install or removal", folder, format_size(size))
+            removed.append(folder)
+        return removed
 
     @staticmethod
     def _move_into_place(new: Path, target: Path, work: Path) -> None:
@@ -438,7 +460,8 @@ class ModelStore:
         if installed is None:
             raise ModelInstallError(f"no installed model '{model_id}' in {self.models_dir}")
         try:
-            trash = Path(tempfile.mkdtemp(prefix=f".remove-{model_id}-", dir=self.models_dir))
+            self.remove_stale_staging()
+            trash = make_staging_folder(self.models_dir, f".remove-{model_id}")
             os.rename(installed.path, trash / model_id)
         except OSError as error:
             raise ModelInstallError(f"cannot remove {installed.path}: {error}") from error

@@ -18,7 +18,6 @@ import io
 import json
 import logging
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Union
 
@@ -27,6 +26,7 @@ import SimpleITK as sitk
 
 from .correction import GRID_TOLERANCE, plan_outputs
 from .errors import SpinalCordSegError
+from .fileutil import make_staging_folder
 from .image_io import read_image, read_scan, same_grid, write_image_atomic
 from .outputs import output_name
 from .worklist import Worklist
@@ -78,7 +78,7 @@ def export_round(
     if rows.empty:
         raise SpinalCordSegError(f"{worklist.path}: no corrected or approved case to export")
     output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    staging = make_staging_folder(output.parent, f".{output.name}")  # the umask's mode, not mkdtemp's 0700
     try:
         (staging / "imagesTr").mkdir()
         (staging / "labelsTr").mkdir()

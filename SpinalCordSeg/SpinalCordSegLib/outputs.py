@@ -23,7 +23,8 @@ from typing import Dict, List, Mapping, Optional, Union
 
 import SimpleITK as sitk
 
-from .image_io import write_image_atomic, write_text_atomic
+from .fileutil import write_text_atomic
+from .image_io import write_image_atomic
 
 # Structure names of dataset.json -> BIDS label entities used by the field.
 BIDS_LABELS = {"sc": "SC", "spinalcord": "SC", "cord": "SC", "lesion": "lesion"}

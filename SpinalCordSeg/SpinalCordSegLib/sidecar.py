@@ -29,7 +29,7 @@ from typing import Dict, List, Mapping, Optional, Union
 
 from .binarization import MaskOptions
 from .errors import SpinalCordSegError
-from .image_io import write_text_atomic
+from .fileutil import write_text_atomic
 from .outputs import source_name
 
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 from .errors import SpinalCordSegError
-from .fileutil import write_json_atomically
+from .fileutil import write_json_atomic
 from .paths import config_dir
 
 # Format 1 (trusted_checkpoints.json) trusted checkpoints alone; it is not read, so such models are asked about again.
@@ -158,6 +158,6 @@ class TrustStore:
             "weights_only_loadable": {str(check.path): check.loadable for check in checks},
         }
         try:
-            write_json_atomically(self.path, data)
+            write_json_atomic(data, self.path)
         except OSError as error:
             raise TrustStoreError(f"{self.path}: cannot write the trust store ({error})") from error

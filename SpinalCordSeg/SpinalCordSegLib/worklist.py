@@ -31,7 +31,7 @@ import pandas as pd
 
 from .binarization import DEFAULT_THRESHOLD, MaskOptions
 from .errors import SpinalCordSegError
-from .image_io import write_text_atomic
+from .fileutil import write_text_atomic
 from .outputs import now
 from .sidecar import Sidecar
 
@@ -137,6 +137,19 @@ class Worklist:
             index = len(self.table)
             self.table.loc[index, "status"] = "predicted"
         self._set(index, values)
+
+    def is_recorded(self, case: str, predicted_at: str) -> bool:
+        """True when ``case`` has a row no older than a prediction made at ``predicted_at``.
+
+        A case past ``predicted`` (in correction, corrected...) counts as recorded:
+        its state wins over newer outputs, as in :meth:`record_prediction`.
+        Dates are in the sidecar format (``outputs.DATE_FORMAT``), so they compare as text.
+        """
+        rows = self.table[self.table["case"] == case]
+        if rows.empty:
+            return False
+        row = rows.iloc[0]
+        return row["status"] not in ("", "predicted") or str(row.get("predicted_at", "")) >= predicted_at
 
     def _set(self, index: int, values: Dict[str, object]) -> None:
         for key, value in values.items():

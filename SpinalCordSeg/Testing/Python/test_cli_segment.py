@@ -1,6 +1,8 @@
 """``spinalcordseg segment`` and ``spinalcordseg demo`` end to end, in process."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ import SimpleITK as sitk
 from SpinalCordSegLib.cli import main
 from SpinalCordSegLib.cli_segment import parse_thresholds
 from SpinalCordSegLib.errors import SpinalCordSegError
+from SpinalCordSegLib.fileutil import _host
 
 pytestmark = pytest.mark.slow
 
@@ -97,3 +100,64 @@ def test_crop_with_a_first_cord_model(tiny_region_model, shared_data, tmp_path):
     box[tuple(slice(max(0, int(i.min()) - 3), int(i.max()) + 4) for i in np.nonzero(cord))] = True
     assert (~box).sum() > box.sum()  # the crop box is the smaller part of the scan
     assert soft[~box].max() == 0.0 and soft[box].max() > 0.0
+
+
+@pytest.fixture
+def loads(monkeypatch):
+    """Every model load of the run (the real SegmentationEngine, watched)."""
+    from SpinalCordSegLib import engine
+
+    folders = []
+    real_init = engine.SegmentationEngine.__init__
+
+    def watched_init(self, model, *args, **kwargs):
+        folders.append(str(model))
+        real_init(self, model, *args, **kwargs)
+
+    monkeypatch.setattr(engine.SegmentationEngine, "__init__", watched_init)
+    return folders
+
+
+def test_inputs_options_and_output_folder_are_checked_before_the_model_loads(
+        tiny_region_model, shared_data, tmp_path, loads, caplog, capsys):
+    scan = str(shared_data / "sct_testing_data/t2/t2.nii.gz")
+    png = tmp_path / "slice.png"
+    sitk.WriteImage(sitk.GetImageFromArray(np.arange(64, dtype=np.uint8).reshape(8, 8)), str(png))
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    model = ["-m", str(tiny_region_model), "--device", "cpu", "--no-tta", "--trust"]
+    cases = [
+        (["-i", scan, "-o", str(tmp_path / "o1"), "--threshold", "sc=1.5"], "--threshold: 'sc=1.5'"),
+        (["-i", scan, "-o", str(tmp_path / "o2"), "--threshold", "csf=0.5"], "unknown structure 'csf'"),
+        (["-i", scan, "-o", str(tmp_path / "o3"), "--step-size", "0"], "--step-size 0.0"),
+        (["-i", scan, "-o", str(tmp_path / "o4"), "--orientation", "RAR"], "--orientation 'RAR'"),
+        (["-i", str(png), "-o", str(tmp_path / "o5")], f"{png}: image is 2D"),
+        (["-i", str(tmp_path / "gone.nii.gz"), "-o", str(tmp_path / "o6")], "gone.nii.gz: file not found"),
+        (["-i", scan, "-o", str(a_file)], f"{a_file}: the output folder exists and is not a folder"),
+        (["-i", scan, "-o", str(a_file / "out")], f"{a_file / 'out'}: cannot write to the output folder"),
+        (["-i", scan, "-o", "/proc/spinalcordseg-out"], "/proc/spinalcordseg-out: cannot write to the output"),
+        (["-i", scan, "-o", str(tmp_path / "o7"), "--folds", "3"], "fold(s) ['3'] not found"),
+    ]
+    for arguments, message in cases:
+        caplog.clear()
+        assert main(["segment", *arguments, *model]) == 1, arguments
+        reported = caplog.text + capsys.readouterr().err
+        assert message in reported, (arguments, reported)
+        assert loads == [], f"{arguments}: the model was loaded before the check"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("o")]  # no output folder was made
+
+
+def test_an_os_error_on_one_scan_does_not_stop_the_others(tiny_region_model, shared_data, tmp_path, caplog):
+    """The first scan's overlay cannot be written (a folder holds its name): a real IsADirectoryError."""
+    scans = [shared_data / "sct_testing_data/t2/t2.nii.gz", shared_data / "sct_testing_data/t2s/t2s.nii.gz"]
+    out = tmp_path / "out"
+    (out / "t2_overlay.png").mkdir(parents=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    orphan = out / f".t2s_label-SC_seg.nii.gz.{dead.stdout.strip()}@{_host()}.ab12cd34.part.nii.gz"
+    orphan.write_bytes(b"left by a killed run")
+    code = main(["segment", "-i", *map(str, scans), "-o", str(out), "-m", str(tiny_region_model),
+                 "--device", "cpu", "--no-tta", "--trust", "--overlay"])
+    assert code == 1
+    assert "t2.nii.gz: IsADirectoryError" in caplog.text and "1 of 2 scan(s) failed" in caplog.text
+    assert (out / "t2s_label-lesion_seg.nii.gz").is_file() and (out / "t2s_overlay.png").is_file()
+    assert not orphan.exists() and f"removed {orphan}" in caplog.text

@@ -120,25 +120,65 @@ def test_batch_skips_done_scans_and_records_failures(bids, engine):
         assert row["sc_entropy"] == pytest.approx(uncertainty(soft)[0], abs=1e-4)
 
 
+def _finished(derivatives):
+    """Cases whose every output and sidecar is on disk (the lesion mask's sidecar is written last)."""
+    finished = set()
+    for relative in COHORT:
+        folder, case = derivatives / Path(relative).parent, Path(relative).name[: -len(".nii.gz")]
+        names = [f"{case}_label-{label}_{kind}" for label in ("SC", "lesion") for kind in ("probseg", "seg")]
+        if all((folder / f"{name}.nii.gz").is_file() and (folder / f"{name}.json").is_file() for name in names):
+            finished.add(relative)
+    return finished
+
+
 def test_interrupted_batch_finishes_only_the_remaining_cases(bids, tiny_region_model, engine):
+    """A real batch killed (SIGKILL) once its first case is complete; the rerun predicts exactly the rest.
+
+    The kill waits for the first case's last file, its lesion mask sidecar, not for a
+    count of masks: killed between a mask and its sidecar, a case is not finished and
+    is rightly predicted again, which made the old version of this test flaky.
+    """
     derivatives = bids / "derivatives" / "spinalcordseg"
     command = [sys.executable, "-m", "SpinalCordSegLib.cli", "batch", "-i", str(bids), "-o", str(derivatives),
                "-m", str(tiny_region_model), "--device", "cpu", "--no-tta", "--trust"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = derivatives / "sub-01/ses-01/anat/sub-01_ses-01_T2w_label-lesion_seg.json"
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and process.poll() is None:
-        if len(list(derivatives.rglob("*_seg.nii.gz"))) >= 2:  # the first case's two masks are written
-            break
-        time.sleep(0.05)
+    while time.monotonic() < deadline and process.poll() is None and not last.is_file():
+        time.sleep(0.002)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    done = {p.relative_to(derivatives).parts[0] for p in derivatives.rglob("*_label-lesion_seg.nii.gz")}
-    assert 1 <= len(done) < len(COHORT), "the kill should land mid-cohort"
+    finished = _finished(derivatives)
+    assert "sub-01/ses-01/anat/sub-01_ses-01_T2w.nii.gz" in finished and len(finished) < len(COHORT)
 
     report = run_batch(find_scans(bids), engine, derivatives, {"sc": 0.5, "lesion": 0.5})
-    assert len(report.predicted) + len(report.skipped) == len(COHORT)
-    assert {p.split("/")[0] for p in report.skipped} <= done
-    assert len(report.skipped) >= 1 and len(report.predicted) >= 1
+    assert sorted(report.skipped) == sorted(finished) and report.failed == {}
+    assert sorted(report.predicted) == sorted(set(COHORT) - finished)
+    worklist = Worklist.load(derivatives / "worklist.csv")
+    assert sorted(worklist.table["case"]) == sorted(Path(p).name[: -len(".nii.gz")] for p in COHORT)
+    assert not [p for p in derivatives.rglob(".*")], "no temporary file is left"
+
+
+def test_batch_adds_finished_cases_missing_from_the_worklist(predicted, engine):
+    """Killed after a case's outputs were written but before the worklist was saved: the rerun adds it."""
+    derivatives = predicted / "derivatives" / "spinalcordseg"
+    worklist = Worklist.load(derivatives / "worklist.csv")
+    complete = worklist.table.set_index("case")
+    table = worklist.table[~worklist.table["case"].isin(["sub-02_T2w", "sub-04_T2w"])].reset_index(drop=True)
+    # A re-prediction killed before its save leaves a row older than the outputs on disk.
+    table.loc[table["case"] == "sub-03_T2w", ["predicted_at", "sc_entropy"]] = ["2000-01-01 00:00:00", "9"]
+    worklist.table = table
+    worklist.save()
+
+    report = run_batch(find_scans(predicted), engine, derivatives, {"sc": 0.5, "lesion": 0.5})
+    assert report.predicted == [] and len(report.skipped) == len(COHORT)
+    assert sorted(report.recovered) == ["sub-02/anat/sub-02_T2w.nii.gz", "sub-03/anat/sub-03_T2w.nii.gz",
+                                        "sub-04/anat/sub-04_T2w.nii.gz"]
+    after = Worklist.load(derivatives / "worklist.csv").table.set_index("case")
+    assert sorted(after.index) == sorted(complete.index)
+    columns = [c for c in complete.columns if c.endswith(("_probseg", "_seg", "_entropy", "_uncertain_mm3"))]
+    pd.testing.assert_frame_equal(after.loc[complete.index, columns + ["status"]], complete[columns + ["status"]])
+    assert run_batch(find_scans(predicted), engine, derivatives, {"sc": 0.5, "lesion": 0.5}).recovered == []
 
 
 def test_uncertainty_score():
