@@ -505,7 +505,7 @@ class SpinalCordSegTest(ScriptedLoadableModuleTest):
 
         from SpinalCordSegLib.cli_segment import DEMO_MODEL
         from SpinalCordSegLib.install_plan import missing_packages
-        from SpinalCordSegLib.outputs import read_sidecar
+        from SpinalCordSegLib.sidecar import Sidecar
         from SpinalCordSegLib.resources import sample_scan_path
         from SpinalCordSegLib.slicer_scene import segment_mask_array, set_segment_mask
 
@@ -551,7 +551,7 @@ class SpinalCordSegTest(ScriptedLoadableModuleTest):
             set_segment_mask(segmentation, "sc", edited, volume)
             self.assertFalse(controller.move_slider("sc", 0.6, confirm=lambda question: False))  # edits kept
             saved = controller.save("Self-test", outputDir, "").correction
-            sidecar = read_sidecar(saved.files["sc_seg"])
+            sidecar = Sidecar.read(saved.files["sc_seg"]).to_json()
             self.assertEqual([e["Name"] for e in sidecar["GeneratedBy"]], ["SpinalCordSeg", "Manual"])
             with open(saved.log, newline="") as stream:
                 rows = {row["structure"]: row for row in csv.DictReader(stream)}

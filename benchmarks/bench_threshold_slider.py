@@ -10,9 +10,11 @@ Measured on slicer-core's real scene, for:
    loaded with Slicer's own reader, soft maps derived from the scan;
 2. a 512x512x120 volume with smooth random soft maps (target: under 100 ms).
 
-Each case is timed for the cord slider alone, then with "restrict lesions to
-the cord" (a cord move also updates the lesion segment) and "keep only the
-largest cord component" (a 3D connected-component labelling). Usage:
+Each case is timed with the default mask options (largest cord component kept:
+while the slider is dragged the masks are plain thresholds and the 3D
+labelling runs once, on release), then for the cord slider with both options
+off, with "restrict lesions to the cord" (a cord move also updates the lesion
+segment), and with both options on, every move settled. Usage:
 
     .venv/bin/python benchmarks/bench_threshold_slider.py [--moves 20] [--json out.json]
 """
@@ -65,14 +67,23 @@ def large_case(scene, shape=(120, 512, 512)):
     return volume, image, {"sc": sitk.GetArrayFromImage(image), "lesion": smooth_map(shape, 2, 4.0)}
 
 
-def measure(results, structure: str, moves: int) -> dict:
+def measure(results, structure: str, moves: int, settled: bool = True) -> dict:
     thresholds = np.linspace(0.2, 0.8, moves)
     times = []
     for value in thresholds:
         start = time.perf_counter()
-        assert results.set_threshold(structure, float(value)) == []
+        assert results.set_threshold(structure, float(value), settled=settled) == []
         times.append((time.perf_counter() - start) * 1000.0)
     return {"median_ms": statistics.median(times), "max_ms": max(times), "moves": moves}
+
+
+def measure_drag(results, structure: str, moves: int) -> dict:
+    """A drag: ``moves`` unsettled moves, then the release (settled) at the last value."""
+    figures = measure(results, structure, moves, settled=False)
+    start = time.perf_counter()
+    assert results.set_threshold(structure, 0.8, settled=True) == []
+    figures["release_ms"] = (time.perf_counter() - start) * 1000.0
+    return figures
 
 
 def run_case(name: str, make, moves: int) -> dict:
@@ -89,10 +100,14 @@ def run_case(name: str, make, moves: int) -> dict:
         soft_maps[structure].CopyInformation(reference)
     results = ResultScene(new_parameter_node(scene))
     start = time.perf_counter()
-    results.show(volume, soft_maps, {s: PROVENANCE for s in soft_maps})
+    results.show(volume, soft_maps, {s: PROVENANCE for s in soft_maps})  # the default mask options
     show_s = time.perf_counter() - start
     figures = {"case": name, "size": list(reference.GetSize()), "show_s": show_s,
-               "cord": measure(results, "sc", moves), "lesion": measure(results, "lesion", moves)}
+               "defaults_cord_drag": measure_drag(results, "sc", moves),
+               "defaults_lesion_drag": measure_drag(results, "lesion", moves)}
+    results.set_options(keep_largest_cord=False, restrict_lesions_to_cord=False)
+    figures["cord"] = measure(results, "sc", moves)
+    figures["lesion"] = measure(results, "lesion", moves)
     results.set_options(keep_largest_cord=False, restrict_lesions_to_cord=True)
     figures["cord_restricting_lesions"] = measure(results, "sc", moves)
     results.set_options(keep_largest_cord=True, restrict_lesions_to_cord=True)
@@ -115,15 +130,19 @@ def main() -> int:
         print(f"skipping the tutorial scan: {TUTORIAL_SCAN} not found")
     cases.append(run_case("512x512x120", large_case, args.moves))
 
-    print(f"{'case':18} {'size':>14} {'measurement':44} {'median ms':>10} {'max ms':>8}")
+    keys = ("defaults_cord_drag", "defaults_lesion_drag", "cord", "lesion", "cord_restricting_lesions",
+            "cord_largest_component_restricting_lesions")
+    print(f"{'case':18} {'size':>14} {'measurement':44} {'median ms':>10} {'max ms':>8} {'release ms':>10}")
     for figures in cases:
         size = "x".join(str(s) for s in figures["size"])
-        for key in ("cord", "lesion", "cord_restricting_lesions", "cord_largest_component_restricting_lesions"):
+        for key in keys:
             row = figures[key]
-            print(f"{figures['case']:18} {size:>14} {key:44} {row['median_ms']:10.1f} {row['max_ms']:8.1f}")
-    large = cases[-1]["cord"]["median_ms"]
+            release = f"{row['release_ms']:10.1f}" if "release_ms" in row else ""
+            print(f"{figures['case']:18} {size:>14} {key:44} {row['median_ms']:10.1f} {row['max_ms']:8.1f} {release}")
+    large = cases[-1]["defaults_cord_drag"]["median_ms"]
     verdict = "meets" if large < TARGET_MS else "MISSES"
-    print(f"512x512x120 cord slider: median {large:.1f} ms, {verdict} the {TARGET_MS:.0f} ms target")
+    print(f"512x512x120 cord slider, default options: median {large:.1f} ms per move while dragged, "
+          f"{verdict} the {TARGET_MS:.0f} ms target")
     if args.json:
         args.json.write_text(json.dumps(cases, indent=2) + "\n")
     return 0

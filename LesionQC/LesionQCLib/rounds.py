@@ -60,7 +60,7 @@ def worklist_cases(worklist_path: PathLike) -> Tuple[List[ManifestCase], List[st
     """
     from SpinalCordSegLib.errors import SpinalCordSegError
     from SpinalCordSegLib.nnunet_export import corrected_masks
-    from SpinalCordSegLib.outputs import source_name
+    from SpinalCordSegLib.naming import source_name
     from SpinalCordSegLib.worklist import Worklist
 
     try:
@@ -166,7 +166,7 @@ def mark_for_correction(worklist_path: PathLike, failures: Sequence[Failure]) ->
     corrected, approved or excluded cases keep their status and place.
     """
     from SpinalCordSegLib.errors import SpinalCordSegError
-    from SpinalCordSegLib.outputs import now
+    from SpinalCordSegLib.sidecar import now
     from SpinalCordSegLib.worklist import Worklist
 
     try:

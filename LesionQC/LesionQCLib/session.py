@@ -74,8 +74,6 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 #: ("CON.csv" opens the console): refused on every platform, so sessions move freely.
 RESERVED_NAMES = frozenset(["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"]
                            + [f"{port}{n}" for port in ("COM", "LPT") for n in "0123456789"])
-#: Grids that differ by less than this (mm, direction cosines) are the same grid.
-GRID_TOLERANCE = 1e-3
 
 PathLike = Union[str, Path]
 
@@ -707,18 +705,12 @@ def _read_image(path: Path, where: str) -> sitk.Image:
 
 def _labels_on_grid(path: Path, image: sitk.Image, where: str) -> np.ndarray:
     """A segmentation's voxels as uint8 labels, refused unless it is on the image's grid."""
+    from SpinalCordSegLib.grid import grid_differences  # see build_session
+
     segmentation = _read_image(path, where)
-    same_grid = (
-        segmentation.GetSize() == image.GetSize()
-        and np.allclose(segmentation.GetSpacing(), image.GetSpacing(), atol=GRID_TOLERANCE)
-        and np.allclose(segmentation.GetOrigin(), image.GetOrigin(), atol=GRID_TOLERANCE)
-        and np.allclose(segmentation.GetDirection(), image.GetDirection(), atol=GRID_TOLERANCE)
-    )
-    if not same_grid:
-        raise ManifestError(
-            f"{where}: segmentation {path} is not on the grid of its image (size {segmentation.GetSize()} vs"
-            f" {image.GetSize()}, spacing {segmentation.GetSpacing()} vs {image.GetSpacing()})"
-        )
+    problems = grid_differences(image, segmentation)
+    if problems:
+        raise ManifestError(f"{where}: segmentation {path} is not on the grid of its image: " + "; ".join(problems))
     array = sitk.GetArrayFromImage(segmentation)
     if not np.all(np.isfinite(array)) or np.any(array != np.round(array)) or array.min() < 0 or array.max() > 255:
         raise ManifestError(f"{where}: segmentation {path} must hold integer labels 0-255 (binary or label map)")

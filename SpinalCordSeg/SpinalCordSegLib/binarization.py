@@ -29,14 +29,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence
-
-import numpy as np
-import SimpleITK as sitk
-from scipy import ndimage
+from typing import TYPE_CHECKING, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import SpinalCordSegError
-from .outputs import bids_label
+from .naming import bids_label
+
+if TYPE_CHECKING:  # the rule loads with the command line; arrays only when masks are made
+    import numpy as np
+    import SimpleITK as sitk
 
 #: Open interval of valid thresholds: 0 would keep every voxel, 1 none.
 THRESHOLD_BOUNDS = (0.0, 1.0)
@@ -68,6 +68,19 @@ def clamp_to_slider(value: float) -> float:
     return float(min(high, max(low, float(value))))
 
 
+def threshold_items(text: Optional[str], what: str = "--threshold") -> List[Tuple[str, float]]:
+    """Parse ``"sc=0.5,lesion=0.3"`` (or one number for all) into checked (name, value) pairs; '' names all.
+
+    >>> threshold_items("0.4,lesion=0.3")
+    [('', 0.4), ('lesion', 0.3)]
+    """
+    items: List[Tuple[str, float]] = []
+    for item in (part.strip() for part in (text or "").split(",") if part.strip()):
+        name, _, value = item.rpartition("=")
+        items.append((name, check_threshold(value, f"{what}: {item!r}")))
+    return items
+
+
 def parse_thresholds(text: Optional[str], structures: Sequence[str],
                      defaults: Optional[Mapping[str, float]] = None, what: str = "--threshold") -> Dict[str, float]:
     """Parse ``"sc=0.5,lesion=0.3"`` (or one number for all) into a threshold per structure.
@@ -78,11 +91,7 @@ def parse_thresholds(text: Optional[str], structures: Sequence[str],
     {'sc': 0.5, 'lesion': 0.3}
     """
     thresholds = {s: float((defaults or {}).get(s, DEFAULT_THRESHOLD)) for s in structures}
-    if not text:
-        return thresholds
-    for item in (part.strip() for part in text.split(",") if part.strip()):
-        name, _, value = item.rpartition("=")
-        number = check_threshold(value, f"{what} {item!r}")
+    for name, number in threshold_items(text, what):
         if not name:
             thresholds = {s: number for s in structures}
         elif name not in thresholds:
@@ -114,11 +123,15 @@ def lesion_structures(structures: Iterable[str]) -> List[str]:
 
 def above(soft: np.ndarray, threshold: float) -> np.ndarray:
     """Boolean mask of the voxels whose probability is at least ``threshold``."""
+    import numpy as np
+
     return np.asarray(soft) >= threshold
 
 
 def binarize(soft_map: sitk.Image, threshold: float) -> sitk.Image:
     """Binary uint8 mask of ``soft_map >= threshold`` on the same grid (no options applied)."""
+    import SimpleITK as sitk
+
     return sitk.Cast(sitk.GreaterEqual(soft_map, float(threshold)), sitk.sitkUInt8)
 
 
@@ -129,6 +142,9 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     counted inside each component's own box: a compact cord in a large field
     of view costs little.
     """
+    import numpy as np
+    from scipy import ndimage
+
     mask = np.asarray(mask, bool)
     box = _bounding_box(mask)
     if box is None:
@@ -147,6 +163,8 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
 
 def _bounding_box(mask: np.ndarray) -> Optional[tuple]:
     """Slices of the smallest box holding every True voxel (None when there is none)."""
+    import numpy as np
+
     box = []
     for axis in range(mask.ndim):
         present = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
@@ -167,15 +185,6 @@ class MaskOptions:
 
     keep_largest_cord: bool = True
     restrict_lesions_to_cord: bool = False
-
-    @classmethod
-    def from_metadata(cls, metadata: Optional[Mapping[str, object]]) -> "MaskOptions":
-        """Options a model carries (catalogue entry keys ``keep_largest_cord`` /
-        ``restrict_lesions_to_cord``), the field's defaults for what it leaves out."""
-        metadata = metadata or {}
-        default = cls()
-        return cls(bool(metadata.get("keep_largest_cord", default.keep_largest_cord)),
-                   bool(metadata.get("restrict_lesions_to_cord", default.restrict_lesions_to_cord)))
 
     def to_sidecar(self) -> Dict[str, bool]:
         """The options as recorded in a mask's JSON sidecar."""
@@ -236,6 +245,9 @@ def binary_masks(
 def binary_mask_images(soft_maps: Mapping[str, sitk.Image], thresholds: Mapping[str, float],
                        options: MaskOptions = MaskOptions()) -> Dict[str, sitk.Image]:
     """:func:`binary_masks` for SimpleITK soft maps: uint8 masks on each map's own grid."""
+    import numpy as np
+    import SimpleITK as sitk
+
     arrays = {s: sitk.GetArrayViewFromImage(image) for s, image in soft_maps.items()}
     masks = {}
     for structure, mask in binary_masks(arrays, thresholds, options).items():

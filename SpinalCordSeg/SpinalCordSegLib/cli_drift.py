@@ -23,7 +23,8 @@ import copy
 from pathlib import Path
 from typing import List, Tuple
 
-from .cli_segment import add_inference_arguments, parse_thresholds
+from .binarization import parse_thresholds
+from .cli_segment import add_inference_arguments, mask_options
 from .drift import DEFAULT_VERT, LEVELS_SUFFIX, TRUTH_SUFFIX
 from .errors import SpinalCordSegError
 
@@ -77,7 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def model_names(specs: List[str], names: List[str], ids: List[str]) -> List[str]:
     """A unique short name per model: ``names``, else the catalogue id, else the file or folder name."""
-    from .outputs import source_name
+    from .naming import source_name
 
     if names and len(names) != len(specs):
         raise SpinalCordSegError(f"--names: {len(names)} name(s) for {len(specs)} model(s)")
@@ -111,7 +112,7 @@ def _models(args: argparse.Namespace) -> List[Tuple[str, argparse.Namespace, obj
 
 
 def _cord_structure(name: str, folder) -> str:
-    from .outputs import bids_label
+    from .naming import bids_label
 
     cords = [s for s in folder.structures if bids_label(s) == "SC"]
     if not cords:
@@ -143,7 +144,7 @@ def run_drift(args: argparse.Namespace) -> int:
             # Shards run at the same time: each keeps its own worklist (as 'batch --shard').
             worklist = predictions / name / f"worklist-shard{k}of{n}.csv" if n > 1 else None
             report = run_batch(share, engine, predictions / name, parse_thresholds(args.threshold, engine.structures),
-                               worklist, crop_engine=crop_engine)
+                               worklist, crop_engine=crop_engine, options=mask_options(args))
             engine.close()
             failed.update({f"{name}: {scan}": error for scan, error in report.failed.items()})
             print(f"{name}: {len(share)} scan(s); predicted {len(report.predicted)}, "

@@ -21,19 +21,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
-import pandas as pd
-
+from .binarization import DEFAULT_THRESHOLD, check_threshold
 from .errors import InputImageError, SpinalCordSegError
 from .fileutil import write_text_atomic
-from .lesion_metrics import lesion_metrics, lesion_totals
-from .morphometrics import (
-    DEFAULT_THRESHOLD,
-    cord_morphometrics,
-    load_image,
-    summarize_cord,
-)
+
+if TYPE_CHECKING:  # pandas loads with the measures, not with --help
+    import pandas as pd
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -62,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--vert", type=_parse_range, metavar="FIRST:LAST",
                         help="average over these vertebral levels only (needs --levels)")
     parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
-                        help=f"value above which a voxel is cord or lesion (default {DEFAULT_THRESHOLD})")
+                        help=f"a voxel at or above this value is cord or lesion (default {DEFAULT_THRESHOLD})")
     parser.add_argument("--no-angle-correction", dest="angle_correction", action="store_false",
                         help="take the cord as perpendicular to the slices")
     parser.set_defaults(func=run_measure)
@@ -72,8 +67,10 @@ def run_measure(args: argparse.Namespace) -> int:
     """Measure, write the tables, print the summary; return the exit code."""
     if args.vert is not None and args.levels is None:
         raise SpinalCordSegError("--vert needs a level image (--levels)")
-    if not 0.0 <= args.threshold < 1.0:
-        raise SpinalCordSegError(f"--threshold must lie in [0, 1), got {args.threshold:g}")
+    from .lesion_metrics import lesion_metrics
+    from .morphometrics import cord_morphometrics, load_image, summarize_cord
+
+    check_threshold(args.threshold, "--threshold")
     paths = output_paths(args.output)
     cord = load_image(args.input)
     levels = load_image(args.levels) if args.levels is not None else None
@@ -115,6 +112,10 @@ def write_csv(table: pd.DataFrame, path: Path) -> None:
 
 def summary_lines(summary: pd.DataFrame, lesions: Optional[pd.DataFrame], written: List[Path]) -> List[str]:
     """Human-readable summary: mean CSA overall and per level, lesion totals, files written."""
+    import pandas as pd
+
+    from .lesion_metrics import lesion_totals
+
     lines = []
     for _, row in summary.iterrows():
         scope = "all selected slices" if pd.isna(row["level"]) else f"level {int(row['level'])}"

@@ -15,7 +15,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from .cli_segment import add_inference_arguments, parse_thresholds
+from .binarization import parse_thresholds
+from .cli_segment import add_inference_arguments, mask_options
 from .worklist import STATUSES, Worklist
 
 logger = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ def run_batch_command(args: argparse.Namespace) -> int:
     # Shards run at the same time: each keeps its own worklist, merged afterwards.
     worklist = args.worklist or (Path(args.output) / f"worklist-shard{k}of{n}.csv" if n > 1 else None)
     report = run_batch(scans, engine, Path(args.output), parse_thresholds(args.threshold, engine.structures),
-                       worklist, crop_engine=crop_engine)
+                       worklist, crop_engine=crop_engine, options=mask_options(args))
     print(f"shard {k}/{n}: {len(scans)} scan(s); predicted {len(report.predicted)}, "
           f"already done {len(report.skipped)}, failed {len(report.failed)}")
     return 1 if report.failed else 0

@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
+from .binarization import MaskOptions, parse_thresholds, threshold_items
 from .errors import SpinalCordSegError
 
 logger = logging.getLogger(__name__)
@@ -20,42 +21,6 @@ DEMO_MODEL = "demo-sc-lesion"
 DEMO_OUTPUT = "spinalcordseg-demo-output"
 #: Orientation letter -> axis (SimpleITK letters).
 AXIS_OF = {"R": "x", "L": "x", "A": "y", "P": "y", "S": "z", "I": "z"}
-
-
-def threshold_items(text: Optional[str]) -> List[Tuple[str, float]]:
-    """Parse ``"sc=0.5,lesion=0.3"`` (or one number for all) into (name, value) pairs; '' names all.
-
-    >>> threshold_items("0.4,lesion=0.3")
-    [('', 0.4), ('lesion', 0.3)]
-    """
-    items: List[Tuple[str, float]] = []
-    for item in text.split(",") if text else []:
-        name, _, value = item.rpartition("=")
-        try:
-            number = float(value)
-        except ValueError:
-            raise SpinalCordSegError(f"--threshold: {item!r} is not NAME=VALUE or a number") from None
-        if not 0.0 < number < 1.0:
-            raise SpinalCordSegError(f"--threshold: {item!r}: the value must be between 0 and 1")
-        items.append((name, number))
-    return items
-
-
-def parse_thresholds(text: Optional[str], structures: Sequence[str], default: float = 0.5) -> Dict[str, float]:
-    """Parse ``"sc=0.5,lesion=0.3"`` (or one number for all) into a threshold per structure.
-
-    >>> parse_thresholds("lesion=0.3", ["sc", "lesion"])
-    {'sc': 0.5, 'lesion': 0.3}
-    """
-    thresholds = {s: default for s in structures}
-    for name, number in threshold_items(text):
-        if not name:
-            thresholds = {s: number for s in structures}
-        elif name not in thresholds:
-            raise SpinalCordSegError(f"--threshold: unknown structure {name!r}; the model has {list(structures)}")
-        else:
-            thresholds[name] = number
-    return thresholds
 
 
 def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,6 +36,7 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--step-size", type=float, default=0.5, help="sliding-window step, fraction of a patch")
     parser.add_argument("--threads", type=int, help="CPU threads for PyTorch")
     parser.add_argument("--threshold", help="binarization threshold(s): 0.5, or sc=0.5,lesion=0.3")
+    add_mask_arguments(parser)
     parser.add_argument("--orientation", help="orientation to predict in when the model records none "
                                               "(SimpleITK letters; SCT's RPI is LAS)")
     crop = parser.add_mutually_exclusive_group()
@@ -83,6 +49,22 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
                         help="trust this model folder's files (checkpoints are pickled code) and remember the decision")
     parser.add_argument("--yes", action="store_true", help="install a missing catalogue model without asking")
     parser.add_argument("--offline", action="store_true", default=None, help="never touch the network")
+
+
+def add_mask_arguments(parser: argparse.ArgumentParser) -> None:
+    """The mask options of the Slicer panel, with the same defaults (:class:`~.binarization.MaskOptions`)."""
+    default = MaskOptions()
+    parser.add_argument("--largest-cord", action=argparse.BooleanOptionalAction, default=default.keep_largest_cord,
+                        help="keep only the largest connected part of the cord mask (default: on, as the "
+                             "Spinal Cord Toolbox's spinalcord task)")
+    parser.add_argument("--restrict-lesions", action=argparse.BooleanOptionalAction,
+                        default=default.restrict_lesions_to_cord,
+                        help="remove lesion voxels outside the cord mask (default: off)")
+
+
+def mask_options(args: argparse.Namespace) -> MaskOptions:
+    """The mask options given on the command line."""
+    return MaskOptions(keep_largest_cord=args.largest_cord, restrict_lesions_to_cord=args.restrict_lesions)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -131,6 +113,7 @@ def segment_files(
     write_soft: bool = True,
     overlay: bool = False,
     crop_engine=None,
+    options: Optional[MaskOptions] = None,
 ) -> List[str]:
     """Segment each input with ``engine``; return the inputs that failed (errors are logged).
 
@@ -141,7 +124,9 @@ def segment_files(
 
     from .engine import load_crop_mask
     from .image_io import read_scan
-    from .outputs import binarize, source_name, write_outputs
+    from .binarization import binary_mask_images
+    from .naming import source_name
+    from .outputs import write_outputs
     from .overlay import save_overlay_png
 
     levels = parse_thresholds(thresholds, engine.structures)
@@ -158,9 +143,9 @@ def segment_files(
                     progress=lambda fraction, message: bar.set_postfix_str(message, refresh=True),
                 )
                 written = write_outputs(prediction.soft_maps, source_name(path), output_dir, levels,
-                                        prediction.provenance, write_soft=write_soft)
+                                        prediction.provenance, write_soft=write_soft, options=options)
                 if overlay:
-                    masks = {k: binarize(v, levels[k]) for k, v in prediction.soft_maps.items()}
+                    masks = binary_mask_images(prediction.soft_maps, levels, options or MaskOptions())
                     written["overlay"] = save_overlay_png(
                         scan, masks, output_dir / f"{source_name(path)}_overlay.png", title=source_name(path),
                         provenance=dict(prediction.provenance, Thresholds=levels))
@@ -287,7 +272,8 @@ def run_segment(args: argparse.Namespace) -> int:
     engine, crop_engine = load_engines(args, resolved, cord)
     failed = [path for path in args.input if problems[path]]
     failed += segment_files(usable, output, engine, args.threshold, args.crop_mask,
-                            write_soft=not args.no_soft, overlay=args.overlay, crop_engine=crop_engine)
+                            write_soft=not args.no_soft, overlay=args.overlay, crop_engine=crop_engine,
+                            options=mask_options(args))
     if failed:
         logger.error("%d of %d scan(s) failed: %s", len(failed), len(args.input), ", ".join(failed))
         return 1

@@ -27,11 +27,14 @@ from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 import SimpleITK as sitk
 
+from .binarization import MaskOptions
 from .errors import SpinalCordSegError
 from .fileutil import remove_stale_temporaries
 from .image_io import read_scan
 from .model_folder import sha256_of_file
-from .outputs import now, output_name, read_sidecar, source_name, write_outputs
+from .naming import output_name, source_name
+from .outputs import write_outputs
+from .sidecar import Sidecar, now
 from .uncertainty import uncertainty
 from .worklist import Worklist
 
@@ -110,7 +113,7 @@ def is_done(scan: Scan, derivatives: Path, structures: List[str], input_sha: str
         seg = folder / output_name(scan.case, structure, "seg")
         if not seg.is_file() or not (folder / output_name(scan.case, structure, "probseg")).is_file():
             return False
-        step = (read_sidecar(seg).get("GeneratedBy") or [{}])[0]
+        step = Sidecar.read(seg).automatic_step
         if step.get("InputSha256") != input_sha or step.get("ModelSha256") != model_sha:
             return False
     return True
@@ -160,8 +163,11 @@ def run_batch(
     thresholds: Dict[str, float],
     worklist_path: Optional[Union[str, Path]] = None,
     crop_engine=None,
+    options: Optional[MaskOptions] = None,
 ) -> BatchReport:
     """Predict every scan not done yet; record failures and go on; update the worklist.
+
+    Masks follow ``thresholds`` and the mask ``options`` (default: the field's, as the panel's).
 
     ``crop_engine``, a cord model, runs first on each scan and the main model
     predicts only around its cord. Temporary files of killed runs are removed
@@ -180,7 +186,7 @@ def run_batch(
                 # A run killed between writing the outputs and saving the worklist left the case
                 # out of it (or its row older than the outputs): record it from the files.
                 seg = folder / output_name(scan.case, engine.structures[0], "seg")
-                if not worklist.is_recorded(scan.case, read_sidecar(seg)["GeneratedBy"][0].get("Date", "")):
+                if not worklist.is_recorded(scan.case, Sidecar.read(seg).automatic_step.get("Date", "")):
                     soft_maps = {s: sitk.ReadImage(str(folder / output_name(scan.case, s, "probseg")))
                                  for s in engine.structures}
                     _record(worklist, scan, folder, soft_maps)
@@ -192,7 +198,7 @@ def run_batch(
             mask = crop_engine.cord_mask(image, str(scan.path)) if crop_engine is not None else None
             prediction = engine.predict(image, crop_mask=mask, name=str(scan.path))
             provenance = dict(prediction.provenance, InputSha256=input_sha, Input=scan.relative)
-            write_outputs(prediction.soft_maps, scan.case, folder, thresholds, provenance)
+            write_outputs(prediction.soft_maps, scan.case, folder, thresholds, provenance, options=options)
             _record(worklist, scan, folder, prediction.soft_maps)
             report.predicted.append(scan.relative)
         except Exception as error:  # one bad case (out of memory...) must not stop a cohort of hundreds

@@ -34,8 +34,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputImageError, SpinalCordSegError
-from .image_io import orientation_of, reorient, same_grid, write_image_atomic
-from .outputs import manual_entry, now, output_name, read_sidecar, write_sidecar
+from .grid import same_grid
+from .image_io import orientation_of, reorient, write_image_atomic
+from .naming import output_name
+from .sidecar import Sidecar, automatic_step, now
 
 PathLike = Union[str, Path]
 
@@ -44,8 +46,6 @@ LOG_COLUMNS = [
     "date", "case", "scan", "structure", "model", "threshold", "voxels_automatic", "voxels_corrected",
     "voxels_added", "voxels_removed", "dice", "seconds", "rater", "output",
 ]
-# Grids that differ by less than this (mm, or direction cosine) are the same grid written with float noise.
-GRID_TOLERANCE = 1e-3
 
 _SUBJECT = re.compile(r"^sub-[A-Za-z0-9]+$")
 _SESSION = re.compile(r"^ses-[A-Za-z0-9]+$")
@@ -183,7 +183,7 @@ def on_grid(image: sitk.Image, reference: sitk.Image, interpolator: int = sitk.s
     volume) is resampled with ``interpolator``.
     """
     oriented = reorient(image, orientation_of(reference))
-    if same_grid(oriented, reference, tolerance=GRID_TOLERANCE):
+    if same_grid(reference, oriented):
         oriented = sitk.Image(oriented)  # never change the caller's image
         oriented.CopyInformation(reference)  # drop float noise of the round trip through Slicer
         return oriented
@@ -239,12 +239,11 @@ class SavedCorrection:
     stats: Dict[str, CorrectionStats]
 
 
-def _history(image_path: Path, automatic_step: dict, manual: dict) -> List[dict]:
+def _history(image_path: Path, step: dict, rater: str, date: str) -> List[dict]:
     """``GeneratedBy`` of a saved mask: earlier corrections of the same automatic result are kept."""
-    previous = read_sidecar(image_path).get("GeneratedBy") or []
-    if previous and previous[0] == automatic_step:
-        return list(previous) + [manual]
-    return [automatic_step, manual]
+    previous = Sidecar.read(image_path)
+    start = previous if previous.generated_by and previous.automatic_step == step else Sidecar([step])
+    return start.with_correction(rater, date).generated_by
 
 
 def save_correction(
@@ -259,6 +258,7 @@ def save_correction(
     scan_path: Optional[PathLike] = None,
     soft_maps: Optional[Mapping[str, sitk.Image]] = None,
     model: Optional[str] = None,
+    options: Optional[MaskOptions] = None,
 ) -> SavedCorrection:
     """Write corrected masks (and soft maps) with sidecars, then log the correction.
 
@@ -275,6 +275,7 @@ def save_correction(
             the masks' grid.
         soft_maps: structure -> soft map, written as ``probseg`` when given.
         model: model id (or folder) for the log; default: the provenance's.
+        options: the mask options that made the automatic masks (recorded in the sidecars).
     """
     if not rater.strip():
         raise SpinalCordSegError("enter the rater's name before saving (it goes into the sidecar and the log)")
@@ -283,31 +284,30 @@ def save_correction(
         raise ValueError(f"no automatic mask, provenance or threshold for {missing}")
     reference = read_grid(scan_path) if scan_path else None
     date = now()
-    manual = manual_entry(rater.strip(), date)
     files: Dict[str, Path] = {}
     stats: Dict[str, CorrectionStats] = {}
     rows = []
     for structure, mask in corrected.items():
         auto = automatic[structure]
-        if not same_grid(mask, auto, tolerance=GRID_TOLERANCE):
+        if not same_grid(auto, mask):
             raise InputImageError(f"{source}: the corrected and automatic {structure} masks are on different grids")
         mask = sitk.Cast(sitk.NotEqual(mask, 0), sitk.sitkUInt8)
         auto = sitk.Cast(sitk.NotEqual(auto, 0), sitk.sitkUInt8)
         if reference is not None:
             mask, auto = on_grid(mask, reference), on_grid(auto, reference)
         stats[structure] = result = correction_stats(sitk.GetArrayViewFromImage(auto), sitk.GetArrayViewFromImage(mask))
-        step = dict(provenance[structure], Thresholds={structure: float(thresholds[structure])})
+        step = automatic_step(provenance[structure], {structure: thresholds[structure]})
         path = plan.folder / output_name(source, structure, "seg")
-        history = _history(path, step, manual)
+        history = _history(path, step, rater.strip(), date)
         write_image_atomic(mask, path)
-        write_sidecar(path, history, Structure=structure, Threshold=float(thresholds[structure]))
+        Sidecar(history, structure=structure, threshold=float(thresholds[structure]), mask_options=options).write(path)
         files[f"{structure}_seg"] = path
         if soft_maps is not None and structure in soft_maps:
             soft = soft_maps[structure]
             if reference is not None:
                 soft = on_grid(soft, reference, sitk.sitkLinear)
             soft_path = write_image_atomic(soft, plan.folder / output_name(source, structure, "probseg"))
-            write_sidecar(soft_path, [step], Structure=structure)
+            Sidecar([step], structure=structure).write(soft_path)
             files[f"{structure}_probseg"] = soft_path
         rows.append({
             "date": date, "case": source, "scan": str(scan_path or ""), "structure": structure,

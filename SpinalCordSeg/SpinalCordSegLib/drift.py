@@ -42,7 +42,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputImageError, SpinalCordSegError
-from .outputs import output_name
+from .naming import output_name
 
 if TYPE_CHECKING:  # pandas is imported where it is used (Slicer import rule)
     import pandas as pd
@@ -215,7 +215,7 @@ def measure_scan(scan: "Scan", models: Sequence[ModelPredictions],
             row.update(n_slices=int(summary.loc[0, "n_slices"]), csa_mean_mm2=float(summary.loc[0, "area_mm2_mean"]),
                        csa_sd_mm2=float(summary.loc[0, "area_mm2_sd"]))
         if truth is not None:
-            from .morphometrics import check_same_grid
+            from .grid import check_same_grid
 
             check_same_grid(seg, truth, str(seg_path), str(truth_path))
             row.update(overlap_metrics(seg, truth))

@@ -32,9 +32,11 @@ import SimpleITK as sitk
 from . import __version__
 from .catalogue import model_note
 from .errors import InputImageError, ModelFolderError
-from .image_io import check_scan, orientation_of, read_image, reorient, same_grid
+from .grid import same_grid
+from .image_io import check_scan, orientation_of, read_image, reorient
 from .model_folder import ModelFolder
-from .outputs import binarize, now
+from .binarization import binarize
+from .sidecar import now
 
 logger = logging.getLogger(__name__)
 
@@ -315,7 +317,7 @@ class SegmentationEngine:
             soft = sitk.GetImageFromArray(np.clip(probabilities[channel], 0, 1).astype(np.float32))
             soft.CopyInformation(work)
             soft = reorient(soft, original_orientation)
-            if not same_grid(soft, image, tolerance=1e-3):
+            if not same_grid(image, soft):
                 raise InputImageError(f"internal error: reoriented map does not match the scan grid of {image}")
             maps[structure] = soft
         return maps
@@ -332,7 +334,7 @@ class SegmentationEngine:
         self, image: sitk.Image, mask: sitk.Image, name: str
     ) -> Tuple[List[int], List[int]]:
         """(index, size) of the mask's bounding box grown by the margin, within the image."""
-        if not same_grid(mask, image, tolerance=1e-3):
+        if not same_grid(image, mask):
             mask = sitk.Resample(mask, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
         array = sitk.GetArrayViewFromImage(mask) > 0
         if not array.any():

@@ -42,23 +42,24 @@ class GridTolerance(NamedTuple):
 GRID_TOLERANCE = GridTolerance()
 
 
-def grid_differences(reference: sitk.Image, other: sitk.Image) -> List[str]:
+def grid_differences(reference: sitk.Image, other: sitk.Image,
+                     tolerance: GridTolerance = GRID_TOLERANCE) -> List[str]:
     """How ``other``'s grid differs from ``reference``'s (empty when they are the same)."""
     problems = []
     if tuple(reference.GetSize()) != tuple(other.GetSize()):
         problems.append(f"size {other.GetSize()} vs {reference.GetSize()}")
-    if not np.allclose(other.GetSpacing(), reference.GetSpacing(), rtol=GRID_TOLERANCE.spacing_relative, atol=0):
+    if not np.allclose(other.GetSpacing(), reference.GetSpacing(), rtol=tolerance.spacing_relative, atol=0):
         problems.append(f"spacing {other.GetSpacing()} vs {reference.GetSpacing()}")
-    if not np.allclose(other.GetOrigin(), reference.GetOrigin(), rtol=0, atol=GRID_TOLERANCE.origin_mm):
+    if not np.allclose(other.GetOrigin(), reference.GetOrigin(), rtol=0, atol=tolerance.origin_mm):
         problems.append(f"origin {other.GetOrigin()} vs {reference.GetOrigin()}")
-    if not np.allclose(other.GetDirection(), reference.GetDirection(), rtol=0, atol=GRID_TOLERANCE.direction):
+    if not np.allclose(other.GetDirection(), reference.GetDirection(), rtol=0, atol=tolerance.direction):
         problems.append("direction differs")
     return problems
 
 
-def same_grid(reference: sitk.Image, other: sitk.Image) -> bool:
-    """True when both images share size, spacing, origin and direction (within :data:`GRID_TOLERANCE`)."""
-    return not grid_differences(reference, other)
+def same_grid(reference: sitk.Image, other: sitk.Image, tolerance: GridTolerance = GRID_TOLERANCE) -> bool:
+    """True when both images share size, spacing, origin and direction (within ``tolerance``)."""
+    return not grid_differences(reference, other, tolerance)
 
 
 def check_same_grid(reference: sitk.Image, other: sitk.Image, reference_name: str, other_name: str) -> None:

@@ -360,13 +360,3 @@ def _nifti_data_offset(header: bytes) -> int:
         if len(header) >= 540 and struct.unpack(f"{order}i", header[:4])[0] == 540:
             return int(struct.unpack(f"{order}q", header[168:176])[0])
     raise ValueError("no NIfTI header")
-
-
-def same_grid(a: sitk.Image, b: sitk.Image, tolerance: float = 1e-5) -> bool:
-    """True when two images share size, spacing, origin and direction."""
-    return (
-        a.GetSize() == b.GetSize()
-        and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=tolerance)
-        and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tolerance)
-        and np.allclose(a.GetDirection(), b.GetDirection(), atol=tolerance)
-    )

@@ -45,13 +45,13 @@ import pandas as pd
 import SimpleITK as sitk
 from scipy import ndimage
 
+from .binarization import DEFAULT_THRESHOLD, above
+from .grid import check_same_grid
 from .morphometrics import (
     DEFAULT_CENTRELINE_DEGREE,
-    DEFAULT_THRESHOLD,
     AxialVolume,
     Centreline,
     check_probabilities,
-    check_same_grid,
     cord_centreline,
     to_axial_volume,
 )
@@ -104,7 +104,7 @@ def lesion_metrics(lesion: sitk.Image, cord: Optional[sitk.Image] = None, *,
         cord_volume = to_axial_volume(cord, cord_name)
         check_probabilities(cord_volume)
         centreline = cord_centreline(cord_volume, threshold, centreline_degree)
-    binary = volume.data > threshold
+    binary = above(volume.data, threshold)
     labels = label_lesions(binary)
     # Cosine of the cord's angle to the slice normal, per slice (1 without a cord).
     cosines = np.ones(volume.data.shape[0])
@@ -157,7 +157,7 @@ def _measure_lesion(index: int, box: tuple, labels: np.ndarray, volume: AxialVol
         "centroid_S_mm": lps[2],
     }
     if cord_volume is not None:
-        cord = cord_volume.data[box[0]] > threshold
+        cord = above(cord_volume.data[box[0]], threshold)
         row["share_in_cord"] = float(cord[:, box[1], box[2]][voxels].sum() / voxels.sum())
         cord_pixels = (cord | all_lesions[box[0]]).sum(axis=(1, 2))[slice_ids - first]
         has_cord = cord.any(axis=(1, 2))[slice_ids - first]

@@ -45,7 +45,9 @@ from scipy import ndimage
 from scipy.spatial import ConvexHull
 from skimage import measure
 
+from .binarization import DEFAULT_THRESHOLD, above
 from .errors import InputImageError
+from .grid import check_same_grid
 from .image_io import read_image
 
 logger = logging.getLogger(__name__)
@@ -53,7 +55,6 @@ logger = logging.getLogger(__name__)
 # DICOM/ITK letters name the direction in which each axis increases: L, A, S is
 # SCT's "RPI" (named after where each axis starts), so slice numbers match SCT.
 AXIAL_ORIENTATION = "LAS"
-DEFAULT_THRESHOLD = 0.5
 # SCT's default polynomial degree for its "polyfit" centreline.
 DEFAULT_CENTRELINE_DEGREE = 5
 # Soft values are summed within this many pixels of the binarized cord: the
@@ -163,23 +164,6 @@ def check_probabilities(volume: AxialVolume) -> None:
         )
 
 
-def check_same_grid(reference: sitk.Image, other: sitk.Image, reference_name: str, other_name: str) -> None:
-    """Raise InputImageError unless both images share size, spacing, origin and direction."""
-    problems = []
-    if reference.GetSize() != other.GetSize():
-        problems.append(f"size {other.GetSize()} vs {reference.GetSize()}")
-    if not np.allclose(reference.GetSpacing(), other.GetSpacing(), rtol=1e-4, atol=1e-5):
-        problems.append(f"spacing {other.GetSpacing()} vs {reference.GetSpacing()}")
-    if not np.allclose(reference.GetOrigin(), other.GetOrigin(), atol=1e-3):
-        problems.append(f"origin {other.GetOrigin()} vs {reference.GetOrigin()}")
-    if not np.allclose(reference.GetDirection(), other.GetDirection(), atol=1e-4):
-        problems.append("direction differs")
-    if problems:
-        raise InputImageError(
-            f"{other_name} is not on the grid of {reference_name}: " + "; ".join(problems)
-        )
-
-
 def fit_centreline(z: np.ndarray, x: np.ndarray, y: np.ndarray,
                    degree: int = DEFAULT_CENTRELINE_DEGREE) -> Optional[Centreline]:
     """Fit x(z) and y(z) polynomials (all in mm); None with fewer than two points.
@@ -203,7 +187,7 @@ def slice_weights(volume: AxialVolume, k: int,
                   threshold: float = DEFAULT_THRESHOLD) -> Tuple[np.ndarray, np.ndarray]:
     """Soft weights of slice ``k`` restricted to the cord's neighbourhood, and its binarized mask."""
     values = volume.data[k]
-    binary = values > threshold
+    binary = above(values, threshold)
     rim = ndimage.binary_dilation(binary, structure=np.ones((3, 3), bool), iterations=RIM_PIXELS)
     return np.where(rim, values, 0.0), binary
 
@@ -212,7 +196,7 @@ def cord_centreline(volume: AxialVolume, threshold: float = DEFAULT_THRESHOLD,
                     degree: int = DEFAULT_CENTRELINE_DEGREE) -> Optional[Centreline]:
     """Centreline through the soft-weighted centroids of the slices holding cord (None below two)."""
     heights, xs, ys = [], [], []
-    for k in np.flatnonzero((volume.data > threshold).any(axis=(1, 2))):
+    for k in np.flatnonzero(above(volume.data, threshold).any(axis=(1, 2))):
         weights, _ = slice_weights(volume, k, threshold)
         x_mm, y_mm = _centroid(weights, volume.spacing[:2])
         heights.append(k * volume.spacing[2])
@@ -345,7 +329,7 @@ def cord_morphometrics(cord: sitk.Image, levels: Optional[sitk.Image] = None, *,
     """
     volume = to_axial_volume(cord, name)
     check_probabilities(volume)
-    present = np.flatnonzero((volume.data > threshold).any(axis=(1, 2)))
+    present = np.flatnonzero(above(volume.data, threshold).any(axis=(1, 2)))
     if present.size == 0:
         raise InputImageError(f"{name}: the cord mask is empty (no value above {threshold:g})")
     centreline = cord_centreline(volume, threshold, centreline_degree) if angle_correction else None

@@ -24,11 +24,12 @@ from typing import Dict, List, Union
 import numpy as np
 import SimpleITK as sitk
 
-from .correction import GRID_TOLERANCE, plan_outputs
+from .correction import plan_outputs
 from .errors import SpinalCordSegError
 from .fileutil import make_staging_folder
-from .image_io import read_image, read_scan, same_grid, write_image_atomic
-from .outputs import output_name
+from .grid import same_grid
+from .image_io import read_image, read_scan, write_image_atomic
+from .naming import output_name
 from .worklist import Worklist
 
 logger = logging.getLogger(__name__)
@@ -120,7 +121,7 @@ def _label_map(scan: sitk.Image, masks: Dict[str, Path], case: str) -> sitk.Imag
     arrays = {}
     for structure, path in masks.items():
         mask = read_image(path)
-        if not same_grid(mask, scan, tolerance=GRID_TOLERANCE):
+        if not same_grid(scan, mask):
             raise SpinalCordSegError(f"{path}: not on the grid of case {case}'s scan")
         arrays[structure] = sitk.GetArrayFromImage(mask) > 0
     labels = arrays["sc"].astype(np.uint8)

@@ -28,7 +28,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from .image_io import orientation_of, reorient
-from .outputs import bids_label, now, structure_colour
+from .naming import bids_label, structure_colour
+
+#: The display grid. SimpleITK's array of an LPS image is indexed [k, j, i] with k
+from .sidecar import now
 
 #: The display grid. SimpleITK's array of an LPS image is indexed [k, j, i] with k
 #: from inferior to superior, j from anterior to posterior and i from right to left:

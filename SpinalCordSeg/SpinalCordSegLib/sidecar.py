@@ -30,7 +30,7 @@ from typing import Dict, List, Mapping, Optional, Union
 from .binarization import MaskOptions
 from .errors import SpinalCordSegError
 from .fileutil import write_text_atomic
-from .outputs import source_name
+from .naming import source_name
 
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 #: Fields the schema knows; anything else in a sidecar is kept in :attr:`Sidecar.extra`.
@@ -130,10 +130,9 @@ class Sidecar:
         return cls.from_json(content, str(path))
 
 
-def automatic_step(provenance: Mapping[str, object], thresholds: Mapping[str, float],
-                   options: Optional[MaskOptions] = None) -> dict:
-    """The automatic step's ``GeneratedBy`` entry: the engine's provenance, the thresholds and options used."""
-    step = dict(provenance, Thresholds={k: float(v) for k, v in thresholds.items()})
-    if options is not None:
-        step["MaskOptions"] = options.to_sidecar()
-    return step
+def automatic_step(provenance: Mapping[str, object], thresholds: Mapping[str, float]) -> dict:
+    """The automatic step's ``GeneratedBy`` entry: the engine's provenance and the thresholds used.
+
+    The mask options are fields of each mask's sidecar (:attr:`Sidecar.mask_options`).
+    """
+    return dict(provenance, Thresholds={k: float(v) for k, v in thresholds.items()})

@@ -39,10 +39,11 @@ from vtk.util import numpy_support
 
 import slicer
 
-from .correction import GRID_TOLERANCE, OutputPlan, SavedCorrection, on_grid, save_correction
+from .correction import OutputPlan, SavedCorrection, on_grid, save_correction
 from .errors import InputImageError, SpinalCordSegError
-from .image_io import read_image, same_grid
-from .outputs import bids_label, source_name, structure_colour
+from .grid import same_grid
+from .image_io import read_image
+from .naming import bids_label, source_name, structure_colour
 from .resources import resources_dir
 from .edit_tracking import EditTracker
 from .binarization import MaskOptions
@@ -506,7 +507,7 @@ class ResultScene:
         scene = volume_node.GetScene()
         grid = image_from_volume(volume_node)
         for structure, soft in soft_maps.items():
-            if not same_grid(soft, grid, tolerance=GRID_TOLERANCE):
+            if not same_grid(grid, soft):
                 raise InputImageError(
                     f"soft map '{structure}' is not on the grid of volume '{volume_node.GetName()}' "
                     f"(size {soft.GetSize()} vs {grid.GetSize()})")
@@ -712,4 +713,5 @@ class ResultScene:
             scan_path=volume_file_path(volume),
             soft_maps=self.soft_map_images() if save_soft_maps else None,
             model=model,
+            options=state.options,
         )

@@ -93,7 +93,7 @@ class _Worker:
     def predict(self, request: dict) -> None:
         from .engine import load_crop_mask
         from .image_io import read_scan, write_image_atomic
-        from .outputs import output_name, source_name
+        from .naming import output_name, source_name
 
         job = request.get("job")
         start = time.perf_counter()

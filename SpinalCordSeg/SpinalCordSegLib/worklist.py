@@ -24,16 +24,18 @@ import csv
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import TYPE_CHECKING, Dict, List, Optional, Union
 
 import numpy as np
-import pandas as pd
 
 from .binarization import DEFAULT_THRESHOLD, MaskOptions
 from .errors import SpinalCordSegError
 from .fileutil import write_text_atomic
-from .outputs import now
+from .sidecar import now
 from .sidecar import Sidecar
+
+if TYPE_CHECKING:  # pandas loads with the table, not with the command line's --help
+    import pandas as pd
 
 STATUSES = ("predicted", "in correction", "corrected", "approved", "excluded")
 BASE_COLUMNS = ["case", "subject", "session", "scan"]
@@ -74,6 +76,8 @@ class Worklist:
     @classmethod
     def load(cls, path: Union[str, Path], create: bool = False) -> "Worklist":
         """Read the worklist; with ``create``, start an empty one when the file does not exist."""
+        import pandas as pd
+
         path = Path(path)
         if not path.is_file():
             if not create:
@@ -152,6 +156,8 @@ class Worklist:
         return row["status"] not in ("", "predicted") or str(row.get("predicted_at", "")) >= predicted_at
 
     def _set(self, index: int, values: Dict[str, object]) -> None:
+        import pandas as pd
+
         for key, value in values.items():
             if key not in self.table.columns:
                 self.table[key] = pd.Series(dtype=object)
@@ -165,6 +171,8 @@ class Worklist:
         random (seeded) from the rest, so that random sampling, competitive in
         the field's experience, keeps its place in the round.
         """
+        import pandas as pd
+
         if not 0.0 <= random_fraction <= 1.0:
             raise SpinalCordSegError(f"random fraction {random_fraction} is not between 0 and 1")
         order = list(self.table.sort_values("uncertainty", ascending=False, kind="stable",
@@ -260,6 +268,8 @@ class Worklist:
         Cases already here keep their row (status, rater, rank); paths are
         rewritten relative to this worklist's folder.
         """
+        import pandas as pd
+
         added: List[str] = []
         known = set(self.table["case"])
         for other in others:

@@ -51,7 +51,7 @@ def predicted(predicted_template, tmp_path):
 def write_corrections(worklist_path):
     """A corrected cord mask (the model's, dilated) and lesion mask per case, where the module saves them."""
     from SpinalCordSegLib.correction import plan_outputs
-    from SpinalCordSegLib.outputs import output_name
+    from SpinalCordSegLib.naming import output_name
     from SpinalCordSegLib.worklist import Worklist
 
     worklist = Worklist.load(worklist_path)
@@ -137,7 +137,7 @@ def test_failed_cases_go_first_in_the_round(predicted, tmp_path, capsys):
 
 def test_corrections_of_only_some_cases_give_a_model_only_session(predicted, tmp_path):
     from SpinalCordSegLib.correction import plan_outputs
-    from SpinalCordSegLib.outputs import output_name
+    from SpinalCordSegLib.naming import output_name
     from SpinalCordSegLib.worklist import Worklist
 
     worklist_path = predicted / "derivatives/spinalcordseg/worklist.csv"

@@ -105,11 +105,9 @@ def test_only_the_wanted_masks_are_returned_and_dependents_follow_the_options():
     assert dependents("lesion", ["sc", "lesion"], MaskOptions(True, True)) == ["lesion"]
 
 
-def test_options_round_trip_through_sidecars_and_model_metadata():
+def test_options_round_trip_through_sidecars():
     options = MaskOptions(keep_largest_cord=False, restrict_lesions_to_cord=True)
     assert MaskOptions.from_sidecar(options.to_sidecar()) == options
-    assert MaskOptions.from_metadata({"keep_largest_cord": False}) == MaskOptions(False, False)
-    assert MaskOptions.from_metadata(None) == MaskOptions()
     assert MaskOptions.from_sidecar({}) == MaskOptions(False, False)
 
 

@@ -103,7 +103,7 @@ def test_measure_without_angle_correction(phantom, tmp_path):
 
 @pytest.mark.parametrize("extra,message", [
     (["--vert", "2:3"], "--vert needs a level image"),
-    (["--threshold", "1.5"], "--threshold must lie in [0, 1)"),
+    (["--threshold", "1.5"], "--threshold: 1.5 must lie strictly between 0 and 1"),
     (["--lesion", "{tmp}/absent.nii.gz"], "absent.nii.gz: file not found"),
     (["--levels", "{tmp}/other_grid.nii.gz"], "other_grid.nii.gz is not on the grid of"),
     (["--levels", "{levels}", "--vert", "7:9"], "no measured cord slice in the selection"),

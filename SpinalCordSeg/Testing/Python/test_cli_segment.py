@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from SpinalCordSegLib.binarization import parse_thresholds
 from SpinalCordSegLib.cli import main
-from SpinalCordSegLib.cli_segment import parse_thresholds
 from SpinalCordSegLib.errors import SpinalCordSegError
 from SpinalCordSegLib.fileutil import _host
 
@@ -32,7 +32,7 @@ def test_segment_writes_maps_masks_and_sidecars(tiny_region_model, shared_data, 
     out = tmp_path / "out"
     code = main(["segment", "-i", str(scans[0]), str(missing), str(scans[1]), "-m", str(tiny_region_model),
                  "-o", str(out), "--device", "cpu", "--no-tta", "--threshold", "lesion=0.7", "--trust",
-                 "--overlay"])
+                 "--no-largest-cord", "--overlay"])
     assert code == 1  # one input failed; the others were still segmented
     for source, scan in (("t2", scans[0]), ("t2s", scans[1])):
         reference = sitk.ReadImage(str(scan))

@@ -19,8 +19,9 @@ from SpinalCordSegLib.correction import (
     save_correction,
 )
 from SpinalCordSegLib.errors import SpinalCordSegError
-from SpinalCordSegLib.image_io import orientation_of, reorient, same_grid
-from SpinalCordSegLib.outputs import DATE_FORMAT, read_sidecar
+from SpinalCordSegLib.grid import same_grid
+from SpinalCordSegLib.image_io import orientation_of, reorient
+from SpinalCordSegLib.sidecar import DATE_FORMAT, Sidecar
 
 T2 = "sct_testing_data/t2/t2.nii.gz"  # PSR
 
@@ -87,7 +88,7 @@ def test_masks_on_a_flipped_grid_come_back_voxel_for_voxel(shared_data):
     flipped = reorient(mask, "LPS")  # how Slicer stores a left-handed scan: another voxel order
     assert not same_grid(flipped, scan)
     back = on_grid(flipped, read_grid(shared_data / T2))
-    assert same_grid(back, scan, tolerance=0)
+    assert same_grid(back, scan)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(mask))
 
 
@@ -162,15 +163,15 @@ def test_save_writes_masks_sidecars_and_log_and_keeps_history(shared_data, tmp_p
     seg = dataset / "derivatives/labels/sub-01/anat/sub-01_T2w_label-SC_seg.nii.gz"
     assert saved.files == {"sc_seg": seg, "sc_probseg": seg.with_name("sub-01_T2w_label-SC_probseg.nii.gz")}
     written = sitk.ReadImage(str(seg))
-    assert same_grid(written, scan, tolerance=0)
+    assert same_grid(written, scan)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(written), corrected.astype(np.uint8))
-    sidecar = read_sidecar(seg)
+    sidecar = Sidecar.read(seg).to_json()
     automatic_step, manual = sidecar["GeneratedBy"]
     assert automatic_step == dict(step, Thresholds={"sc": 0.4})
     assert manual["Name"] == "Manual" and manual["Author"] == "Dr Who"
     datetime.datetime.strptime(manual["Date"], DATE_FORMAT)
     assert sidecar["Structure"] == "sc" and sidecar["Threshold"] == 0.4
-    assert read_sidecar(saved.files["sc_probseg"])["GeneratedBy"] == [automatic_step]  # soft maps are not edited
+    assert Sidecar.read(saved.files["sc_probseg"]).to_json()["GeneratedBy"] == [automatic_step]  # soft maps are not edited
 
     with open(saved.log, newline="") as stream:
         [row] = list(csv.DictReader(stream))
@@ -186,7 +187,7 @@ def test_save_writes_masks_sidecars_and_log_and_keeps_history(shared_data, tmp_p
     # A second correction of the same automatic result adds a Manual entry and a log row.
     save_correction({"sc": corrected_image}, {"sc": auto_image}, {"sc": step}, {"sc": 0.4}, "sub-01_T2w",
                     plan, "Second rater", scan_path=scan_path)
-    entries = read_sidecar(seg)["GeneratedBy"]
+    entries = Sidecar.read(seg).to_json()["GeneratedBy"]
     assert [e.get("Author") for e in entries] == [None, "Dr Who", "Second rater"]
     assert len(saved.log.read_text().splitlines()) == 3
 

@@ -11,7 +11,8 @@ import SimpleITK as sitk
 
 from SpinalCordSegLib.engine import InferenceOptions, SegmentationEngine, select_device
 from SpinalCordSegLib.errors import InputImageError, ModelFolderError
-from SpinalCordSegLib.image_io import orientation_of, read_scan, reorient, same_grid
+from SpinalCordSegLib.grid import same_grid
+from SpinalCordSegLib.image_io import orientation_of, read_scan, reorient
 from SpinalCordSegLib.model_folder import ModelFolder
 from SpinalCordSegLib.synthetic_model import make_synthetic_model
 

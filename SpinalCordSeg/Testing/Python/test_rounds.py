@@ -304,7 +304,7 @@ def test_round_commands(predicted, tmp_path, capsys):
 def test_open_next_case_and_save_correction_marks_it_corrected(predicted, shared_data):
     """The Slicer module's flow, without Slicer: open the next case, save a correction, sync."""
     from SpinalCordSegLib.correction import plan_outputs, save_correction
-    from SpinalCordSegLib.outputs import source_name
+    from SpinalCordSegLib.naming import source_name
 
     bids = predicted
     derivatives = bids / "derivatives" / "spinalcordseg"

@@ -25,9 +25,10 @@ slicer = pytest.importorskip("slicer", reason="slicer-core is not installed")
 from SpinalCordSegLib.cli_segment import DEMO_MODEL  # noqa: E402
 from SpinalCordSegLib.cohort import find_scans, run_batch  # noqa: E402
 from SpinalCordSegLib.engine import InferenceOptions, SegmentationEngine  # noqa: E402
-from SpinalCordSegLib.image_io import same_grid  # noqa: E402
+from SpinalCordSegLib.grid import same_grid  # noqa: E402
 from SpinalCordSegLib.install_plan import REQUIRED_PACKAGES  # noqa: E402
-from SpinalCordSegLib.outputs import bids_label, read_sidecar  # noqa: E402
+from SpinalCordSegLib.naming import bids_label  # noqa: E402
+from SpinalCordSegLib.sidecar import Sidecar  # noqa: E402
 from SpinalCordSegLib.resources import sample_scan_path  # noqa: E402
 from SpinalCordSegLib.segmentation_controller import (  # noqa: E402
     NEXT_CASE_QUESTION,
@@ -182,9 +183,9 @@ def test_a_whole_session_apply_sliders_edit_save_next_case(mrml_scene, dataset, 
         files = saved.correction.files
         scan_file = sitk.ReadImage(str(scan_path))
         for structure, expected in (("sc", edited), ("lesion", masks["lesion"])):
-            assert same_grid(sitk.ReadImage(str(files[f"{structure}_seg"])), scan_file, tolerance=1e-4)
+            assert same_grid(sitk.ReadImage(str(files[f"{structure}_seg"])), scan_file)
             np.testing.assert_array_equal(as_read_by_slicer(mrml_scene, files[f"{structure}_seg"]), expected)
-        sidecar = read_sidecar(files["sc_seg"])
+        sidecar = Sidecar.read(files["sc_seg"]).to_json()
         assert [entry["Name"] for entry in sidecar["GeneratedBy"]] == ["SpinalCordSeg", "Manual"]
         assert sidecar["GeneratedBy"][0]["ModelId"] == DEMO_MODEL
 

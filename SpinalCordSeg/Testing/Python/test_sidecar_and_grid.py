@@ -13,8 +13,7 @@ from SpinalCordSegLib.sidecar import Sidecar, automatic_step, sidecar_path
 
 def test_sidecar_round_trips_every_field(tmp_path):
     image = tmp_path / "sub-01_T2w_label-SC_seg.nii.gz"
-    step = automatic_step({"Name": "SpinalCordSeg", "ModelSha256": {"fold_0": "ab"}}, {"sc": 0.4},
-                          MaskOptions(True, False))
+    step = automatic_step({"Name": "SpinalCordSeg", "ModelSha256": {"fold_0": "ab"}}, {"sc": 0.4})
     written = Sidecar([step], structure="sc", threshold=0.4, mask_options=MaskOptions(True, False),
                       extra={"CropBox": [1, 2, 3]}).write(image)
     assert written == tmp_path / "sub-01_T2w_label-SC_seg.json" == sidecar_path(image)

@@ -19,8 +19,10 @@ from SpinalCordSegLib.binarization import MaskOptions  # noqa: E402
 from SpinalCordSegLib.correction import plan_outputs  # noqa: E402
 from SpinalCordSegLib.engine import InferenceOptions, SegmentationEngine  # noqa: E402
 from SpinalCordSegLib.errors import InputImageError  # noqa: E402
-from SpinalCordSegLib.image_io import orientation_of, reorient, same_grid  # noqa: E402
-from SpinalCordSegLib.outputs import binarize, read_sidecar  # noqa: E402
+from SpinalCordSegLib.grid import same_grid  # noqa: E402
+from SpinalCordSegLib.image_io import orientation_of, reorient  # noqa: E402
+from SpinalCordSegLib.binarization import binarize  # noqa: E402
+from SpinalCordSegLib.sidecar import Sidecar  # noqa: E402
 from SpinalCordSegLib.slicer_scene import (  # noqa: E402
     FALLBACK_COLOUR_ID,
     ResultScene,
@@ -79,11 +81,11 @@ def test_volume_to_image_matches_the_file(mrml_scene, shared_data, relative):
     scan = sitk.ReadImage(str(path))
     assert orientation_of(scan) == SCANS[relative][0]
     back = reorient(image, orientation_of(scan))
-    assert same_grid(back, scan, tolerance=1e-4)
+    assert same_grid(back, scan)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(scan))
     # Image -> new node -> image keeps voxels and geometry.
     copy = image_from_volume(add_volume_from_image(mrml_scene, scan, "copy"))
-    assert same_grid(copy, scan, tolerance=1e-6)
+    assert same_grid(copy, scan)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(copy), sitk.GetArrayFromImage(scan))
 
 
@@ -187,7 +189,7 @@ def test_threshold_edit_and_save_land_on_the_scan_grid(mrml_scene, shared_data, 
     soft_images = {s: image_from_volume(load_volume(mrml_scene, files[s], s)) for s in ("sc", "lesion")}
     clock = [1000.0]
     results = ResultScene(new_parameter_node(mrml_scene), clock=lambda: clock[0])
-    results.show(scan_node, soft_images, {s: PROVENANCE for s in soft_images})
+    results.show(scan_node, soft_images, {s: PROVENANCE for s in soft_images}, options=MaskOptions(False, False))
     assert results.set_threshold("lesion", 0.3) == []
     assert results.set_threshold("sc", 0.4) == []
     segmentation = results.params.segmentation
@@ -215,12 +217,12 @@ def test_threshold_edit_and_save_land_on_the_scan_grid(mrml_scene, shared_data, 
         seg_path = folder / f"sub-01_T2w_label-{labels[structure]}_seg.nii.gz"
         assert saved.files[f"{structure}_seg"] == seg_path
         written = sitk.ReadImage(str(seg_path))
-        assert same_grid(written, scan, tolerance=0)
+        assert same_grid(written, scan)
         np.testing.assert_array_equal(sitk.GetArrayFromImage(written), expected[structure].astype(np.uint8))
         soft_written = sitk.ReadImage(str(folder / f"sub-01_T2w_label-{labels[structure]}_probseg.nii.gz"))
-        assert same_grid(soft_written, scan, tolerance=0)
+        assert same_grid(soft_written, scan)
         np.testing.assert_array_equal(sitk.GetArrayFromImage(soft_written), soft_file[structure])
-        generated_by = read_sidecar(seg_path)["GeneratedBy"]
+        generated_by = Sidecar.read(seg_path).to_json()["GeneratedBy"]
         assert generated_by[0] == dict(PROVENANCE, Thresholds={structure: {"sc": 0.4, "lesion": 0.3}[structure]})
         assert (generated_by[1]["Name"], generated_by[1]["Author"]) == ("Manual", "Rater One")
 
@@ -408,7 +410,7 @@ def test_worklist_case_opens_on_the_scan_grid_and_its_save_marks_it_corrected(
     for structure in ("sc", "lesion"):
         expected = sitk.GetArrayFromImage(sitk.ReadImage(str(case.masks[structure])))
         written = sitk.ReadImage(str(saved.files[f"{structure}_seg"]))
-        assert same_grid(written, sitk.ReadImage(str(scan_path)), tolerance=1e-4)
+        assert same_grid(written, sitk.ReadImage(str(scan_path)))
         np.testing.assert_array_equal(sitk.GetArrayFromImage(written), expected)
     assert worklist.apply_correction_log(saved.log) == [case.case]
     assert worklist.table.loc[0, "sc_correction_dice"] == "1.000000"
