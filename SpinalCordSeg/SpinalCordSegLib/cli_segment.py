@@ -53,9 +53,9 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                         help="where to run (default: auto = CUDA, then MPS, then CPU)")
     parser.add_argument("--folds", nargs="+", help="folds to ensemble (default: all present)")
-    parser.add_argument("--tta", dest="tta", action="store_true", default=True,
-                        help="test-time augmentation by mirroring (default)")
-    parser.add_argument("--no-tta", dest="tta", action="store_false", help="no test-time augmentation (faster)")
+    parser.add_argument("--tta", action="store_true",
+                        help="test-time augmentation by mirroring (off by default: about 8x slower)")
+    parser.add_argument("--no-tta", action="store_true", help="deprecated: mirroring is off by default")
     parser.add_argument("--step-size", type=float, default=0.5, help="sliding-window step, fraction of a patch")
     parser.add_argument("--threads", type=int, help="CPU threads for PyTorch")
     parser.add_argument("--threshold", help="binarization threshold(s): 0.5, or sc=0.5,lesion=0.3")
@@ -66,7 +66,12 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     crop.add_argument("--crop-with", metavar="CORD_MODEL",
                       help="segment the cord with this model first and crop around it (default: the "
                            "catalogue's cord model for models trained on cropped scans)")
+    crop.add_argument("--no-crop", action="store_true",
+                      help="predict the whole field of view (default: inside the cord's box found by a fast "
+                           "localizer pass, plus the margin)")
     parser.add_argument("--crop-margin", type=float, default=20.0, help="crop margin in mm (default 20)")
+    parser.add_argument("--save-cropbox", action="store_true",
+                        help="also write the crop box as <scan>_cropbox.nii.gz (as SCT does)")
     parser.add_argument("--trust", action="store_true",
                         help="trust this model's checkpoints (pickled code) and remember the decision")
     parser.add_argument("--yes", action="store_true", help="install a missing catalogue model without asking")
@@ -107,6 +112,7 @@ def _options(args: argparse.Namespace, orientation: Optional[str]):
     return InferenceOptions(
         device=args.device, folds=args.folds, use_mirroring=args.tta, tile_step_size=args.step_size,
         num_threads=args.threads, orientation=args.orientation or orientation, crop_margin_mm=args.crop_margin,
+        crop=not args.no_crop, offline=args.offline,
     )
 
 
@@ -119,18 +125,23 @@ def segment_files(
     write_soft: bool = True,
     overlay: bool = False,
     crop_engine=None,
+    save_cropbox: bool = False,
 ) -> List[str]:
     """Segment each input with ``engine``; return the inputs that failed (errors are logged).
 
     The crop box comes from ``crop_mask`` (one file for every input) or from
-    ``crop_engine``, a cord model run on each input first.
+    ``crop_engine``, a cord model run on each input first; else from the
+    engine's own localizer (unless its options say ``crop=False``).
+    ``save_cropbox`` writes each box as ``<scan>_cropbox.nii.gz``.
     """
     from tqdm import tqdm
 
+    from .cropping import cropbox_image
     from .engine import load_crop_mask
-    from .image_io import read_scan
+    from .image_io import read_scan, write_image_atomic
     from .outputs import binarize, source_name, write_outputs
     from .overlay import save_overlay_png
+    from .progress import ConsoleProgress
 
     levels = parse_thresholds(thresholds, engine.structures)
     mask = load_crop_mask(crop_mask) if crop_mask else None
@@ -141,12 +152,13 @@ def segment_files(
                 scan = read_scan(path)
                 if crop_engine is not None:
                     mask = crop_engine.cord_mask(scan, str(path))
-                prediction = engine.predict(
-                    scan, crop_mask=mask, name=str(path),
-                    progress=lambda fraction, message: bar.set_postfix_str(message, refresh=True),
-                )
+                with ConsoleProgress(source_name(path)) as progress:
+                    prediction = engine.predict(scan, crop_mask=mask, name=str(path), progress=progress)
                 written = write_outputs(prediction.soft_maps, source_name(path), output_dir, levels,
                                         prediction.provenance, write_soft=write_soft)
+                if save_cropbox and prediction.crop_box is not None:
+                    written["cropbox"] = write_image_atomic(cropbox_image(prediction.crop_box, scan),
+                                                            output_dir / f"{source_name(path)}_cropbox.nii.gz")
                 if overlay:
                     masks = {k: binarize(v, levels[k]) for k, v in prediction.soft_maps.items()}
                     written["overlay"] = save_overlay_png(
@@ -169,7 +181,7 @@ def engines_from_arguments(args: argparse.Namespace):
     resolved = resolve_model(args.model, trust=args.trust, offline=args.offline, confirm=confirm)
     engine = SegmentationEngine(resolved.folder, _options(args, resolved.orientation), model_id=resolved.model_id)
     crop_engine = None
-    crop_model = args.crop_with or (None if args.crop_mask else resolved.crop_with)
+    crop_model = None if args.no_crop else args.crop_with or (None if args.crop_mask else resolved.crop_with)
     if crop_model:
         cord = resolve_model(crop_model, trust=args.trust, offline=args.offline, confirm=confirm)
         crop_engine = SegmentationEngine(cord.folder, _options(args, cord.orientation), model_id=cord.model_id)
@@ -178,8 +190,11 @@ def engines_from_arguments(args: argparse.Namespace):
 
 def run_segment(args: argparse.Namespace) -> int:
     engine, crop_engine = engines_from_arguments(args)
+    if args.no_tta:
+        logger.warning("--no-tta is deprecated: test-time mirroring is off by default (--tta turns it on)")
     failed = segment_files(args.input, Path(args.output), engine, args.threshold, args.crop_mask,
-                           write_soft=not args.no_soft, overlay=args.overlay, crop_engine=crop_engine)
+                           write_soft=not args.no_soft, overlay=args.overlay, crop_engine=crop_engine,
+                           save_cropbox=args.save_cropbox)
     if failed:
         logger.error("%d of %d scan(s) failed: %s", len(failed), len(args.input), ", ".join(failed))
         return 1

@@ -484,7 +484,8 @@ def plan_jobs(
 
     With cropping on, the cord segment already in the scene is used when
     there is one; otherwise the catalogue's cord model (``crop_with``) runs
-    first. Without either, the whole scan is predicted, with a warning.
+    first. Without either, the engine crops around the box of its own
+    localizer pass (pass ``{"crop": crop_enabled}`` in the job options).
     """
     if not crop_enabled:
         return [PlannedJob(model, "segment", None)], None
@@ -492,10 +493,7 @@ def plan_jobs(
         return [PlannedJob(model, "segment", "segment")], None
     if crop_with:
         return [PlannedJob(crop_with, "crop", None), PlannedJob(model, "segment", "previous")], None
-    return [PlannedJob(model, "segment", None)], (
-        "Crop around the cord is on, but there is no cord segmentation to crop with and the model names no "
-        "cord model: predicting on the whole scan."
-    )
+    return [PlannedJob(model, "segment", None)], None
 
 
 def overall_progress(job_index: int, job_count: int, fraction: float) -> float:
