@@ -232,7 +232,7 @@ class SpinalCordSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.inputVolumeSelector.setCurrentNode(params.input_volume)
             self._selectModel(params.get("Model"))
             self._selectDevice(params.get("Device", "auto"))
-            self.ui.ttaCheckBox.checked = params.get("UseTTA", True)
+            self.ui.ttaCheckBox.checked = params.get("UseTTA", False)
             self.ui.tileStepSizeSlider.value = params.get("TileStepSize", 0.5)
             self.ui.foldsLineEdit.text = params.get("Folds", "")
             self.ui.cropCheckBox.checked = params.get("Crop", True)
@@ -422,7 +422,8 @@ class SpinalCordSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 return
             options = {
                 "device": params.get("Device", "auto"),
-                "use_mirroring": params.get("UseTTA", True),
+                "use_mirroring": params.get("UseTTA", False),
+                "crop": params.get("Crop", True),
                 "tile_step_size": params.get("TileStepSize", 0.5),
                 "folds": parse_folds(params.get("Folds", "")),
                 "crop_margin_mm": params.get("CropMargin", 20.0),
