@@ -9,7 +9,8 @@ no test-time mirroring:
    (model loaded), what nnU-Net's own tools do;
 2. ``cropped``: ``SegmentationEngine.predict`` with the default options
    (model loaded; the localizer is loaded and run inside the timing): the
-   localizer pass, the box, the prediction inside it, uncrop.
+   localizer pass, the box, the prediction inside it, uncrop (the safety net
+   that redoes a prediction reaching the box is off: random weights reach it).
 
 Each runs in its own process (peak memory is its own). Goal: raw / cropped >= 5.
 The CPU load average is printed before and after, since other jobs may share the machine.
@@ -39,7 +40,11 @@ def measure(kind: str, model: str, scan: str, device: str, tta: bool) -> dict:
     from SpinalCordSegLib.engine import InferenceOptions, SegmentationEngine
     from SpinalCordSegLib.image_io import read_scan, reorient
 
-    engine = SegmentationEngine(model, InferenceOptions(device=device, use_mirroring=tta, crop=kind == "cropped"))
+    # Random weights "segment" everywhere, up to the box faces, which would send the default pipeline back to
+    # the whole field of view (its safety net for a missed cord): measured here is the normal path, where a
+    # trained model's prediction stays inside the box.
+    engine = SegmentationEngine(model, InferenceOptions(device=device, use_mirroring=tta, crop=kind == "cropped",
+                                                        whole_if_truncated=False))
     image = read_scan(scan)
     result: dict = {}
     if kind == "raw":

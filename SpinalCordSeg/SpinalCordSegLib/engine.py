@@ -64,6 +64,8 @@ class InferenceOptions:
             ``crop_margin_mm``; False predicts the whole field of view. Models
             trained on sc-crop boxes are always cropped, as SCT does.
         crop_margin_mm: margin around the cord's bounding box when cropping.
+        whole_if_truncated: redo a default (localizer) crop on the whole field
+            of view when the prediction reaches an inner face of the box.
         localizer: the cord model of the localizer pass (a model spec, trusted
             already: catalogue id, installed id or folder).
         offline: never download (sc-crop's detector weights); None reads
@@ -78,6 +80,7 @@ class InferenceOptions:
     orientation: Optional[str] = None
     crop: bool = True
     crop_margin_mm: float = 20.0
+    whole_if_truncated: bool = True
     localizer: str = "demo-sc"
     offline: Optional[bool] = None
 
@@ -301,12 +304,22 @@ class SegmentationEngine:
         maps = self._predict_maps(work, report, normalize_like=image if cropped and not self.crop_padding else None)
         if cropped:
             maps = {k: uncrop(v, image, box) for k, v in maps.items()}
+            reached = []
             for structure, soft in maps.items():
                 touched = truncated_faces(sitk.GetArrayViewFromImage(soft) >= 0.5, box, image.GetSize())
                 if touched:
                     faces = ", ".join(f"{key} ({face})" for key, face in zip(touched, face_names(touched, image)))
-                    warnings.append(f"{name}: the {structure} prediction reaches the crop box at {faces}; it is "
-                                    "likely cut off there: run with a larger --crop-margin or --no-crop")
+                    reached.append(f"the {structure} prediction reaches the crop box at {faces}")
+            if reached and self._retry_whole(box):
+                # The default crop is only a shortcut: when the structure seems to go on past the localizer's
+                # box (a missed or wrong cord), the whole field of view gives what an uncropped run gives.
+                warnings.append(f"{name}: {'; '.join(reached)}: predicting on the whole field of view instead")
+                crop_record = {"Source": "whole field of view (the prediction reached the localizer's box)",
+                               "Padding_mm": None, "LocalizerBox": box.to_dict()}
+                maps, cropped = self._predict_maps(image, report), False
+            elif reached:
+                warnings.append(f"{name}: {'; '.join(reached)}; it is likely cut off there: run with a larger "
+                                "--crop-margin or --no-crop")
         for soft in maps.values():
             soft.CopyInformation(image)
         report(1.0, "done")
@@ -367,6 +380,10 @@ class SegmentationEngine:
         record = {"Source": box.source, "Box": box.to_dict(),
                   "Padding_mm": None if box.source == "user" else padding}
         return box, record, warnings
+
+    def _retry_whole(self, box: CropBox) -> bool:
+        """Whether a prediction reaching ``box`` is redone on the whole field of view (default localizer crops)."""
+        return box.source == "localizer" and self.crop_padding is None and self.options.whole_if_truncated
 
     def _localizer_box(self, image: sitk.Image, name: str, padding: Dict[str, float],
                        whole_length: bool) -> Optional[CropBox]:

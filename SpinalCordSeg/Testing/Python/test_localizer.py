@@ -76,7 +76,8 @@ def test_localizer_finds_the_cord_in_a_wide_field_of_view(wide_t1):
 
 def test_default_run_crops_and_records_the_box(tiny_region_model, wide_t1):
     scan = read_scan(wide_t1["scan"])
-    cropped = SegmentationEngine(tiny_region_model, InferenceOptions(**OPTIONS)).predict(scan)
+    # Random weights "segment" everywhere, up to the box faces: keep the crop to look at it.
+    cropped = SegmentationEngine(tiny_region_model, InferenceOptions(whole_if_truncated=False, **OPTIONS)).predict(scan)
     box = cropped.crop_box
     assert box is not None and box.source == "localizer" and not box.covers(scan.GetSize())
     record = cropped.provenance["Crop"]
@@ -91,6 +92,17 @@ def test_default_run_crops_and_records_the_box(tiny_region_model, wide_t1):
     # --no-crop: the whole field of view.
     whole = SegmentationEngine(tiny_region_model, InferenceOptions(crop=False, **OPTIONS)).predict(scan)
     assert whole.crop_box is None and whole.provenance["Crop"]["Source"] is None
+
+
+def test_prediction_reaching_the_box_is_redone_on_the_whole_field_of_view(tiny_region_model, wide_t1):
+    scan = read_scan(wide_t1["scan"])
+    prediction = SegmentationEngine(tiny_region_model, InferenceOptions(**OPTIONS)).predict(scan, name="wide")
+    whole = SegmentationEngine(tiny_region_model, InferenceOptions(crop=False, **OPTIONS)).predict(scan)
+    assert prediction.crop_box is None and "LocalizerBox" in prediction.provenance["Crop"]
+    assert any("reaches the crop box" in w and "whole field of view instead" in w for w in prediction.warnings)
+    for structure, soft in prediction.soft_maps.items():
+        np.testing.assert_allclose(sitk.GetArrayFromImage(soft),
+                                   sitk.GetArrayFromImage(whole.soft_maps[structure]), atol=1e-6)
 
 
 def _no_cord_model(root):
@@ -219,8 +231,9 @@ def test_sccrop_weights_download_verified_resumable_and_offline(tmp_path):
 
 def test_cli_flags_crop_box_tta_and_progress(tiny_region_model, wide_t1, shared_data, tmp_path, capsys):
     out = tmp_path / "out"
-    base = ["segment", "-i", str(wide_t1["scan"]), "-m", str(tiny_region_model), "-o", str(out), "--device", "cpu",
-            "--trust", "--threads", "1"]
+    # The embedded cord model: a real prediction stays inside the box (random weights would reach it).
+    base = ["segment", "-i", str(wide_t1["scan"]), "-m", "demo-sc", "-o", str(out), "--device", "cpu",
+            "--threads", "1"]
     assert main(base + ["--save-cropbox", "--no-tta"]) == 0
     source = "wide_t1w"
     step = json.loads((out / f"{source}_label-SC_seg.json").read_text())["GeneratedBy"][0]
@@ -233,7 +246,8 @@ def test_cli_flags_crop_box_tta_and_progress(tiny_region_model, wide_t1, shared_
     printed = capsys.readouterr().err
     assert f"{source}: locating the cord" in printed and "tiles)" in printed  # one line per stage, no terminal
     small = shared_data / "sct_testing_data/t1/t1w.nii.gz"
-    assert main(base[:2] + [str(small)] + base[3:] + ["--no-crop", "--tta"]) == 0
+    assert main(base[:2] + [str(small)] + ["-m", str(tiny_region_model), "--trust"] + base[5:]
+                + ["--no-crop", "--tta"]) == 0
     step = json.loads((out / "t1w_label-SC_seg.json").read_text())["GeneratedBy"][0]
     assert step["Mirroring"] is True and step["Crop"]["Source"] is None
 
