@@ -20,7 +20,6 @@ Example:
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import tempfile
@@ -31,8 +30,6 @@ import SimpleITK as sitk
 
 from .cropping import CropBox, superior_inferior_axis
 from .errors import ModelInstallError
-
-logger = logging.getLogger(__name__)
 
 LOCALIZER_MODEL = "demo-sc"
 #: Probability above which the localizer's map is cord (nnU-Net's own decision level).
