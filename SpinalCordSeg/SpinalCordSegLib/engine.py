@@ -416,7 +416,7 @@ class SegmentationEngine:
         return int(math.ceil((length - patch) / (patch * self.options.tile_step_size))) + 1
 
     def _patch_voxels(self, image: sitk.Image) -> List[int]:
-        """The network's patch, in voxels of ``image``'s own axes."""
+        """The network's patch, in whole voxels of ``image``'s own axes (the most a box may have and fit it)."""
         configuration = self._predictor.configuration_manager
         # nnU-Net's patch and spacing are in array order (z, y, x) of the scan in the model's orientation.
         extent_mm = [p * s for p, s in zip(configuration.patch_size, configuration.spacing)][::-1]
@@ -426,7 +426,8 @@ class SegmentationEngine:
                         for a in range(3)}
             direction = np.array(image.GetDirection()).reshape(3, 3)
             extent_mm = [by_world[int(np.argmax(np.abs(direction[:, a])))] for a in range(3)]
-        return [int(math.ceil(mm / spacing)) for mm, spacing in zip(extent_mm, image.GetSpacing())]
+        # Rounded down: a box one voxel wider than the patch would take a second tile.
+        return [max(1, int(math.floor(mm / spacing + 1e-6))) for mm, spacing in zip(extent_mm, image.GetSpacing())]
 
     def cord_mask(self, scan: sitk.Image, name: str = "") -> sitk.Image:
         """Binary cord mask of ``scan`` (its ``sc`` map, else its first map, at 0.5), to crop another model's input."""
