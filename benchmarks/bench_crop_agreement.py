@@ -7,6 +7,7 @@ scan's cord mask (the cropped one should be no lower). Dice is
 ``correction.correction_stats``'s, as in the embedded models' report.
 
     .venv/bin/python benchmarks/bench_crop_agreement.py [--data ../shared/data] [--json out.json]
+        [--models demo-sc-lesion] [--only /]
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(REPO.parent / "shared/data"))
     parser.add_argument("--json", help="also write the figures here")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), help="embedded models to run")
+    parser.add_argument("--only", help="only scans whose name contains this (e.g. '/' for sct_testing_data)")
     args = parser.parse_args()
 
     import SimpleITK as sitk
@@ -57,13 +60,13 @@ def main() -> int:
 
     print(f"load average before: {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs)", flush=True)
     rows = []
-    for model_id in MODELS:
+    for model_id in args.models:
         model = resolve_model(model_id, offline=True)
         engines = {crop: SegmentationEngine(model.folder, InferenceOptions(device="cpu", crop=crop,
                                                                            orientation=model.orientation),
                                             model_id=model_id) for crop in (True, False)}
         for name, scan_path, mask_path in cases(Path(args.data)):
-            if not scan_path.is_file():
+            if not scan_path.is_file() or (args.only and args.only not in name):
                 continue
             scan = read_scan(scan_path)
             truth = sitk.GetArrayFromImage(sitk.ReadImage(str(mask_path))) > 0
