@@ -50,7 +50,9 @@ def measure_in_process(kind: str, model: str, scan: str, device: str, tta: bool)
     from SpinalCordSegLib.engine import InferenceOptions, SegmentationEngine
     from SpinalCordSegLib.image_io import read_scan, reorient
 
-    engine = SegmentationEngine(model, InferenceOptions(device=device, use_mirroring=tta))
+    # The whole field of view, as nnU-Net's own tools: this compares the engine's overhead, not cropping
+    # (bench_crop.py measures that).
+    engine = SegmentationEngine(model, InferenceOptions(device=device, use_mirroring=tta, crop=False))
     image = read_scan(scan)
     if kind == "raw":
         oriented = reorient(image, ORIENTATION)
@@ -88,7 +90,7 @@ def measure_subprocess(model: str, scan: str, device: str, tta: bool) -> dict:
 def measure_worker(model: str, scan: str, device: str, tta: bool) -> dict:
     from SpinalCordSegLib.worker import WorkerClient
 
-    options = {"device": device, "use_mirroring": tta}
+    options = {"device": device, "use_mirroring": tta, "crop": False}
     with tempfile.TemporaryDirectory() as folder, WorkerClient() as client:
         first = client.wait(client.submit(scan, model, options, folder))
         start = time.perf_counter()

@@ -30,10 +30,11 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                         help="where to run (default: auto = CUDA, then MPS, then CPU)")
     parser.add_argument("--folds", nargs="+", help="folds to ensemble (default: all present)")
-    parser.add_argument("--tta", dest="tta", action="store_true", default=True,
-                        help="test-time augmentation by mirroring (default)")
-    parser.add_argument("--no-tta", dest="tta", action="store_false", help="no test-time augmentation (faster)")
-    parser.add_argument("--step-size", type=float, default=0.5, help="sliding-window step, fraction of a patch")
+    parser.add_argument("--tta", action="store_true",
+                        help="test-time augmentation by mirroring (off by default: about 8x slower)")
+    parser.add_argument("--no-tta", action="store_true", help="deprecated: mirroring is off by default")
+    parser.add_argument("--step-size", type=float, default=None,
+                        help="sliding-window step, fraction of a patch (default: nnU-Net's 0.5)")
     parser.add_argument("--threads", type=int, help="CPU threads for PyTorch")
     parser.add_argument("--threshold", help="binarization threshold(s): 0.5, or sc=0.5,lesion=0.3")
     add_mask_arguments(parser)
@@ -44,7 +45,12 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     crop.add_argument("--crop-with", metavar="CORD_MODEL",
                       help="segment the cord with this model first and crop around it (default: the "
                            "catalogue's cord model for models trained on cropped scans)")
-    parser.add_argument("--crop-margin", type=float, default=20.0, help="crop margin in mm (default 20)")
+    crop.add_argument("--no-crop", action="store_true",
+                      help="predict the whole field of view (default: inside the cord's box found by a fast "
+                           "localizer pass, plus the margin)")
+    parser.add_argument("--crop-margin", type=float, default=None, help="crop margin in mm (default 20)")
+    parser.add_argument("--save-cropbox", action="store_true",
+                        help="also write the crop box as <scan>_cropbox.nii.gz (as SCT does)")
     parser.add_argument("--trust", action="store_true",
                         help="trust this model folder's files (checkpoints are pickled code) and remember the decision")
     parser.add_argument("--yes", action="store_true", help="install a missing catalogue model without asking")
@@ -98,9 +104,11 @@ def _confirm_on_terminal(message: str) -> bool:
 def _options(args: argparse.Namespace, orientation: Optional[str]):
     from .engine import InferenceOptions
 
+    given = {"tile_step_size": args.step_size, "crop_margin_mm": args.crop_margin}  # None: the engine's default
     return InferenceOptions(
-        device=args.device, folds=args.folds, use_mirroring=args.tta, tile_step_size=args.step_size,
-        num_threads=args.threads, orientation=args.orientation or orientation, crop_margin_mm=args.crop_margin,
+        device=args.device, folds=args.folds, use_mirroring=args.tta, num_threads=args.threads,
+        orientation=args.orientation or orientation, crop=not args.no_crop, offline=args.offline,
+        **{key: value for key, value in given.items() if value is not None},
     )
 
 
@@ -114,20 +122,25 @@ def segment_files(
     overlay: bool = False,
     crop_engine=None,
     options: Optional[MaskOptions] = None,
+    save_cropbox: bool = False,
 ) -> List[str]:
     """Segment each input with ``engine``; return the inputs that failed (errors are logged).
 
     The crop box comes from ``crop_mask`` (one file for every input) or from
-    ``crop_engine``, a cord model run on each input first.
+    ``crop_engine``, a cord model run on each input first; else from the
+    engine's own localizer (unless its options say ``crop=False``).
+    ``save_cropbox`` writes each box as ``<scan>_cropbox.nii.gz``.
     """
     from tqdm import tqdm
 
+    from .cropping import cropbox_image
     from .engine import load_crop_mask
-    from .image_io import read_scan
     from .binarization import binary_mask_images
+    from .image_io import read_scan, write_image_atomic
     from .naming import source_name
     from .outputs import write_outputs
     from .overlay import save_overlay_png
+    from .progress import ConsoleProgress
 
     levels = parse_thresholds(thresholds, engine.structures)
     mask = load_crop_mask(crop_mask) if crop_mask else None
@@ -138,12 +151,13 @@ def segment_files(
                 scan = read_scan(path)
                 if crop_engine is not None:
                     mask = crop_engine.cord_mask(scan, str(path))
-                prediction = engine.predict(
-                    scan, crop_mask=mask, name=str(path),
-                    progress=lambda fraction, message: bar.set_postfix_str(message, refresh=True),
-                )
+                with ConsoleProgress(source_name(path)) as progress:
+                    prediction = engine.predict(scan, crop_mask=mask, name=str(path), progress=progress)
                 written = write_outputs(prediction.soft_maps, source_name(path), output_dir, levels,
                                         prediction.provenance, write_soft=write_soft, options=options)
+                if save_cropbox and prediction.crop_box is not None:
+                    written["cropbox"] = write_image_atomic(cropbox_image(prediction.crop_box, scan),
+                                                            output_dir / f"{source_name(path)}_cropbox.nii.gz")
                 if overlay:
                     masks = binary_mask_images(prediction.soft_maps, levels, options or MaskOptions())
                     written["overlay"] = save_overlay_png(
@@ -165,11 +179,11 @@ def segment_files(
 def check_options(args: argparse.Namespace) -> None:
     """Refuse bad option values before anything slow runs (SpinalCordSegError naming the option)."""
     threshold_items(args.threshold)
-    if not 0.0 < args.step_size <= 1.0:
+    if args.step_size is not None and not 0.0 < args.step_size <= 1.0:
         raise SpinalCordSegError(f"--step-size {args.step_size}: must be above 0 and at most 1")
     if args.threads is not None and args.threads < 1:
         raise SpinalCordSegError(f"--threads {args.threads}: must be at least 1")
-    if args.crop_margin < 0:
+    if args.crop_margin is not None and args.crop_margin < 0:
         raise SpinalCordSegError(f"--crop-margin {args.crop_margin}: must not be negative")
     orientation = (args.orientation or "").upper()
     if orientation and sorted(AXIS_OF.get(letter, "?") for letter in orientation) != ["x", "y", "z"]:
@@ -227,7 +241,7 @@ def resolve_models(args: argparse.Namespace):
 
     confirm = (lambda message: True) if args.yes else _confirm_on_terminal
     resolved = resolve_model(args.model, trust=args.trust, offline=args.offline, confirm=confirm)
-    crop_model = args.crop_with or (None if args.crop_mask else resolved.crop_with)
+    crop_model = None if args.no_crop else args.crop_with or (None if args.crop_mask else resolved.crop_with)
     cord = resolve_model(crop_model, trust=args.trust, offline=args.offline, confirm=confirm) if crop_model else None
     return resolved, cord
 
@@ -270,10 +284,12 @@ def run_segment(args: argparse.Namespace) -> int:
     output = Path(args.output)
     prepare_output_folder(output)
     engine, crop_engine = load_engines(args, resolved, cord)
+    if args.no_tta:
+        logger.warning("--no-tta is deprecated: test-time mirroring is off by default (--tta turns it on)")
     failed = [path for path in args.input if problems[path]]
     failed += segment_files(usable, output, engine, args.threshold, args.crop_mask,
                             write_soft=not args.no_soft, overlay=args.overlay, crop_engine=crop_engine,
-                            options=mask_options(args))
+                            options=mask_options(args), save_cropbox=args.save_cropbox)
     if failed:
         logger.error("%d of %d scan(s) failed: %s", len(failed), len(args.input), ", ".join(failed))
         return 1

@@ -2,9 +2,11 @@
 
 :class:`SegmentationEngine` loads a results folder once (nnU-Net's own
 ``nnUNetPredictor``) and then predicts any number of scans. Each scan is
-reoriented to the model's orientation, optionally cropped around the cord,
-predicted, and brought back, so that every soft map has exactly the input's
-size, spacing, origin and direction.
+cropped around the cord (by default: the box of the fast localizer pass
+plus a margin; for models trained on sc-crop boxes, the padding of their
+``crop_metadata.json``, with sc-crop's box when it is installed), reoriented
+to the model's orientation, predicted, and brought back, so that every soft
+map has exactly the input's size, spacing, origin and direction.
 
 Example:
     >>> import SimpleITK as sitk
@@ -20,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 import pickle
 import zipfile
 from dataclasses import asdict, dataclass, field
@@ -30,12 +33,14 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import __version__
+from .binarization import DEFAULT_THRESHOLD, above, binarize, cord_structure
 from .catalogue import model_note
+from .cropping import (CropBox, box_of_mask, crop, face_names, grow_box, load_crop_metadata, pad_box,
+                       superior_inferior_axis, truncated_faces, uncrop, uniform_padding)
 from .errors import InputImageError, ModelFolderError
 from .grid import same_grid
 from .image_io import check_scan, orientation_of, read_image, reorient
 from .model_folder import ModelFolder
-from .binarization import binarize
 from .sidecar import now
 
 logger = logging.getLogger(__name__)
@@ -51,22 +56,36 @@ class InferenceOptions:
     Attributes:
         device: ``auto`` (CUDA, then Apple MPS, then CPU), ``cuda``, ``mps`` or ``cpu``.
         folds: folds to ensemble; None means every fold present.
-        use_mirroring: test-time augmentation by mirroring (nnU-Net's default).
+        use_mirroring: test-time augmentation by mirroring (off by default, as in
+            SCT's ``-test-time-aug``: about 8x slower for a small gain).
         tile_step_size: sliding-window step as a fraction of the patch (0.5 in nnU-Net).
         num_threads: CPU threads for PyTorch; None keeps PyTorch's choice.
         orientation: orientation to predict in when dataset.json records none
             (SimpleITK/nibabel letters: SCT's ``RPI`` is ``LAS``); None means
             no reorientation, as nnU-Net itself does.
-        crop_margin_mm: margin around the cord mask's bounding box when cropping.
+        crop: predict inside the cord's box (found by the localizer) plus
+            ``crop_margin_mm``; False predicts the whole field of view. Models
+            trained on sc-crop boxes are always cropped, as SCT does.
+        crop_margin_mm: margin around the cord's bounding box when cropping.
+        whole_if_truncated: redo a default (localizer) crop on the whole field
+            of view when the prediction reaches an inner face of the box.
+        localizer: the cord model of the localizer pass (a model spec, trusted
+            already: catalogue id, installed id or folder).
+        offline: never download (sc-crop's detector weights); None reads
+            ``SPINALCORDSEG_OFFLINE``.
     """
 
     device: str = "auto"
     folds: Optional[Sequence[Union[int, str]]] = None
-    use_mirroring: bool = True
+    use_mirroring: bool = False
     tile_step_size: float = 0.5
     num_threads: Optional[int] = None
     orientation: Optional[str] = None
+    crop: bool = True
     crop_margin_mm: float = 20.0
+    whole_if_truncated: bool = True
+    localizer: str = "demo-sc"
+    offline: Optional[bool] = None
 
     def to_dict(self) -> dict:
         """Plain-JSON form (for the worker protocol and provenance)."""
@@ -83,11 +102,13 @@ class Prediction:
         soft_maps: structure name -> float32 probability map on the input grid.
         provenance: the ``GeneratedBy`` entry of the automatic step.
         warnings: messages the user should see (device fallback, crop touched...).
+        crop_box: the box the model ran in, None for the whole field of view.
     """
 
     soft_maps: Dict[str, sitk.Image]
     provenance: dict
     warnings: List[str] = field(default_factory=list)
+    crop_box: Optional[CropBox] = None
 
     @property
     def structures(self) -> List[str]:
@@ -165,7 +186,9 @@ class SegmentationEngine:
             :class:`ModelFolder`. Trust is the caller's business: loading runs
             the checkpoint's pickled code (see ``model_store.resolve_model``).
         options: see :class:`InferenceOptions`.
-        model_id: catalogue id recorded in the provenance, when known.
+        model_id: catalogue id recorded in the provenance, when known; a
+            catalogue model trained on cropped scans must carry
+            ``crop_metadata.json`` (ModelFolderError naming it otherwise).
     """
 
     def __init__(
@@ -195,6 +218,9 @@ class SegmentationEngine:
         self.note = model_note(model_id)  # said on every run and recorded with every output
         if self.note:
             logger.warning(self.note)
+        entry = _catalogue_entry(model_id)
+        #: Padding (mm per face) of a model trained on sc-crop boxes, else None.
+        self.crop_padding = load_crop_metadata(self.model.path, required=bool(entry and entry.cropped_input))
         self._predictor = _make_predictor(self.device, self.options)
         self._load_checkpoints()
 
@@ -258,59 +284,184 @@ class SegmentationEngine:
         crop_mask: Optional[sitk.Image] = None,
         progress: Optional[ProgressCallback] = None,
         name: str = "image",
+        crop_box: Optional[CropBox] = None,
     ) -> Prediction:
         """Predict one scan; return soft maps on its own grid.
 
         Args:
             image: the 3D scan (any orientation, spacing and pixel type).
             crop_mask: a cord mask; when given, prediction runs inside its
-                bounding box grown by ``options.crop_margin_mm``.
+                bounding box grown by the model's padding or ``options.crop_margin_mm``.
             progress: called with (fraction, message) while predicting; it may
                 raise to stop between tiles.
             name: how messages refer to the scan (usually its path).
+            crop_box: a box to predict in, as it is (the user's ROI); overrides
+                ``crop_mask`` and the localizer.
         """
         report = progress or (lambda fraction, message: None)
         image = check_scan(image, name)
-        warnings = list(self.warnings)
-        region = None
-        work = image
-        if crop_mask is not None:
-            region = self._crop_region(image, crop_mask, name)
-            work = sitk.RegionOfInterest(image, region[1], region[0])
-        report(0.02, "preparing the scan")
-        maps = self._predict_maps(work, report)
-        if region is not None:
-            touched = self._touches_crop_box(maps, region, image.GetSize())
-            if touched:
-                warnings.append(
-                    f"{name}: the prediction touches the crop box ({', '.join(touched)}); "
-                    "increase the crop margin"
-                )
-            maps = {k: self._uncrop(v, image, region[0]) for k, v in maps.items()}
+        if crop_box is None and crop_mask is None and (self.crop_padding is not None or self.options.crop):
+            report(0.01, "locating the cord")
+        box, crop_record, warnings = self.crop_box_for(image, name, crop_mask=crop_mask, crop_box=crop_box)
+        warnings = list(self.warnings) + warnings
+        report(0.1, "preparing the scan")
+        cropped = box is not None and not box.covers(image.GetSize())
+        work = crop(image, box) if cropped else image
+        # A model trained on whole scans gets the intensities it would see on the whole scan.
+        maps = self._predict_maps(work, report, normalize_like=image if cropped and not self.crop_padding else None)
+        if cropped:
+            maps = {k: uncrop(v, image, box) for k, v in maps.items()}
+            reached = []
+            for structure, soft in maps.items():
+                touched = truncated_faces(above(sitk.GetArrayViewFromImage(soft), DEFAULT_THRESHOLD), box, image.GetSize())
+                if touched:
+                    faces = ", ".join(f"{key} ({face})" for key, face in zip(touched, face_names(touched, image)))
+                    reached.append(f"the {structure} prediction reaches the crop box at {faces}")
+            if reached and self._retry_whole(box):
+                # The default crop is only a shortcut: when the structure seems to go on past the localizer's
+                # box (a missed or wrong cord), the whole field of view gives what an uncropped run gives.
+                warnings.append(f"{name}: {'; '.join(reached)}: predicting on the whole field of view instead")
+                crop_record = {"Source": "whole field of view (the prediction reached the localizer's box)",
+                               "Padding_mm": None, "LocalizerBox": box.to_dict()}
+                maps, cropped = self._predict_maps(image, report), False
+            elif reached:
+                warnings.append(f"{name}: {'; '.join(reached)}; it is likely cut off there: run with a larger "
+                                "--crop-margin or --no-crop")
         for soft in maps.values():
             soft.CopyInformation(image)
         report(1.0, "done")
         for warning in warnings[len(self.warnings):]:
             logger.warning(warning)
-        return Prediction(maps, self.provenance(), warnings)
+        provenance = self.provenance()
+        provenance["Crop"] = crop_record
+        return Prediction(maps, provenance, warnings, box if cropped else None)
+
+    def crop_box_for(
+        self,
+        image: sitk.Image,
+        name: str = "image",
+        crop_mask: Optional[sitk.Image] = None,
+        crop_box: Optional[CropBox] = None,
+    ) -> Tuple[Optional[CropBox], dict, List[str]]:
+        """(box or None for the whole field of view, its sidecar record, warnings) for ``image``.
+
+        In order: the given box; the given mask's box plus padding; for a model
+        with ``crop_metadata.json``, sc-crop's box with that padding, else the
+        localizer's; with ``options.crop``, the localizer's box plus the margin
+        in-plane and the whole length of the scan along the body (the cord runs
+        through it; a box cut short there would only risk cutting the cord).
+        No cord found: the whole field of view, with a warning.
+        """
+        warnings: List[str] = []
+        padding = self.crop_padding or uniform_padding(self.options.crop_margin_mm)
+        record: dict = {"Source": None, "Padding_mm": None}
+        if crop_box is not None:
+            box = crop_box.clipped(image.GetSize())
+        elif crop_mask is not None:
+            tight = box_of_mask(crop_mask, image, "mask")
+            if tight is None:
+                raise InputImageError(f"{name}: the crop mask is empty; cannot crop around the cord")
+            box = pad_box(tight, image, padding)
+        elif self.crop_padding is not None:
+            from . import paths
+            from .localizer import sccrop_box
+
+            offline = paths.offline() if self.options.offline is None else self.options.offline
+            box, why = sccrop_box(image, self.crop_padding, "cuda" if self.device == "cuda" else "cpu", offline)
+            if box is None:
+                box = self._localizer_box(image, name, padding, whole_length=False)
+                warnings.append(f"{name}: {why}; this model was trained on sc-crop boxes: its crop box comes from "
+                                "SpinalCordSeg's localizer instead, with the padding of its crop_metadata.json")
+        elif self.options.crop:
+            patch = self._patch_voxels(image)
+            if all(self._tiles(n, p) == 1 for n, p in zip(image.GetSize(), patch)):
+                record["Source"] = "whole field of view (it fits one tile: a crop would save nothing)"
+                return None, record, warnings
+            box = self._localizer_box(image, name, padding, whole_length=True)
+        else:
+            return None, record, warnings
+        if box is None:
+            warnings.append(f"{name}: the localizer found no spinal cord; predicting on the whole field of view")
+            record["Source"] = "whole field of view (no cord found)"
+            return None, record, warnings
+        record = {"Source": box.source, "Box": box.to_dict(),
+                  "Padding_mm": None if box.source == "user" else padding}
+        return box, record, warnings
+
+    def _retry_whole(self, box: CropBox) -> bool:
+        """Whether a prediction reaching ``box`` is redone on the whole field of view (default localizer crops)."""
+        return box.source == "localizer" and self.crop_padding is None and self.options.whole_if_truncated
+
+    def _localizer_box(self, image: sitk.Image, name: str, padding: Dict[str, float],
+                       whole_length: bool) -> Optional[CropBox]:
+        """The localizer's box plus ``padding``; with ``whole_length``, the default crop (see crop_box_for)."""
+        mask = _localizer(self.options.localizer, self.device, self.options.num_threads).cord_mask(image, name)
+        tight = box_of_mask(mask, image, "localizer") if mask is not None else None
+        if tight is None:
+            return None
+        box = pad_box(tight, image, padding)
+        if whole_length:
+            patch = self._patch_voxels(image)
+            axis = superior_inferior_axis(image)
+            index, size = list(box.index), list(box.size)
+            index[axis], size[axis] = 0, image.GetSize()[axis]
+            # A box smaller than the network's patch would be padded with zeros up to it: grow it
+            # to the patch instead, at no extra tile, so the network sees the anatomy around it.
+            box = grow_box(CropBox(tuple(index), tuple(size), box.source), patch, image.GetSize())
+            # Cropping an axis only changes where the tiles fall unless it saves tiles: keep such axes whole.
+            index, size = list(box.index), list(box.size)
+            for axis in range(3):
+                if self._tiles(size[axis], patch[axis]) >= self._tiles(image.GetSize()[axis], patch[axis]):
+                    index[axis], size[axis] = 0, image.GetSize()[axis]
+            box = CropBox(tuple(index), tuple(size), box.source)
+        return box
+
+    def _tiles(self, length: int, patch: int) -> int:
+        """Sliding-window tiles along an axis of ``length`` voxels (nnU-Net's count, before resampling)."""
+        if length <= patch:
+            return 1
+        return int(math.ceil((length - patch) / (patch * self.options.tile_step_size))) + 1
+
+    def _patch_voxels(self, image: sitk.Image) -> List[int]:
+        """The network's patch, in whole voxels of ``image``'s own axes (the most a box may have and fit it)."""
+        configuration = self._predictor.configuration_manager
+        # nnU-Net's patch and spacing are in array order (z, y, x) of the scan in the model's orientation.
+        extent_mm = [p * s for p, s in zip(configuration.patch_size, configuration.spacing)][::-1]
+        if self.orientation:
+            model_axes = reorient(sitk.Image([2, 2, 2], sitk.sitkUInt8), self.orientation)
+            by_world = {int(np.argmax(np.abs(np.array(model_axes.GetDirection()).reshape(3, 3)[:, a]))): extent_mm[a]
+                        for a in range(3)}
+            direction = np.array(image.GetDirection()).reshape(3, 3)
+            extent_mm = [by_world[int(np.argmax(np.abs(direction[:, a])))] for a in range(3)]
+        # Rounded down: a box one voxel wider than the patch would take a second tile.
+        return [max(1, int(math.floor(mm / spacing + 1e-6))) for mm, spacing in zip(extent_mm, image.GetSpacing())]
 
     def cord_mask(self, scan: sitk.Image, name: str = "") -> sitk.Image:
-        """Binary cord mask of ``scan`` (its ``sc`` map, else its first map, at 0.5), to crop another model's input."""
+        """Binary cord mask of ``scan`` (its cord map, else its first map, at the default threshold), to crop
+        another model's input."""
         maps = self.predict(scan, name=name).soft_maps
-        return binarize(maps.get("sc", next(iter(maps.values()))), 0.5)
+        return binarize(maps.get(cord_structure(maps), next(iter(maps.values()))), DEFAULT_THRESHOLD)
 
-    def _predict_maps(self, image: sitk.Image, report: ProgressCallback) -> Dict[str, sitk.Image]:
+    def _predict_maps(self, image: sitk.Image, report: ProgressCallback,
+                      normalize_like: Optional[sitk.Image] = None) -> Dict[str, sitk.Image]:
         original_orientation = orientation_of(image)
         work = reorient(image, self.orientation) if self.orientation else image
         array = sitk.GetArrayFromImage(work).astype(np.float32)[None]
         properties = {"spacing": list(work.GetSpacing())[::-1]}
         predictor = self._predictor
+        schemes = predictor.configuration_manager.configuration["normalization_schemes"]
+        normalized = normalize_like is not None and self._zscore_on_whole_image()
+        if normalized:
+            mean, std = _zscore_statistics(normalize_like)
+            array = (array - mean) / max(std, 1e-8)
+            predictor.configuration_manager.configuration["normalization_schemes"] = ["NoNormalization"]
         predictor.progress = report
         predictor._tiles_done = 0
         try:
             _, probabilities = predictor.predict_single_npy_array(array, properties, None, None, True)
         finally:
             predictor.progress = None
+            predictor.configuration_manager.configuration["normalization_schemes"] = schemes
         report(0.92, "writing soft maps")
         maps: Dict[str, sitk.Image] = {}
         for structure, channel in self._channels().items():
@@ -322,6 +473,12 @@ class SegmentationEngine:
             maps[structure] = soft
         return maps
 
+    def _zscore_on_whole_image(self) -> bool:
+        """True when nnU-Net z-scores each scan over all its voxels (the plans' usual CT-free setting)."""
+        configuration = self._predictor.configuration_manager.configuration
+        return (configuration["normalization_schemes"] == ["ZScoreNormalization"]
+                and not any(configuration.get("use_mask_for_norm") or []))
+
     def _channels(self) -> Dict[str, int]:
         """Structure name -> channel of nnU-Net's probability array."""
         if self.model.is_region_based:
@@ -329,49 +486,6 @@ class SegmentationEngine:
         label_values = self._predictor.label_manager.all_labels
         labels = self.model.labels
         return {name: label_values.index(labels[name]) for name in self.structures}
-
-    def _crop_region(
-        self, image: sitk.Image, mask: sitk.Image, name: str
-    ) -> Tuple[List[int], List[int]]:
-        """(index, size) of the mask's bounding box grown by the margin, within the image."""
-        if not same_grid(image, mask):
-            mask = sitk.Resample(mask, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-        array = sitk.GetArrayViewFromImage(mask) > 0
-        if not array.any():
-            raise InputImageError(f"{name}: the crop mask is empty; cannot crop around the cord")
-        nonzero = np.nonzero(array)
-        margin = [int(np.ceil(self.options.crop_margin_mm / s)) for s in image.GetSpacing()]
-        size = image.GetSize()
-        low = [max(0, int(nonzero[2 - d].min()) - margin[d]) for d in range(3)]
-        high = [min(size[d], int(nonzero[2 - d].max()) + 1 + margin[d]) for d in range(3)]
-        return low, [h - lo for lo, h in zip(low, high)]
-
-    @staticmethod
-    def _touches_crop_box(
-        maps: Dict[str, sitk.Image], region: Tuple[List[int], List[int]], full_size: Sequence[int]
-    ) -> List[str]:
-        """Structures whose binarized map reaches a crop face that is not the image border."""
-        index, size = region
-        touched = []
-        for structure, soft in maps.items():
-            mask = sitk.GetArrayViewFromImage(soft) >= 0.5
-            for d in range(3):
-                axis = 2 - d  # numpy axis of image dimension d
-                faces = []
-                if index[d] > 0:
-                    faces.append(0)
-                if index[d] + size[d] < full_size[d]:
-                    faces.append(size[d] - 1)
-                if any(np.take(mask, face, axis=axis).any() for face in faces):
-                    touched.append(structure)
-                    break
-        return touched
-
-    @staticmethod
-    def _uncrop(soft: sitk.Image, reference: sitk.Image, index: Sequence[int]) -> sitk.Image:
-        full = sitk.Image(reference.GetSize(), sitk.sitkFloat32)
-        full.CopyInformation(reference)
-        return sitk.Paste(full, soft, soft.GetSize(), [0, 0, 0], [int(i) for i in index])
 
     def close(self) -> None:
         """Free the network (and GPU memory)."""
@@ -389,3 +503,31 @@ def load_crop_mask(path: Union[str, Path]) -> sitk.Image:
         raise InputImageError(f"{path}: crop mask not found")
     return read_image(path)
 
+
+
+def _zscore_statistics(image: sitk.Image) -> Tuple[float, float]:
+    """Mean and SD nnU-Net's ZScoreNormalization takes over this scan: inside its nonzero bounding box."""
+    from nnunetv2.preprocessing.cropping.cropping import crop_to_nonzero
+
+    data, _, _ = crop_to_nonzero(sitk.GetArrayFromImage(image).astype(np.float32)[None])
+    return float(data.mean()), float(data.std())
+
+
+def _catalogue_entry(model_id: Optional[str]):
+    """The catalogue entry of ``model_id``, or None."""
+    from .catalogue import load_catalogue
+
+    return load_catalogue().get(model_id) if model_id else None
+
+
+#: Warm localizers by (model, device, threads), shared by the engines of a process (the worker keeps them).
+_LOCALIZERS: Dict[Tuple[str, str, Optional[int]], object] = {}
+
+
+def _localizer(model: str, device: str, num_threads: Optional[int]):
+    from .localizer import CordLocalizer
+
+    key = (model, device, num_threads)
+    if key not in _LOCALIZERS:
+        _LOCALIZERS[key] = CordLocalizer(model, device=device, num_threads=num_threads)
+    return _LOCALIZERS[key]

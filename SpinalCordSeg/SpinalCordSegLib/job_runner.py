@@ -19,12 +19,10 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import SimpleITK as sitk
 
-from .binarization import binarize, cord_structure, is_cord
+from .binarization import DEFAULT_THRESHOLD, binarize, cord_structure, is_cord
 from .errors import CancelledError, SpinalCordSegError
 from .image_io import write_image_atomic
 
-#: Threshold that turns the crop model's cord map into the crop mask (nnU-Net's own decision level).
-CROP_THRESHOLD = 0.5
 
 
 def parse_folds(text: str) -> Optional[List[str]]:
@@ -59,7 +57,8 @@ def plan_jobs(
 
     With cropping on, the cord segment already in the scene is used when
     there is one; otherwise the catalogue's cord model (``crop_with``) runs
-    first. Without either, the whole scan is predicted, with a warning.
+    first. Without either, the engine crops around the box of its own
+    localizer pass (pass ``{"crop": crop_enabled}`` in the job options).
     """
     if not crop_enabled:
         return [PlannedJob(model, "segment", None)], None
@@ -67,10 +66,7 @@ def plan_jobs(
         return [PlannedJob(model, "segment", "segment")], None
     if crop_with:
         return [PlannedJob(crop_with, "crop", None), PlannedJob(model, "segment", "previous")], None
-    return [PlannedJob(model, "segment", None)], (
-        "Crop around the cord is on, but there is no cord segmentation to crop with and the model names no "
-        "cord model: predicting on the whole scan."
-    )
+    return [PlannedJob(model, "segment", None)], None
 
 
 def overall_progress(job_index: int, job_count: int, fraction: float) -> float:
@@ -115,7 +111,7 @@ class ApplyRun:
         segment_crop_mask: the cord mask file for jobs cropping with ``"segment"``.
 
     A crop job's cord map becomes the next job's crop mask (probability >=
-    :data:`CROP_THRESHOLD`) and, when the segmenting model has no cord of its
+    the default threshold of :mod:`.binarization`) and, when the segmenting model has no cord of its
     own, one of the results (so lesions can be restricted to it).
     """
 
@@ -183,7 +179,7 @@ class ApplyRun:
             cord = cord_structure(maps)
             if cord is None:
                 raise SpinalCordSegError(f"crop model '{job.model}' gives no cord map (it gives {sorted(maps)})")
-            mask = binarize(sitk.ReadImage(maps[cord]), CROP_THRESHOLD)
+            mask = binarize(sitk.ReadImage(maps[cord]), DEFAULT_THRESHOLD)
             if not sitk.GetArrayViewFromImage(mask).any():
                 raise SpinalCordSegError(
                     f"crop model '{job.model}' found no spinal cord in {self.scan}; untick 'Crop around the cord'")

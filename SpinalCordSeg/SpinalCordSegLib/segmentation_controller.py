@@ -30,6 +30,7 @@ from .catalogue import load_catalogue
 from .correction import SavedCorrection, plan_outputs
 from .devices import DeviceChoice, device_choices
 from .edit_tracking import overwrite_question
+from .engine import InferenceOptions
 from .errors import CancelledError, SpinalCordSegError
 from .image_io import write_image_atomic
 from .install_plan import InstallOutcome, dependency_status, install_plan, install_question, missing_packages, \
@@ -43,8 +44,9 @@ from .thresholds import format_volume
 Confirm = Callable[[str], bool]
 
 #: The panel's defaults, where the parameter node holds nothing yet.
-DEFAULTS = {"Device": "auto", "UseTTA": True, "TileStepSize": 0.5, "Folds": "", "Crop": True, "CropMargin": 20.0,
-            "SaveSoftMaps": False}
+_INFERENCE = InferenceOptions()  # the panel's defaults are the engine's, as on the command line
+DEFAULTS = {"Device": _INFERENCE.device, "UseTTA": _INFERENCE.use_mirroring, "TileStepSize": _INFERENCE.tile_step_size,
+            "Folds": "", "Crop": _INFERENCE.crop, "CropMargin": _INFERENCE.crop_margin_mm, "SaveSoftMaps": False}
 #: How each option is stored (the widgets give Qt's types).
 _OPTION_TYPES = {"Device": str, "UseTTA": bool, "TileStepSize": float, "Folds": lambda text: str(text).strip(),
                  "Crop": bool, "CropMargin": float, "SaveSoftMaps": bool}
@@ -293,6 +295,7 @@ class SegmentationController:
             "use_mirroring": self.option("UseTTA"),
             "tile_step_size": self.option("TileStepSize"),
             "folds": parse_folds(self.option("Folds")),
+            "crop": self.option("Crop"),
             "crop_margin_mm": self.option("CropMargin"),
         }
 

@@ -11,12 +11,19 @@ events come back on its stdout (nnU-Net's own prints are sent to stderr):
 
 - request ``{"command": "predict", "job": ID, "scan": PATH, "model": FOLDER,
   "options": {InferenceOptions fields}, "output_dir": DIR,
-  "crop_mask": PATH or null, "model_id": ID or null}``
+  "crop_mask": PATH or null, "crop_box": {"xmin": I, ..., "zmax": I} or null,
+  "model_id": ID or null}``; ``crop_box`` (the user's ROI, inclusive voxel
+  indices of the scan) overrides ``crop_mask`` and the localizer
+- request ``{"command": "locate", "job": ID, "scan": PATH, "model": FOLDER,
+  "options": {...}, "model_id": ID or null}``: the crop box the model would
+  run in, without predicting (for the panel to show as an ROI)
 - request ``{"command": "shutdown"}``
 - event ``{"event": "ready", "pid": PID}`` once, at start
 - event ``{"event": "progress", "job": ID, "fraction": 0..1, "message": TEXT}``
 - event ``{"event": "done", "job": ID, "soft_maps": {STRUCTURE: PATH},
-  "provenance": {...}, "warnings": [...], "seconds": S, "model_loaded": BOOL}``
+  "provenance": {...}, "warnings": [...], "seconds": S, "model_loaded": BOOL,
+  "crop_box": {"source": ..., "xmin": I, ..., "zmax": I} or null}``; a ``locate``
+  job's ``done`` has ``crop_box``, ``crop`` (the sidecar record) and ``warnings``
 - event ``{"event": "error", "job": ID, "message": TEXT, "detail": TRACEBACK}``
 
 Soft maps are float32 NIfTI files named ``<source>_label-<LABEL>_probseg.nii.gz``
@@ -75,6 +82,8 @@ class _Worker:
                 return
             if request.get("command") == "predict":
                 self.predict(request)
+            elif request.get("command") == "locate":
+                self.locate(request)
             else:
                 self.emit(event="error", job=request.get("job"), message=f"unknown command {request.get('command')!r}",
                           detail="")
@@ -90,7 +99,24 @@ class _Worker:
             self._engine_key = key
         return self._engine, loaded
 
+    def locate(self, request: dict) -> None:
+        from .image_io import read_scan
+
+        job = request.get("job")
+        start = time.perf_counter()
+        try:
+            self.emit(event="progress", job=job, fraction=0.0, message="loading the model")
+            engine, loaded = self._engine_for(request["model"], request.get("options") or {}, request.get("model_id"))
+            self.emit(event="progress", job=job, fraction=0.1, message="locating the cord")
+            box, record, warnings = engine.crop_box_for(read_scan(request["scan"]), request["scan"])
+            self.emit(event="done", job=job, crop_box=box.to_dict() if box else None, crop=record, warnings=warnings,
+                      seconds=time.perf_counter() - start, model_loaded=loaded)
+        except Exception as error:  # report every failure to the client; the worker stays up
+            self.emit(event="error", job=job, message=str(error) or type(error).__name__,
+                      detail=traceback.format_exc())
+
     def predict(self, request: dict) -> None:
+        from .cropping import CropBox
         from .engine import load_crop_mask
         from .image_io import read_scan, write_image_atomic
         from .naming import output_name, source_name
@@ -102,8 +128,9 @@ class _Worker:
             engine, loaded = self._engine_for(request["model"], request.get("options") or {}, request.get("model_id"))
             scan = read_scan(request["scan"])
             crop = load_crop_mask(request["crop_mask"]) if request.get("crop_mask") else None
+            box = CropBox.from_dict(request["crop_box"]) if request.get("crop_box") else None
             prediction = engine.predict(
-                scan, crop_mask=crop, name=request["scan"],
+                scan, crop_mask=crop, crop_box=box, name=request["scan"],
                 progress=lambda fraction, message: self.emit(
                     event="progress", job=job, fraction=fraction, message=message),
             )
@@ -114,7 +141,8 @@ class _Worker:
                 for structure, soft in prediction.soft_maps.items()
             }
             self.emit(event="done", job=job, soft_maps=paths, provenance=prediction.provenance,
-                      warnings=prediction.warnings, seconds=time.perf_counter() - start, model_loaded=loaded)
+                      warnings=prediction.warnings, seconds=time.perf_counter() - start, model_loaded=loaded,
+                      crop_box=prediction.crop_box.to_dict() if prediction.crop_box else None)
         except Exception as error:  # report every failure to the client; the worker stays up
             self.emit(event="error", job=job, message=str(error) or type(error).__name__,
                       detail=traceback.format_exc())
@@ -188,16 +216,29 @@ class WorkerClient:
         output_dir: Union[str, Path] = ".",
         crop_mask: Optional[Union[str, Path]] = None,
         model_id: Optional[str] = None,
+        crop_box: Optional[dict] = None,
     ) -> str:
-        """Queue a prediction; return its job id. Starts the worker if needed."""
+        """Queue a prediction; return its job id. Starts the worker if needed.
+
+        ``crop_box``: the user's box (``CropBox.to_dict()``), predicted in as it is.
+        """
+        return self._send({
+            "command": "predict", "scan": str(scan), "model": str(model),
+            "options": options or {}, "output_dir": str(output_dir),
+            "crop_mask": str(crop_mask) if crop_mask else None, "model_id": model_id, "crop_box": crop_box,
+        })
+
+    def submit_locate(self, scan: Union[str, Path], model: Union[str, Path], options: Optional[dict] = None,
+                      model_id: Optional[str] = None) -> str:
+        """Queue a ``locate`` job (the crop box the model would use); return its job id."""
+        return self._send({"command": "locate", "scan": str(scan), "model": str(model), "options": options or {},
+                           "model_id": model_id})
+
+    def _send(self, request: dict) -> str:
         if not self.running:
             self._start()
         job = uuid.uuid4().hex
-        request = {
-            "command": "predict", "job": job, "scan": str(scan), "model": str(model),
-            "options": options or {}, "output_dir": str(output_dir),
-            "crop_mask": str(crop_mask) if crop_mask else None, "model_id": model_id,
-        }
+        request["job"] = job
         self._pending.append(job)
         self._process.stdin.write(json.dumps(request) + "\n")
         self._process.stdin.flush()

@@ -25,7 +25,7 @@ SCANS = {  # shared scan -> its orientation (see shared/data/README.md)
 
 @pytest.fixture(scope="module")
 def region_engine(tiny_region_model):
-    return SegmentationEngine(tiny_region_model, InferenceOptions(device="cpu", use_mirroring=False))
+    return SegmentationEngine(tiny_region_model, InferenceOptions(device="cpu", crop=False))
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_same_probabilities_as_nnunet_own_command(tiny_region_model, shared_data
     reference = np.load(outputs / "case.npz")["probabilities"]
     reference_labels = sitk.GetArrayFromImage(sitk.ReadImage(str(outputs / "case.nii.gz")))
 
-    engine = SegmentationEngine(tiny_region_model, InferenceOptions(device="cpu", use_mirroring=False))
+    engine = SegmentationEngine(tiny_region_model, InferenceOptions(device="cpu", crop=False))
     prediction = engine.predict(read_scan(scan_path))
     ours = np.stack([sitk.GetArrayFromImage(prediction.soft_maps[s]) for s in ("sc", "lesion")])
     assert ours.shape == reference.shape
@@ -75,7 +75,7 @@ def test_same_probabilities_as_nnunet_own_command(tiny_region_model, shared_data
 def test_soft_maps_land_on_the_input_grid(oriented_model, shared_data, relative):
     scan = read_scan(shared_data / relative)
     assert orientation_of(scan) == SCANS[relative]
-    engine = SegmentationEngine(oriented_model, InferenceOptions(device="cpu", use_mirroring=False))
+    engine = SegmentationEngine(oriented_model, InferenceOptions(device="cpu", crop=False))
     prediction = engine.predict(scan)
     for soft in prediction.soft_maps.values():
         assert soft.GetSize() == scan.GetSize()
@@ -96,7 +96,7 @@ def test_model_without_orientation_is_not_reoriented(tiny_region_model, shared_d
     """Without a recorded orientation the engine feeds the array as nnU-Net would."""
     scan = read_scan(shared_data / "sct_testing_data/t2/t2.nii.gz")
     flipped = reorient(scan, "LAS")
-    engine = SegmentationEngine(tiny_region_model, InferenceOptions(device="cpu", use_mirroring=False))
+    engine = SegmentationEngine(tiny_region_model, InferenceOptions(device="cpu", crop=False))
     a = sitk.GetArrayFromImage(reorient(engine.predict(scan).soft_maps["sc"], "LAS"))
     b = sitk.GetArrayFromImage(engine.predict(flipped).soft_maps["sc"])
     assert np.abs(a - b).max() > 1e-3  # different array layouts give a random network different inputs
@@ -193,7 +193,7 @@ def test_two_fold_ensemble_uses_both_checkpoints(tmp_path, shared_data):
     scan = read_scan(shared_data / "sct_testing_data/t2s/t2s.nii.gz")
     maps = {}
     for folds in (["0"], ["1"], None):
-        engine = SegmentationEngine(model, InferenceOptions(device="cpu", use_mirroring=False, folds=folds))
+        engine = SegmentationEngine(model, InferenceOptions(device="cpu", crop=False, folds=folds))
         maps[str(folds)] = sitk.GetArrayFromImage(engine.predict(scan).soft_maps["sc"])
     assert engine.folds == ["0", "1"]
     # nnU-Net averages the folds' logits, then applies the softmax (here, with two classes, a sigmoid).

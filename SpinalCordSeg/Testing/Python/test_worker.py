@@ -15,7 +15,7 @@ from SpinalCordSegLib.image_io import read_scan
 from SpinalCordSegLib.worker import WorkerClient
 
 pytestmark = pytest.mark.slow
-OPTIONS = {"device": "cpu", "use_mirroring": False, "num_threads": 1}
+OPTIONS = {"device": "cpu", "crop": False, "num_threads": 1}
 
 
 @pytest.fixture
@@ -89,3 +89,19 @@ def test_protocol_by_hand(tiny_region_model, shared_data, tmp_path):
     assert events[1] == {"event": "error", "job": "x", "message": "unknown command 'bogus'", "detail": ""}
     assert events[-1]["event"] == "done" and events[-1]["job"] == "j1"
     assert all(e["event"] == "progress" for e in events[2:-1])
+
+
+def test_locate_then_predict_in_the_users_box(client, tiny_region_model, shared_data, tmp_path):
+    """The panel's flow: ask for the box, let the user move it (an ROI), predict inside the moved box."""
+    scan = shared_data / "sct_testing_data/t1/t1w.nii.gz"
+    options = dict(OPTIONS, crop=True)
+    located = client.wait(client.submit_locate(scan, tiny_region_model, options), timeout=300)
+    box = located["crop_box"]
+    assert box["source"] == "localizer" and located["crop"]["Box"] == box
+    moved = dict(box, source="user", xmin=box["xmin"] + 2, ymax=box["ymax"] - 3)
+    done = client.wait(client.submit(scan, tiny_region_model, options, tmp_path, crop_box=moved), timeout=300)
+    assert done["crop_box"] == moved and done["provenance"]["Crop"]["Source"] == "user"
+    values = sitk.GetArrayFromImage(sitk.ReadImage(done["soft_maps"]["sc"]))
+    inside = np.zeros(values.shape, bool)
+    inside[moved["zmin"]:moved["zmax"] + 1, moved["ymin"]:moved["ymax"] + 1, moved["xmin"]:moved["xmax"] + 1] = True
+    assert values[~inside].max() == 0.0 and values[inside].max() > 0.0

@@ -1,0 +1,97 @@
+"""Benchmark: raw nnU-Net on the whole field of view against the default cropped pipeline, in one run.
+
+On one scan (default: the 320x256x19 axial T2w of ``sct_tutorial_data/t2_ms``)
+and the model the size of the field's cord model (``bench_inference.py``'s:
+6 stages, 32 to 320 features, patch 64x224x160 in RPI order, random weights),
+no test-time mirroring:
+
+1. ``raw``: ``nnUNetPredictor.predict_single_npy_array`` on the whole scan
+   (model loaded), what nnU-Net's own tools do;
+2. ``cropped``: ``SegmentationEngine.predict`` with the default options
+   (model loaded; the localizer is loaded and run inside the timing): the
+   localizer pass, the box, the prediction inside it, uncrop (the safety net
+   that redoes a prediction reaching the box is off: random weights reach it).
+
+Each runs in its own process (peak memory is its own). Goal: raw / cropped >= 5.
+The CPU load average is printed before and after, since other jobs may share the machine.
+
+    .venv/bin/python benchmarks/bench_crop.py [--scan PATH] [--device cpu|cuda] [--tta]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_inference import DEFAULT_SCAN, ORIENTATION, _peak_mb, make_field_size_model  # noqa: E402
+
+
+def measure(kind: str, model: str, scan: str, device: str, tta: bool) -> dict:
+    import numpy as np
+    import SimpleITK as sitk
+
+    from SpinalCordSegLib.engine import InferenceOptions, SegmentationEngine
+    from SpinalCordSegLib.image_io import read_scan, reorient
+
+    # Random weights "segment" everywhere, up to the box faces, which would send the default pipeline back to
+    # the whole field of view (its safety net for a missed cord): measured here is the normal path, where a
+    # trained model's prediction stays inside the box.
+    engine = SegmentationEngine(model, InferenceOptions(device=device, use_mirroring=tta, crop=kind == "cropped",
+                                                        whole_if_truncated=False))
+    image = read_scan(scan)
+    result: dict = {}
+    if kind == "raw":
+        oriented = reorient(image, ORIENTATION)
+        array = sitk.GetArrayFromImage(oriented).astype(np.float32)[None]
+        properties = {"spacing": list(oriented.GetSpacing())[::-1]}
+        start = time.perf_counter()
+        engine._predictor.predict_single_npy_array(array, properties, None, None, True)
+    else:
+        start = time.perf_counter()
+        prediction = engine.predict(image)
+        result["box"] = prediction.crop_box.to_dict() if prediction.crop_box else None
+    result.update(seconds=time.perf_counter() - start, peak_mb=_peak_mb())
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scan", default=str(DEFAULT_SCAN))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--tta", action="store_true", help="test-time mirroring in both")
+    parser.add_argument("--measure", choices=["raw", "cropped"], help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure:
+        print(json.dumps(measure(args.measure, args.model, args.scan, args.device, args.tta)))
+        return 0
+    if not Path(args.scan).is_file():
+        print(f"scan not found: {args.scan}", file=sys.stderr)
+        return 1
+    print(f"load average before: {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs)", flush=True)
+    results = {}
+    with tempfile.TemporaryDirectory() as root:
+        model = str(make_field_size_model(Path(root)))
+        for kind in ("raw", "cropped"):
+            output = subprocess.run(
+                [sys.executable, __file__, "--measure", kind, "--model", model, "--scan", args.scan,
+                 "--device", args.device] + (["--tta"] if args.tta else []),
+                check=True, capture_output=True, text=True,
+            ).stdout
+            results[kind] = json.loads(output.strip().splitlines()[-1])
+            print(f"{kind:>8}: {results[kind]['seconds']:8.2f} s   peak {results[kind]['peak_mb']:8.0f} MB"
+                  + (f"   box {results[kind]['box']}" if kind == "cropped" else ""), flush=True)
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
+    print(f"raw / cropped = {results['raw']['seconds'] / results['cropped']['seconds']:.2f} (goal >= 5)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
