@@ -1,23 +1,25 @@
-"""Train the two embedded demo models with nnU-Net v2, on CPU or GPU.
+"""Train the two embedded demo models with nnU-Net v2, contrast-agnostic, on CPU or GPU.
 
-- ``demo-sc``: spinal cord (label ``sc``), trained on the shared scans that have a
-  cord mask, except ``t2/t2.nii.gz``, held out for validation.
-- ``demo-sc-lesion``: region-based cord + lesion (``sc`` = [1, 2], ``lesion`` = 2),
-  trained on ``t2_fake_lesion`` and on the other scans with synthetic lesions
-  painted into their cords (hyperintense ellipsoids of varied size and contrast).
+One region-based network (``sc`` = [1, 2], ``lesion`` = 2) is trained on the 13
+training cases of the shared data (``CASES`` less ``VALIDATION``: T2*w, T1w, MT-on,
+MT-off, mean BOLD, 7T, a PAM50 T2w template crop) with the augmentation of
+``contrast_agnostic.py`` (synthetic lesions painted in the cord during training,
+SynthSeg-style random intensities per label, inversion, gamma, bias field, thick
+slabs, noise). It ships as ``demo-sc-lesion``; ``demo-sc`` is the same network
+with its cord head turned into a 2-class softmax (:func:`as_cord_model`).
 
-Every step is nnU-Net's own: raw datasets, fingerprint, planning and
-preprocessing through ``nnunetv2.experiment_planning``, training with
-``nnUNetTrainer``. Only the budget is shrunk (features capped, fewer epochs and
-iterations) so that a model trains in well under an hour on 2 CPU cores. The
-final checkpoints are stripped to what inference needs and saved under
-``SpinalCordSeg/Resources/Models/<id>/``, and registered as built-in models in
-``SpinalCordSeg/Resources/models.json``, pinned by checkpoint sha256. A report
-(Dice on every shared scan, training time) goes to ``training/demo_models_report.json``.
+Every step is nnU-Net's own: raw dataset, fingerprint, planning (target spacing
+``TARGET_SPACING``, a small memory target so that the patch suits a CPU) and
+preprocessing through ``nnunetv2.experiment_planning``, training with a subclass of
+``nnUNetTrainer``. The final checkpoints are stripped to what inference needs,
+saved under ``SpinalCordSeg/Resources/Models/<id>/`` and registered as built-in
+models in ``SpinalCordSeg/Resources/models.json``, pinned by checkpoint sha256.
+The report (training time, Dice per case and per contrast, lesion components on
+healthy scans, speed on a clinical-size scan) goes to ``training/demo_models_report.json``.
 
 Usage:
-    .venv/bin/python training/make_demo_models.py [--device cpu|cuda] [--epochs 40] [--iterations 25]
-        [--models demo-sc demo-sc-lesion] [--work-dir /tmp/scs-train]
+    .venv/bin/python training/make_demo_models.py [--device cpu|cuda] [--epochs 50] [--iterations 30]
+        [--max-minutes 60] [--work-dir /tmp/scs-train] [--evaluate-only [--validation-only]] [--baseline DIR]
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -40,10 +42,12 @@ MODELS = REPO / "SpinalCordSeg" / "Resources" / "Models"
 CATALOGUE = REPO / "SpinalCordSeg" / "Resources" / "models.json"
 REPORT = REPO / "training" / "demo_models_report.json"  # the README's figures
 ORIENTATION = "LAS"  # SCT's RPI, in SimpleITK letters
-FEATURE_CAP = 32  # keeps both shipped models under 20 MB together
+#: Features per stage at most: 16 at full resolution (most of a CPU step's cost), 32 below;
+#: keeps both shipped models far under 20 MB together.
+FEATURE_CAPS = (16, 32)
 #: Along the cord (axis 0 in LAS), in plane: coarse enough for a CPU, fine enough for a ~8x12 mm cord.
 TARGET_SPACING = (3.0, 0.9, 0.9)
-GPU_MEMORY_TARGET_GB = 1.0  # nnU-Net sizes patch and network for this: a small patch, CPU-sized
+GPU_MEMORY_TARGET_GB = 0.4  # nnU-Net sizes patch and network for this: patch 16x64x96, CPU-sized
 GM = "train/gm-challenge-data"
 SCT = "sct_testing_data"
 
@@ -140,29 +144,34 @@ def build_raw_dataset(model_id: str, raw_root: Path) -> Path:
     return folder
 
 
-def plan_and_preprocess(model_id: str, preprocessed_root: Path) -> dict:
+def plan_and_preprocess(model_id: str, preprocessed_root: Path, preprocess: bool = True) -> dict:
     """nnU-Net's fingerprint, plans and 3d_fullres preprocessing at ``TARGET_SPACING``, features capped.
 
     nnU-Net's planner sizes the patch, strides and batch itself, for a small memory target.
+    With ``preprocess`` False, only the plans are made again (the fingerprint and the
+    preprocessed data of an earlier run at the same spacing are kept).
     """
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (
         extract_fingerprint_dataset, plan_experiment_dataset, preprocess_dataset)
 
     spec = SPECS[model_id]
-    extract_fingerprint_dataset(spec["dataset_id"], num_processes=1, check_dataset_integrity=True,
-                                clean=True, verbose=False, show_progress_bar=False)
+    if preprocess:
+        extract_fingerprint_dataset(spec["dataset_id"], num_processes=1, check_dataset_integrity=True,
+                                    clean=True, verbose=False, show_progress_bar=False)
     plan_experiment_dataset(spec["dataset_id"], gpu_memory_target_in_gb=GPU_MEMORY_TARGET_GB,
                             overwrite_target_spacing=TARGET_SPACING)
     plans_path = preprocessed_root / spec["name"] / "nnUNetPlans.json"
     plans = json.loads(plans_path.read_text())
     configuration = plans["configurations"]["3d_fullres"]
     arch = configuration["architecture"]["arch_kwargs"]
-    arch["features_per_stage"] = [min(f, FEATURE_CAP) for f in arch["features_per_stage"]]
+    caps = list(FEATURE_CAPS) + [FEATURE_CAPS[-1]] * (len(arch["features_per_stage"]) - len(FEATURE_CAPS))
+    arch["features_per_stage"] = [min(f, cap) for f, cap in zip(arch["features_per_stage"], caps)]
     configuration["batch_size"] = 2
     plans["configurations"] = {"3d_fullres": configuration}
     plans_path.write_text(json.dumps(plans, indent=2))
-    preprocess_dataset(spec["dataset_id"], configurations=("3d_fullres",), num_processes=[1],
-                       show_progress_bar=False)
+    if preprocess:
+        preprocess_dataset(spec["dataset_id"], configurations=("3d_fullres",), num_processes=[1],
+                           show_progress_bar=False)
     return plans
 
 
@@ -249,12 +258,13 @@ def register_in_catalogue(model_id: str, checkpoint_sha256: Dict[str, str]) -> N
     entry = {
         "id": model_id,
         "name": spec["title"],
-        "description": "A small nnU-Net v2 model trained in minutes on the few scans of the Spinal Cord Toolbox's "
-                       "testing data (training/make_demo_models.py), shipped so that SpinalCordSeg works with no "
-                       "download. A demo, not for real use: use the field's models (spinalcord, lesion_ms...).",
+        "description": "A small nnU-Net v2 model trained in an hour on a CPU, on 13 scans of 7 contrasts with "
+                       "contrast-agnostic augmentation and synthetic lesions (training/make_demo_models.py), shipped "
+                       "so that SpinalCordSeg works with no download. A demo, not for real use: use the field's "
+                       "models (spinalcord, lesion_ms...).",
         "task": spec["task"],
         "structures": spec["structures"],
-        "contrasts": ["t2", "t1", "t2s", "mt"],
+        "contrasts": ["t2s", "t2", "t1", "mt", "bold"],
         "orientation": ORIENTATION,
         "version": time.strftime("%Y-%m-%d"),
         "folds": ["all"],
@@ -289,8 +299,10 @@ def _painted_copy(scan: sitk.Image, cord: np.ndarray, seed: int) -> Tuple[sitk.I
     return painted, seg[0].numpy() == LESION
 
 
-def evaluate_models(models: Dict[str, Path]) -> Dict[str, dict]:
-    """Every model on every case, with the project's engine, on each scan's own grid.
+def evaluate_models(models: Dict[str, Path], validation_only: Sequence[str] = ()) -> Dict[str, dict]:
+    """Every model on every case (``validation_only`` models: validation cases), with the project's engine.
+
+    Predictions are on each scan's own grid.
 
     Per case: cord Dice at the default threshold; for a model with a lesion output,
     the number of lesion components (26-connected, default threshold) on healthy
@@ -308,6 +320,8 @@ def evaluate_models(models: Dict[str, Path]) -> Dict[str, dict]:
         engine = SegmentationEngine(folder, InferenceOptions(device="cpu"), model_id=model_id)
         cases = {}
         for case, subject, contrast, scan_path, cord_path, lesion_path in CASES:
+            if model_id in validation_only and case not in VALIDATION:
+                continue
             scan = read_scan(DATA / scan_path)
             maps = engine.predict(scan, name=scan_path).soft_maps
             cord = sitk.GetArrayFromImage(sitk.ReadImage(str(DATA / cord_path))) > 0
@@ -343,7 +357,7 @@ def summarize(results: Dict[str, dict]) -> Dict[str, dict]:
             for c in sorted({r["contrast"] for r in validation})},
             "training_sc_dice_per_contrast": {
             c: round(float(np.mean([r["sc_dice"] for r in cases.values() if r["contrast"] == c and not r["validation"]])), 3)
-            for c in sorted({r["contrast"] for r in cases.values() if not r["validation"]})}}
+            for c in sorted({r["contrast"] for r in cases.values() if not r["validation"]})} or None}
         healthy = {k: r["lesion_components_on_healthy_scan"] for k, r in cases.items()
                    if "lesion_components_on_healthy_scan" in r}
         if healthy:
@@ -356,32 +370,41 @@ def summarize(results: Dict[str, dict]) -> Dict[str, dict]:
     return summary
 
 
-def benchmark_speed(models: Dict[str, Path], scan_path: Path) -> Dict[str, dict]:
-    """Seconds to load each model and to segment one clinical-size scan with the engine (CPU, defaults)."""
+def benchmark_speed(model_id: str, folder: Path, scan_path: Path) -> dict:
+    """Seconds to load a model and to segment one clinical-size scan with the engine (CPU, its defaults).
+
+    Wall time depends on what else runs on the machine; the process's CPU time (all
+    threads) does much less, and divided by the cores used bounds the wall time of an idle machine.
+    """
+    import torch
     from SpinalCordSegLib.engine import InferenceOptions, SegmentationEngine
     from SpinalCordSegLib.image_io import read_scan
 
     scan = read_scan(scan_path)
-    timings = {}
-    for model_id, folder in models.items():
-        start = time.perf_counter()
-        engine = SegmentationEngine(folder, InferenceOptions(device="cpu"), model_id=model_id)
-        loaded = time.perf_counter()
-        engine.predict(scan)
-        timings[model_id] = {"load_s": round(loaded - start, 1), "predict_s": round(time.perf_counter() - loaded, 1),
-                             "scan": str(scan_path.relative_to(DATA)), "size": list(scan.GetSize())}
-        engine.close()
-    return timings
+    start, cpu_start = time.perf_counter(), time.process_time()
+    engine = SegmentationEngine(folder, InferenceOptions(device="cpu"), model_id=model_id)
+    loaded = time.perf_counter()
+    engine.predict(scan)
+    timing = {"model": model_id, "scan": str(scan_path.relative_to(DATA)), "size": list(scan.GetSize()),
+              "load_s": round(loaded - start, 1), "predict_wall_s": round(time.perf_counter() - loaded, 1),
+              "load_and_predict_cpu_s": round(time.process_time() - cpu_start, 1),
+              "torch_threads": torch.get_num_threads(), "load_average_1min": os.getloadavg()[0]}
+    engine.close()
+    return timing
 
 
-def evaluate_all(models: Dict[str, Path], baseline: Optional[Path] = None) -> dict:
-    """The report's evaluation: per case, summary, speed, size, and the same for ``baseline`` models if given."""
-    results = evaluate_models(models)
+def evaluate_all(models: Dict[str, Path], baseline: Optional[Path] = None, validation_only: bool = False) -> dict:
+    """The report's evaluation: per case, summary, speed, size; ``baseline`` models on the validation cases.
+
+    The trained model is evaluated on every case (training scans too) unless ``validation_only``.
+    """
+    derived = list(models) if validation_only else [m for m in models if m != TRAINED]
+    results = evaluate_models(models, validation_only=derived)
     evaluation = {"cases": results, "summary": summarize(results),
-                  "speed": benchmark_speed(models, DATA / "sct_tutorial_data" / "t2_ms" / "t2.nii.gz"),
+                  "speed": benchmark_speed(TRAINED, models[TRAINED], DATA / "sct_tutorial_data/t2_ms/t2.nii.gz"),
                   "size_bytes": sum(p.stat().st_size for m in models.values() for p in m.rglob("*") if p.is_file())}
     if baseline is not None:
-        old = evaluate_models({m: baseline / m for m in models if (baseline / m).is_dir()})
+        old = evaluate_models({m: baseline / m for m in models if (baseline / m).is_dir()}, validation_only=list(models))
         evaluation["baseline"] = {"folder": str(baseline), "cases": old, "summary": summarize(old)}
     return evaluation
 
@@ -389,14 +412,17 @@ def evaluate_all(models: Dict[str, Path], baseline: Optional[Path] = None) -> di
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--epochs", type=int, default=50)
     parser.add_argument("--iterations", type=int, default=30, help="training iterations per epoch")
     parser.add_argument("--max-minutes", type=float, default=float("inf"),
                         help="stop training after the epoch that passes this wall-clock time")
     parser.add_argument("--work-dir", default="/tmp/scs-train", help="nnU-Net raw/preprocessed/results folders")
     parser.add_argument("--evaluate-only", action="store_true", help="re-evaluate the shipped models, no training")
     parser.add_argument("--skip-evaluation", action="store_true", help="train and export only")
+    parser.add_argument("--reuse-preprocessed", action="store_true",
+                        help="keep the work folder's raw and preprocessed data (same spacing); plan again")
     parser.add_argument("--baseline", type=Path, help="a Models folder of earlier demo models to evaluate alongside")
+    parser.add_argument("--validation-only", action="store_true", help="evaluate on the validation cases only")
     args = parser.parse_args()
 
     work = Path(args.work_dir)
@@ -411,8 +437,9 @@ def main() -> int:
     report = json.loads(REPORT.read_text()) if REPORT.is_file() and args.evaluate_only else {}
     if not args.evaluate_only:
         start = time.perf_counter()
-        build_raw_dataset(TRAINED, work / "nnUNet_raw")
-        plans = plan_and_preprocess(TRAINED, work / "nnUNet_preprocessed")
+        if not args.reuse_preprocessed:
+            build_raw_dataset(TRAINED, work / "nnUNet_raw")
+        plans = plan_and_preprocess(TRAINED, work / "nnUNet_preprocessed", preprocess=not args.reuse_preprocessed)
         prepared = time.perf_counter()
         checkpoint = train(TRAINED, args.device, args.epochs, args.iterations, args.max_minutes)
         trained = time.perf_counter()
@@ -438,7 +465,7 @@ def main() -> int:
         print(json.dumps(report["training"], indent=2), flush=True)
         if args.skip_evaluation:
             return 0
-    evaluation = evaluate_all({m: MODELS / m for m in SPECS}, args.baseline)
+    evaluation = evaluate_all({m: MODELS / m for m in SPECS}, args.baseline, args.validation_only)
     report["evaluation"] = evaluation
     REPORT.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(evaluation["summary"], indent=2), flush=True)
