@@ -423,6 +423,8 @@ def main() -> int:
                         help="keep the work folder's raw and preprocessed data (same spacing); plan again")
     parser.add_argument("--baseline", type=Path, help="a Models folder of earlier demo models to evaluate alongside")
     parser.add_argument("--validation-only", action="store_true", help="evaluate on the validation cases only")
+    parser.add_argument("--install", nargs="+", default=list(SPECS), choices=list(SPECS),
+                        help="the models to install from this training (the others keep their shipped version)")
     args = parser.parse_args()
 
     work = Path(args.work_dir)
@@ -457,7 +459,7 @@ def main() -> int:
             "features_per_stage": configuration["architecture"]["arch_kwargs"]["features_per_stage"],
             "training_cases": [c[0] for c in training_cases()], "validation_cases": list(VALIDATION),
         }
-        for model_id in SPECS:
+        for model_id in args.install:
             sha = export_model(model_id, checkpoint)
             register_in_catalogue(model_id, sha)
             report.setdefault("models", {})[model_id] = {"sha256": sha}
