@@ -5,8 +5,9 @@ training cases of the shared data (``CASES`` less ``VALIDATION``: T2*w, T1w, MT-
 MT-off, mean BOLD, 7T, a PAM50 T2w template crop) with the augmentation of
 ``contrast_agnostic.py`` (synthetic lesions painted in the cord during training,
 SynthSeg-style random intensities per label, inversion, gamma, bias field, thick
-slabs, noise). It ships as ``demo-sc-lesion``; ``demo-sc`` is the same network
-with its cord head turned into a 2-class softmax (:func:`as_cord_model`).
+slabs, noise). It installs as ``demo-sc-lesion``, and ``demo-sc`` is the same network
+with its cord head turned into a 2-class softmax (:func:`as_cord_model`); ``--install``
+picks which (the 2026-12-01 run shipped only ``demo-sc``: see the report's ``decision``).
 
 Every step is nnU-Net's own: raw dataset, fingerprint, planning (target spacing
 ``TARGET_SPACING``, a small memory target so that the patch suits a CPU) and
@@ -19,7 +20,8 @@ healthy scans, speed on a clinical-size scan) goes to ``training/demo_models_rep
 
 Usage:
     .venv/bin/python training/make_demo_models.py [--device cpu|cuda] [--epochs 50] [--iterations 30]
-        [--max-minutes 60] [--work-dir /tmp/scs-train] [--evaluate-only [--validation-only]] [--baseline DIR]
+        [--max-minutes 60] [--install demo-sc] [--work-dir /tmp/scs-train]
+        [--evaluate-only [--validation-only]] [--baseline DIR]
 """
 
 from __future__ import annotations
