@@ -1,23 +1,27 @@
-"""Train the two embedded demo models with nnU-Net v2, on CPU or GPU.
+"""Train the two embedded demo models with nnU-Net v2, contrast-agnostic, on CPU or GPU.
 
-- ``demo-sc``: spinal cord (label ``sc``), trained on the shared scans that have a
-  cord mask, except ``t2/t2.nii.gz``, held out for validation.
-- ``demo-sc-lesion``: region-based cord + lesion (``sc`` = [1, 2], ``lesion`` = 2),
-  trained on ``t2_fake_lesion`` and on the other scans with synthetic lesions
-  painted into their cords (hyperintense ellipsoids of varied size and contrast).
+One region-based network (``sc`` = [1, 2], ``lesion`` = 2) is trained on the 13
+training cases of the shared data (``CASES`` less ``VALIDATION``: T2*w, T1w, MT-on,
+MT-off, mean BOLD, 7T, a PAM50 T2w template crop) with the augmentation of
+``contrast_agnostic.py`` (synthetic lesions painted in the cord during training,
+SynthSeg-style random intensities per label, inversion, gamma, bias field, thick
+slabs, noise). It installs as ``demo-sc-lesion``, and ``demo-sc`` is the same network
+with its cord head turned into a 2-class softmax (:func:`as_cord_model`); ``--install``
+picks which (the 2026-12-01 run shipped only ``demo-sc``: see the report's ``decision``).
 
-Every step is nnU-Net's own: raw datasets, fingerprint, planning and
-preprocessing through ``nnunetv2.experiment_planning``, training with
-``nnUNetTrainer``. Only the budget is shrunk (features capped, fewer epochs and
-iterations) so that a model trains in well under an hour on 2 CPU cores. The
-final checkpoints are stripped to what inference needs and saved under
-``SpinalCordSeg/Resources/Models/<id>/``, and registered as built-in models in
-``SpinalCordSeg/Resources/models.json``, pinned by checkpoint sha256. A report
-(Dice on every shared scan, training time) goes to ``training/demo_models_report.json``.
+Every step is nnU-Net's own: raw dataset, fingerprint, planning (target spacing
+``TARGET_SPACING``, a small memory target so that the patch suits a CPU) and
+preprocessing through ``nnunetv2.experiment_planning``, training with a subclass of
+``nnUNetTrainer``. The final checkpoints are stripped to what inference needs,
+saved under ``SpinalCordSeg/Resources/Models/<id>/`` and registered as built-in
+models in ``SpinalCordSeg/Resources/models.json``, pinned by checkpoint sha256.
+The report (training time, Dice per case and per contrast, lesion components on
+healthy scans, speed on a clinical-size scan) goes to ``training/demo_models_report.json``.
 
 Usage:
-    .venv/bin/python training/make_demo_models.py [--device cpu|cuda] [--epochs 40] [--iterations 25]
-        [--models demo-sc demo-sc-lesion] [--work-dir /tmp/scs-train]
+    .venv/bin/python training/make_demo_models.py [--device cpu|cuda] [--epochs 50] [--iterations 30]
+        [--max-minutes 60] [--install demo-sc] [--work-dir /tmp/scs-train]
+        [--evaluate-only [--validation-only]] [--baseline DIR]
 """
 
 from __future__ import annotations
@@ -29,35 +33,63 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data" / "sct_testing_data"
+DATA = Path(os.environ.get("SPINALCORDSEG_SHARED_DATA", REPO.parent / "shared" / "data"))  # scans are relative to it
 MODELS = REPO / "SpinalCordSeg" / "Resources" / "Models"
 CATALOGUE = REPO / "SpinalCordSeg" / "Resources" / "models.json"
 REPORT = REPO / "training" / "demo_models_report.json"  # the README's figures
 ORIENTATION = "LAS"  # SCT's RPI, in SimpleITK letters
-FEATURE_CAP = 32  # keeps both shipped models under 20 MB together
+#: Features per stage at most: 16 at full resolution (most of a CPU step's cost), 32 below;
+#: keeps both shipped models far under 20 MB together.
+FEATURE_CAPS = (16, 32)
+#: Along the cord (axis 0 in LAS), in plane: coarse enough for a CPU, fine enough for a ~8x12 mm cord.
+TARGET_SPACING = (3.0, 0.9, 0.9)
+GPU_MEMORY_TARGET_GB = 0.4  # nnU-Net sizes patch and network for this: patch 16x64x96, CPU-sized
+GM = "train/gm-challenge-data"
+SCT = "sct_testing_data"
 
-#: (case id, scan, cord mask, lesion mask or None), relative to sct_testing_data.
-CASES = [
-    ("t2fakelesion", "t2/t2_fake_lesion.nii.gz", "t2/t2_fake_lesion_sc_seg.nii.gz",
-     "t2/t2_fake_lesion_lesion_seg.nii.gz"),
-    ("t2", "t2/t2.nii.gz", "t2/t2_seg-manual.nii.gz", None),
-    ("t1w", "t1/t1w.nii.gz", "t1/t1w_seg-manual.nii.gz", None),
-    ("t2s", "t2s/t2s.nii.gz", "t2s/t2s_seg-deepseg.nii.gz", None),
-    ("mt1", "mt/mt1.nii.gz", "mt/mt1_seg.nii.gz", None),
+
+def _gm(subject: str) -> Tuple[str, str, str, str, str, None]:
+    session = subject.replace("Ses1", "").replace("Ses2", "")
+    return (f"gm{subject[4:]}", session, "T2starw", f"{GM}/{subject}/anat/{subject}_run-1_T2starw.nii.gz",
+            f"{GM}/derivatives/labels/{subject}/anat/{subject}_run-1_T2starw_seg-manual.nii.gz", None)
+
+
+#: (case id, subject, contrast, scan, cord mask, lesion mask or None), relative to ``DATA``.
+#: The sct_testing_data scans are all of one volunteer ("sct").
+CASES = [_gm(s) for s in ("sub-10062Ses1", "sub-10062Ses2", "sub-9418", "sub-9584", "sub-9604", "sub-9669",
+                          "sub-9709Ses1", "sub-9709Ses2")] + [
+    ("bold", "sub-leipzigR01", "BOLD",
+     "train/fmri-segmentation/data_leipzig_rest/derivatives/moco/sub-leipzigR01/func/"
+     "sub-leipzigR01_task-rest_desc-mocomean_bold.nii.gz",
+     "train/fmri-segmentation/data_leipzig_rest/derivatives/label/sub-leipzigR01/func/"
+     "sub-leipzigR01_task-rest_desc-spinalcord_mask.nii.gz", None),
+    ("amu7t", "AMU7T", "7T", "train/template_AMU7T/code/image.nii.gz", "train/template_AMU7T/code/image_sc.nii.gz",
+     None),
+    ("pam50", "PAM50", "T2w-template", "train/sct_testing_data_extra/template/template/PAM50_small_t2.nii.gz",
+     "train/sct_testing_data_extra/template/template/PAM50_small_cord.nii.gz", None),
+    ("mt0", "sct", "MToff", "train/sct_testing_data_extra/mt/mt0.nii.gz", "train/sct_testing_data_extra/mt/mt0_seg.nii.gz",
+     None),
+    ("t2fakelesion", "sct", "T2w", f"{SCT}/t2/t2_fake_lesion.nii.gz", f"{SCT}/t2/t2_fake_lesion_sc_seg.nii.gz",
+     f"{SCT}/t2/t2_fake_lesion_lesion_seg.nii.gz"),
+    ("t2", "sct", "T2w", f"{SCT}/t2/t2.nii.gz", f"{SCT}/t2/t2_seg-manual.nii.gz", None),
+    ("t1w", "sct", "T1w", f"{SCT}/t1/t1w.nii.gz", f"{SCT}/t1/t1w_seg-manual.nii.gz", None),
+    ("t2s", "sct", "T2starw", f"{SCT}/t2s/t2s.nii.gz", f"{SCT}/t2s/t2s_seg-deepseg.nii.gz", None),
+    ("mt1", "sct", "MTon", f"{SCT}/mt/mt1.nii.gz", f"{SCT}/mt/mt1_seg.nii.gz", None),
 ]
-HELD_OUT = "t2"
+#: Validation cases, never trained on: two sessions of one gm-challenge subject (T2*w), and the two
+#: T2w scans of the SCT volunteer (whose T1w, T2*w and MT scans are trained on: not subject-independent).
+VALIDATION = ("gm10062Ses1", "gm10062Ses2", "t2", "t2fakelesion")
+#: The region-based network is trained once; demo-sc is its cord output as a softmax model.
+TRAINED = "demo-sc-lesion"
 #: In catalogue order: the first built-in model is the Slicer module's default.
 SPECS = {
-    # nnU-Net picks 1 mm along the cord for this dataset (patch 80x80x40): a CPU epoch then takes
-    # minutes. Lesions are long along the cord, so 3 mm there keeps them and cuts the cost to a third.
     "demo-sc-lesion": {"dataset_id": 952, "name": "Dataset952_DemoSCLesion", "region_based": True,
-                       "min_axis0_spacing": 3.0,
                        "title": "Demo: spinal cord and lesions (embedded)", "structures": ["sc", "lesion"],
                        "task": "spinal cord and lesion segmentation (region-based)"},
     "demo-sc": {"dataset_id": 951, "name": "Dataset951_DemoSC", "region_based": False,
@@ -71,69 +103,42 @@ def _load(relative: str, orientation: str = ORIENTATION) -> sitk.Image:
     return reorient(sitk.ReadImage(str(DATA / relative)), orientation)
 
 
-def paint_lesions(scan: sitk.Image, cord: np.ndarray, rng: np.random.Generator,
-                  count: int) -> Tuple[sitk.Image, np.ndarray]:
-    """Hyperintense ellipsoids inside the cord; return the new scan and the lesion mask."""
-    image = sitk.GetArrayFromImage(scan).astype(np.float32)
-    spacing = np.array(scan.GetSpacing()[::-1])  # z, y, x in mm
-    grid = np.indices(image.shape).astype(np.float32)
-    lesions = np.zeros(image.shape, bool)
-    inside = np.argwhere(cord)
-    cord_level = np.percentile(image[cord], 75)
-    for _ in range(count):
-        centre = inside[rng.integers(len(inside))]
-        radii = np.array([rng.uniform(3.0, 9.0), rng.uniform(1.2, 3.0), rng.uniform(1.2, 3.0)])  # SI, AP, RL mm
-        distance = sum(((grid[a] - centre[a]) * spacing[a] / radii[a]) ** 2 for a in range(3))
-        region = (distance <= 1.0) & cord
-        weight = np.clip(1.5 - distance, 0.0, 1.0) * cord  # soft edge, only inside the cord
-        contrast = rng.uniform(0.5, 1.2)
-        image += weight * contrast * cord_level
-        lesions |= region
-    painted = sitk.GetImageFromArray(image)
-    painted.CopyInformation(scan)
-    return painted, lesions
+def training_cases() -> List[tuple]:
+    """The cases trained on: every case whose id is not in ``VALIDATION``."""
+    return [c for c in CASES if c[0] not in VALIDATION]
 
 
-def build_raw_dataset(model_id: str, raw_root: Path, seed: int = 0) -> Path:
-    """Write the nnU-Net raw dataset of ``model_id``; return its folder."""
+def build_raw_dataset(model_id: str, raw_root: Path) -> Path:
+    """Write the nnU-Net raw dataset of ``model_id`` (training cases only); return its folder.
+
+    Scans become float32 and masks uint8 (cord 1, lesion 2), both in LAS. The region-based
+    dataset declares the lesion label; its lesions are painted during training
+    (``contrast_agnostic.ContrastAgnosticTransform``).
+    """
     spec = SPECS[model_id]
     folder = raw_root / spec["name"]
     shutil.rmtree(folder, ignore_errors=True)
     (folder / "imagesTr").mkdir(parents=True)
     (folder / "labelsTr").mkdir()
-    rng = np.random.default_rng(seed)
-    count = 0
-    for case, scan_path, cord_path, lesion_path in CASES:
-        if not spec["region_based"] and case == HELD_OUT:
-            continue
+    cases = training_cases()
+    for case, _subject, _contrast, scan_path, cord_path, lesion_path in cases:
         scan = sitk.Cast(_load(scan_path), sitk.sitkFloat32)
-        cord = sitk.GetArrayFromImage(_load(cord_path)) > 0
-        variants: List[Tuple[sitk.Image, np.ndarray]] = []
-        if lesion_path:
-            variants.append((scan, sitk.GetArrayFromImage(_load(lesion_path)) > 0))
-        elif spec["region_based"]:
-            variants += [paint_lesions(scan, cord, rng, int(rng.integers(1, 3))) for _ in range(2)]
-        else:
-            variants.append((scan, np.zeros(cord.shape, bool)))
-        for index, (image, lesion) in enumerate(variants):
-            labels = cord.astype(np.uint8)
-            if spec["region_based"]:
-                labels[lesion] = 2
-            label_image = sitk.GetImageFromArray(labels)
-            label_image.CopyInformation(image)
-            name = f"{case}{index}"
-            sitk.WriteImage(image, str(folder / "imagesTr" / f"{name}_0000.nii.gz"))
-            sitk.WriteImage(label_image, str(folder / "labelsTr" / f"{name}.nii.gz"))
-            count += 1
+        labels = (sitk.GetArrayFromImage(_load(cord_path)) > 0).astype(np.uint8)
+        if lesion_path and spec["region_based"]:
+            labels[sitk.GetArrayFromImage(_load(lesion_path)) > 0] = 2
+        label_image = sitk.GetImageFromArray(labels)
+        label_image.CopyInformation(scan)
+        sitk.WriteImage(scan, str(folder / "imagesTr" / f"{case}_0000.nii.gz"))
+        sitk.WriteImage(label_image, str(folder / "labelsTr" / f"{case}.nii.gz"))
     dataset = {
         "channel_names": {"0": "MRI"},
         "labels": {"background": 0, "sc": [1, 2], "lesion": 2} if spec["region_based"]
         else {"background": 0, "sc": 1},
-        "numTraining": count,
+        "numTraining": len(cases),
         "file_ending": ".nii.gz",
         "name": spec["name"],
         "image_orientation": ORIENTATION,
-        "description": f"SpinalCordSeg {model_id}: a demo model trained on the SCT testing data; not for real use",
+        "description": f"SpinalCordSeg {model_id}: a small contrast-agnostic demo model (training/make_demo_models.py)",
     }
     if spec["region_based"]:
         dataset["regions_class_order"] = [1, 2]
@@ -141,56 +146,49 @@ def build_raw_dataset(model_id: str, raw_root: Path, seed: int = 0) -> Path:
     return folder
 
 
-def plan_and_preprocess(model_id: str, preprocessed_root: Path) -> dict:
-    """nnU-Net's fingerprint, plans and 3d_fullres preprocessing, with a smaller network."""
+def plan_and_preprocess(model_id: str, preprocessed_root: Path, preprocess: bool = True) -> dict:
+    """nnU-Net's fingerprint, plans and 3d_fullres preprocessing at ``TARGET_SPACING``, features capped.
+
+    nnU-Net's planner sizes the patch, strides and batch itself, for a small memory target.
+    With ``preprocess`` False, only the plans are made again (the fingerprint and the
+    preprocessed data of an earlier run at the same spacing are kept).
+    """
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (
         extract_fingerprint_dataset, plan_experiment_dataset, preprocess_dataset)
 
     spec = SPECS[model_id]
-    extract_fingerprint_dataset(spec["dataset_id"], num_processes=1, check_dataset_integrity=True,
-                                clean=True, verbose=False, show_progress_bar=False)
-    plan_experiment_dataset(spec["dataset_id"])
+    if preprocess:
+        extract_fingerprint_dataset(spec["dataset_id"], num_processes=1, check_dataset_integrity=True,
+                                    clean=True, verbose=False, show_progress_bar=False)
+    plan_experiment_dataset(spec["dataset_id"], gpu_memory_target_in_gb=GPU_MEMORY_TARGET_GB,
+                            overwrite_target_spacing=TARGET_SPACING)
     plans_path = preprocessed_root / spec["name"] / "nnUNetPlans.json"
     plans = json.loads(plans_path.read_text())
     configuration = plans["configurations"]["3d_fullres"]
     arch = configuration["architecture"]["arch_kwargs"]
-    arch["features_per_stage"] = [min(f, FEATURE_CAP) for f in arch["features_per_stage"]]
-    coarser = spec.get("min_axis0_spacing", 0.0)
-    if configuration["spacing"][0] < coarser:
-        # Axis 0 (along the cord in LAS) at a coarser spacing; the patch shrinks to the image, keeping
-        # the size divisible by the network's total stride on that axis.
-        factor = coarser / configuration["spacing"][0]
-        stride = int(np.prod([s[0] for s in arch["strides"]]))
-        median = configuration["median_image_size_in_voxels"][0] / factor
-        configuration["spacing"][0] = coarser
-        configuration["median_image_size_in_voxels"][0] = median
-        configuration["patch_size"][0] = int(min(configuration["patch_size"][0], stride * np.ceil(median / stride)))
+    caps = list(FEATURE_CAPS) + [FEATURE_CAPS[-1]] * (len(arch["features_per_stage"]) - len(FEATURE_CAPS))
+    arch["features_per_stage"] = [min(f, cap) for f, cap in zip(arch["features_per_stage"], caps)]
     configuration["batch_size"] = 2
     plans["configurations"] = {"3d_fullres": configuration}
     plans_path.write_text(json.dumps(plans, indent=2))
-    preprocess_dataset(spec["dataset_id"], configurations=("3d_fullres",), num_processes=[1],
-                       show_progress_bar=False)
+    if preprocess:
+        preprocess_dataset(spec["dataset_id"], configurations=("3d_fullres",), num_processes=[1],
+                           show_progress_bar=False)
     return plans
 
 
-def train(model_id: str, device: str, epochs: int, iterations: int) -> Path:
-    """Train fold 'all' with nnU-Net's trainer; return the final checkpoint."""
+def train(model_id: str, device: str, epochs: int, iterations: int, max_minutes: float) -> Path:
+    """Train fold 'all' with the contrast-agnostic trainer; return the final checkpoint."""
     import torch
     from nnunetv2.paths import nnUNet_preprocessed
-    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    class DemoTrainer(nnUNetTrainer):
-        """nnUNetTrainer with a CPU-sized budget."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from contrast_agnostic import ContrastAgnosticTrainer
 
-        # nnUNetTrainer records its own arguments by name: keep its signature.
-        def __init__(self, plans: dict, configuration: str, fold, dataset_json: dict,
-                     device: torch.device = torch.device("cpu")):
-            super().__init__(plans, configuration, fold, dataset_json, device)
-            self.num_epochs = epochs
-            self.num_iterations_per_epoch = iterations
-            self.num_val_iterations_per_epoch = 3
-            self.save_every = 10 ** 6  # only the final checkpoint
+    class DemoTrainer(ContrastAgnosticTrainer):
+        """The budget of this run."""
 
+    DemoTrainer.epochs, DemoTrainer.iterations, DemoTrainer.max_minutes = epochs, iterations, max_minutes
     spec = SPECS[model_id]
     plans = json.loads((Path(nnUNet_preprocessed) / spec["name"] / "nnUNetPlans.json").read_text())
     dataset = json.loads((Path(nnUNet_preprocessed) / spec["name"] / "dataset.json").read_text())
@@ -200,18 +198,46 @@ def train(model_id: str, device: str, epochs: int, iterations: int) -> Path:
     return Path(trainer.output_folder) / "checkpoint_final.pth"
 
 
-def export_model(model_id: str, checkpoint_path: Path) -> Dict[str, str]:
-    """Strip the checkpoint to what inference needs and install it in the module's resources."""
+def as_cord_model(weights: Dict[str, "torch.Tensor"]) -> Dict[str, "torch.Tensor"]:
+    """The region network's cord output as a 2-class softmax network, exactly.
+
+    Each segmentation head maps features to (sc region, lesion region) logits z read
+    through sigmoids; a head with logits (0, z_sc) read through a softmax gives
+    softmax(0, z)[1] = sigmoid(z): the same cord probability.
+    """
     import torch
-    from nnunetv2.paths import nnUNet_preprocessed
+
+    out = {}
+    for name, tensor in weights.items():
+        if ".seg_layers." in name:
+            cord = tensor[:1]
+            tensor = torch.cat([torch.zeros_like(cord), cord])
+        out[name] = tensor.clone()
+    return out
+
+
+def export_model(model_id: str, checkpoint_path: Path) -> Dict[str, str]:
+    """Strip the checkpoint to what inference needs and install it in the module's resources.
+
+    ``demo-sc`` is derived from the region-based checkpoint (:func:`as_cord_model`).
+    """
+    import torch
 
     spec = SPECS[model_id]
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
     init_args = checkpoint["init_args"]
+    dataset_json = dict(init_args["dataset_json"])
+    weights = checkpoint["network_weights"]
+    if not spec["region_based"]:
+        weights = as_cord_model(weights)
+        dataset_json.update(labels={"background": 0, "sc": 1}, name=spec["name"],
+                            description=f"SpinalCordSeg {model_id}: the cord output of demo-sc-lesion "
+                                        "(training/make_demo_models.py)")
+        dataset_json.pop("regions_class_order", None)
     stripped = {
-        "network_weights": {k: v.clone() for k, v in checkpoint["network_weights"].items()},
+        "network_weights": {k: v.clone() for k, v in weights.items()},
         "init_args": {"configuration": init_args["configuration"], "fold": init_args["fold"],
-                      "plans": init_args["plans"], "dataset_json": init_args["dataset_json"]},
+                      "plans": init_args["plans"], "dataset_json": dataset_json},
         # The architecture is nnU-Net's standard one: any nnU-Net can load it under this name.
         "trainer_name": "nnUNetTrainer",
         "inference_allowed_mirroring_axes": checkpoint["inference_allowed_mirroring_axes"],
@@ -220,9 +246,8 @@ def export_model(model_id: str, checkpoint_path: Path) -> Dict[str, str]:
     target = MODELS / model_id / "nnUNetTrainer__nnUNetPlans__3d_fullres"
     shutil.rmtree(MODELS / model_id, ignore_errors=True)
     (target / "fold_all").mkdir(parents=True)
-    source = Path(nnUNet_preprocessed) / spec["name"]
-    shutil.copy(source / "nnUNetPlans.json", target / "plans.json")
-    shutil.copy(source / "dataset.json", target / "dataset.json")
+    (target / "plans.json").write_text(json.dumps(init_args["plans"], indent=2))
+    (target / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
     torch.save(stripped, target / "fold_all" / "checkpoint_final.pth")
     from SpinalCordSegLib.model_folder import sha256_of_file
 
@@ -238,12 +263,13 @@ def register_in_catalogue(model_id: str) -> None:
     entry = {
         "id": model_id,
         "name": spec["title"],
-        "description": "A small nnU-Net v2 model trained in minutes on the few scans of the Spinal Cord Toolbox's "
-                       "testing data (training/make_demo_models.py), shipped so that SpinalCordSeg works with no "
-                       "download. A demo, not for real use: use the field's models (spinalcord, lesion_ms...).",
+        "description": "A small nnU-Net v2 model trained in an hour on a CPU, on 13 scans of 7 contrasts with "
+                       "contrast-agnostic augmentation and synthetic lesions (training/make_demo_models.py), shipped "
+                       "so that SpinalCordSeg works with no download. A demo, not for real use: use the field's "
+                       "models (spinalcord, lesion_ms...).",
         "task": spec["task"],
         "structures": spec["structures"],
-        "contrasts": ["t2", "t1", "t2s", "mt"],
+        "contrasts": ["t2s", "t2", "t1", "mt", "bold"],
         "orientation": ORIENTATION,
         "version": time.strftime("%Y-%m-%d"),
         "folds": ["all"],
@@ -262,32 +288,149 @@ def register_in_catalogue(model_id: str) -> None:
     CATALOGUE.write_text(json.dumps(catalogue, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def evaluate(model_id: str) -> Dict[str, Dict[str, float]]:
-    """Dice of the shipped model on every shared scan, on the scan's own grid (the project's own code)."""
+def _painted_copy(scan: sitk.Image, cord: np.ndarray, seed: int) -> Tuple[sitk.Image, np.ndarray]:
+    """``scan`` with 2 synthetic lesions painted in its cord (the trainer's painting), and their mask."""
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from contrast_agnostic import LESION, paint_lesions
+
+    image = torch.tensor(sitk.GetArrayFromImage(scan).astype(np.float32))[None]
+    seg = torch.tensor(cord.astype(np.float32))[None]
+    rng = np.random.default_rng(seed)
+    while not (seg == LESION).any():
+        paint_lesions(image, seg, scan.GetSpacing()[::-1], 2, rng, bright=True)
+    painted = sitk.GetImageFromArray(image[0].numpy())
+    painted.CopyInformation(scan)
+    return painted, seg[0].numpy() == LESION
+
+
+def evaluate_models(models: Dict[str, Path], validation_only: Sequence[str] = ()) -> Dict[str, dict]:
+    """Every model on every case (``validation_only`` models: validation cases), with the project's engine.
+
+    Predictions are on each scan's own grid.
+
+    Per case: cord Dice at the default threshold; for a model with a lesion output,
+    the number of lesion components (26-connected, default threshold) on healthy
+    scans, lesion Dice where a lesion mask exists, and on held-out healthy scans
+    lesion Dice and lesions found on a copy with 2 painted lesions.
+    """
     from SpinalCordSegLib.correction import correction_stats
     from SpinalCordSegLib.engine import InferenceOptions, SegmentationEngine
     from SpinalCordSegLib.image_io import read_scan
+    from SpinalCordSegLib.lesion_metrics import label_lesions
+    from SpinalCordSegLib.morphometrics import DEFAULT_THRESHOLD
 
-    engine = SegmentationEngine(MODELS / model_id, InferenceOptions(device="cpu"))
-    results: Dict[str, Dict[str, float]] = {}
-    for case, scan_path, cord_path, lesion_path in CASES:
-        maps = engine.predict(read_scan(DATA / scan_path)).soft_maps
-        cord = sitk.GetArrayFromImage(sitk.ReadImage(str(DATA / cord_path))) > 0
-        scores = {"sc": correction_stats(sitk.GetArrayFromImage(maps["sc"]) >= 0.5, cord).dice}
-        if lesion_path and "lesion" in maps:
-            lesion = sitk.GetArrayFromImage(sitk.ReadImage(str(DATA / lesion_path))) > 0
-            scores["lesion"] = correction_stats(sitk.GetArrayFromImage(maps["lesion"]) >= 0.5, lesion).dice
-        results[case] = scores
+    results: Dict[str, dict] = {}
+    for model_id, folder in models.items():
+        engine = SegmentationEngine(folder, InferenceOptions(device="cpu"), model_id=model_id)
+        cases = {}
+        for case, subject, contrast, scan_path, cord_path, lesion_path in CASES:
+            if model_id in validation_only and case not in VALIDATION:
+                continue
+            scan = read_scan(DATA / scan_path)
+            maps = engine.predict(scan, name=scan_path).soft_maps
+            cord = sitk.GetArrayFromImage(sitk.ReadImage(str(DATA / cord_path))) > 0
+            row = {"subject": subject, "contrast": contrast, "validation": case in VALIDATION,
+                   "sc_dice": correction_stats(sitk.GetArrayFromImage(maps["sc"]) >= DEFAULT_THRESHOLD, cord).dice}
+            if "lesion" in maps:
+                found = sitk.GetArrayFromImage(maps["lesion"]) >= DEFAULT_THRESHOLD
+                if lesion_path:
+                    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(DATA / lesion_path))) > 0
+                    row["lesion_dice"] = correction_stats(found, truth).dice
+                else:
+                    row["lesion_components_on_healthy_scan"] = int(label_lesions(found).max())
+                    if case in VALIDATION:
+                        painted, truth = _painted_copy(scan, cord, seed=len(cases))
+                        found = sitk.GetArrayFromImage(engine.predict(painted).soft_maps["lesion"]) >= DEFAULT_THRESHOLD
+                        hits = label_lesions(truth)
+                        row["painted_lesion_dice"] = correction_stats(found, truth).dice
+                        row["painted_lesions_found"] = f"{len(set(np.unique(hits[found])) - {0})}/{hits.max()}"
+            cases[case] = row
+            print(model_id, case, row, flush=True)
+        engine.close()
+        results[model_id] = cases
     return results
+
+
+def summarize(results: Dict[str, dict]) -> Dict[str, dict]:
+    """Per model: mean validation cord Dice per contrast, and lesion figures."""
+    summary = {}
+    for model_id, cases in results.items():
+        validation = [r for r in cases.values() if r["validation"]]
+        entry = {"validation_sc_dice_per_contrast": {
+            c: round(float(np.mean([r["sc_dice"] for r in validation if r["contrast"] == c])), 3)
+            for c in sorted({r["contrast"] for r in validation})},
+            "training_sc_dice_per_contrast": {
+            c: round(float(np.mean([r["sc_dice"] for r in cases.values() if r["contrast"] == c and not r["validation"]])), 3)
+            for c in sorted({r["contrast"] for r in cases.values() if not r["validation"]})} or None}
+        healthy = {k: r["lesion_components_on_healthy_scan"] for k, r in cases.items()
+                   if "lesion_components_on_healthy_scan" in r}
+        if healthy:
+            entry["lesion_components_on_healthy_scans"] = {
+                "validation": {k: v for k, v in healthy.items() if cases[k]["validation"]},
+                "training_scans": {k: v for k, v in healthy.items() if not cases[k]["validation"]}}
+            entry["lesion_dice"] = {k: round(r[key], 3) for k, r in cases.items()
+                                    for key in ("lesion_dice", "painted_lesion_dice") if key in r}
+        summary[model_id] = entry
+    return summary
+
+
+def benchmark_speed(model_id: str, folder: Path, scan_path: Path) -> dict:
+    """Seconds to load a model and to segment one clinical-size scan with the engine (CPU, its defaults).
+
+    Wall time depends on what else runs on the machine; the process's CPU time (all
+    threads) does much less, and divided by the cores used bounds the wall time of an idle machine.
+    """
+    import torch
+    from SpinalCordSegLib.engine import InferenceOptions, SegmentationEngine
+    from SpinalCordSegLib.image_io import read_scan
+
+    scan = read_scan(scan_path)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    engine = SegmentationEngine(folder, InferenceOptions(device="cpu"), model_id=model_id)
+    loaded = time.perf_counter()
+    engine.predict(scan)
+    timing = {"model": model_id, "scan": str(scan_path.relative_to(DATA)), "size": list(scan.GetSize()),
+              "load_s": round(loaded - start, 1), "predict_wall_s": round(time.perf_counter() - loaded, 1),
+              "load_and_predict_cpu_s": round(time.process_time() - cpu_start, 1),
+              "torch_threads": torch.get_num_threads(), "load_average_1min": os.getloadavg()[0]}
+    engine.close()
+    return timing
+
+
+def evaluate_all(models: Dict[str, Path], baseline: Optional[Path] = None, validation_only: bool = False) -> dict:
+    """The report's evaluation: per case, summary, speed, size; ``baseline`` models on the validation cases.
+
+    The trained model is evaluated on every case (training scans too) unless ``validation_only``.
+    """
+    derived = list(models) if validation_only else [m for m in models if m != TRAINED]
+    results = evaluate_models(models, validation_only=derived)
+    evaluation = {"cases": results, "summary": summarize(results),
+                  "speed": benchmark_speed(TRAINED, models[TRAINED], DATA / "sct_tutorial_data/t2_ms/t2.nii.gz"),
+                  "size_bytes": sum(p.stat().st_size for m in models.values() for p in m.rglob("*") if p.is_file())}
+    if baseline is not None:
+        old = evaluate_models({m: baseline / m for m in models if (baseline / m).is_dir()}, validation_only=list(models))
+        evaluation["baseline"] = {"folder": str(baseline), "cases": old, "summary": summarize(old)}
+    return evaluation
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=list(SPECS), choices=list(SPECS))
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--iterations", type=int, default=25, help="training iterations per epoch")
+    parser.add_argument("--epochs", type=int, default=50)
+    parser.add_argument("--iterations", type=int, default=30, help="training iterations per epoch")
+    parser.add_argument("--max-minutes", type=float, default=float("inf"),
+                        help="stop training after the epoch that passes this wall-clock time")
     parser.add_argument("--work-dir", default="/tmp/scs-train", help="nnU-Net raw/preprocessed/results folders")
+    parser.add_argument("--evaluate-only", action="store_true", help="re-evaluate the shipped models, no training")
+    parser.add_argument("--skip-evaluation", action="store_true", help="train and export only")
+    parser.add_argument("--reuse-preprocessed", action="store_true",
+                        help="keep the work folder's raw and preprocessed data (same spacing); plan again")
+    parser.add_argument("--baseline", type=Path, help="a Models folder of earlier demo models to evaluate alongside")
+    parser.add_argument("--validation-only", action="store_true", help="evaluate on the validation cases only")
+    parser.add_argument("--install", nargs="+", default=list(SPECS), choices=list(SPECS),
+                        help="the models to install from this training (the others keep their shipped version)")
     args = parser.parse_args()
 
     work = Path(args.work_dir)
@@ -299,21 +442,41 @@ def main() -> int:
     if not DATA.is_dir():
         print(f"shared data not found at {DATA}", file=sys.stderr)
         return 1
-    report = {}
-    for model_id in args.models:
+    report = json.loads(REPORT.read_text()) if REPORT.is_file() and args.evaluate_only else {}
+    if not args.evaluate_only:
         start = time.perf_counter()
-        build_raw_dataset(model_id, work / "nnUNet_raw")
-        plan_and_preprocess(model_id, work / "nnUNet_preprocessed")
-        checkpoint = train(model_id, args.device, args.epochs, args.iterations)
-        sha = export_model(model_id, checkpoint)
-        register_in_catalogue(model_id)
-        minutes = (time.perf_counter() - start) / 60
-        report[model_id] = {"sha256": sha, "minutes": round(minutes, 1), "dice": evaluate(model_id),
-                            "epochs": args.epochs, "iterations": args.iterations, "device": args.device}
-        print(json.dumps({model_id: report[model_id]}, indent=2), flush=True)
-        merged = json.loads(REPORT.read_text()) if REPORT.is_file() else {}
-        merged[model_id] = report[model_id]
-        REPORT.write_text(json.dumps(merged, indent=2) + "\n")
+        if not args.reuse_preprocessed:
+            build_raw_dataset(TRAINED, work / "nnUNet_raw")
+        plans = plan_and_preprocess(TRAINED, work / "nnUNet_preprocessed", preprocess=not args.reuse_preprocessed)
+        prepared = time.perf_counter()
+        checkpoint = train(TRAINED, args.device, args.epochs, args.iterations, args.max_minutes)
+        trained = time.perf_counter()
+        import torch
+
+        epochs_done = torch.load(checkpoint, map_location="cpu", weights_only=False)["current_epoch"]
+        configuration = plans["configurations"]["3d_fullres"]
+        report["training"] = {
+            "trained_model": TRAINED, "derived_models": [m for m in SPECS if m != TRAINED],
+            "device": args.device, "epochs_planned": args.epochs, "epochs_done": epochs_done,
+            "iterations_per_epoch": args.iterations, "max_minutes": args.max_minutes,
+            "preparation_minutes": round((prepared - start) / 60, 1),
+            "training_minutes": round((trained - prepared) / 60, 1),
+            "spacing_mm": configuration["spacing"], "patch_size": configuration["patch_size"],
+            "features_per_stage": configuration["architecture"]["arch_kwargs"]["features_per_stage"],
+            "training_cases": [c[0] for c in training_cases()], "validation_cases": list(VALIDATION),
+        }
+        for model_id in args.install:
+            sha = export_model(model_id, checkpoint)
+            register_in_catalogue(model_id)
+            report.setdefault("models", {})[model_id] = {"sha256": sha}
+        REPORT.write_text(json.dumps(report, indent=2) + "\n")
+        print(json.dumps(report["training"], indent=2), flush=True)
+        if args.skip_evaluation:
+            return 0
+    evaluation = evaluate_all({m: MODELS / m for m in SPECS}, args.baseline, args.validation_only)
+    report["evaluation"] = evaluation
+    REPORT.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(evaluation["summary"], indent=2), flush=True)
     return 0
 
 

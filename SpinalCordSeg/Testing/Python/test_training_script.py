@@ -1,57 +1,141 @@
-"""training/make_demo_models.py: the raw datasets it builds pass nnU-Net's own check.
+"""training/: the raw dataset make_demo_models.py builds, and the contrast-agnostic augmentation.
 
-Training itself takes half an hour per model and is not run here; its figures
+Training itself takes about an hour on 2 CPU cores and is not run here; its figures
 are in the README and training/demo_models_report.json.
 """
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 from SpinalCordSegLib.nnunet_export import verify_dataset
 
-SCRIPT = Path(__file__).resolve().parents[3] / "training" / "make_demo_models.py"
+TRAINING = Path(__file__).resolve().parents[3] / "training"
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("make_demo_models", SCRIPT)
+    sys.path.insert(0, str(TRAINING))  # make_demo_models imports its trainer module from its own folder
+    spec = importlib.util.spec_from_file_location("make_demo_models", TRAINING / "make_demo_models.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
+@pytest.fixture(scope="module")
+def augment():
+    sys.path.insert(0, str(TRAINING))
+    import contrast_agnostic
+
+    return contrast_agnostic
+
+
 @pytest.fixture
 def trainer(script, shared_data, monkeypatch):
-    monkeypatch.setattr(script, "DATA", shared_data / "sct_testing_data")
+    monkeypatch.setattr(script, "DATA", shared_data)
     return script
 
 
-def test_cord_dataset_holds_out_the_validation_scan(trainer, tmp_path):
-    folder = trainer.build_raw_dataset("demo-sc", tmp_path)
-    verify_dataset(folder)
-    cases = sorted(p.name for p in (folder / "labelsTr").iterdir())
-    assert len(cases) == len(trainer.CASES) - 1 and not any(c.startswith(trainer.HELD_OUT + "0") for c in cases)
-    assert json.loads((folder / "dataset.json").read_text())["image_orientation"] == "LAS"
+def test_every_case_is_on_disk_and_validation_is_held_out_by_subject(trainer):
+    for case, _subject, _contrast, *paths in trainer.CASES:
+        for relative in filter(None, paths):
+            assert (trainer.DATA / relative).is_file(), f"{case}: {relative}"
+    trained = trainer.training_cases()
+    assert {c[0] for c in trained}.isdisjoint(trainer.VALIDATION)
+    assert len(trained) + len(trainer.VALIDATION) == len(trainer.CASES) == 17
+    # The gm-challenge validation subject is not trained on, in any session.
+    held_out_gm = {c[1] for c in trainer.CASES if c[0] in trainer.VALIDATION and c[0].startswith("gm")}
+    assert held_out_gm and held_out_gm.isdisjoint({c[1] for c in trained})
 
 
-def test_region_dataset_paints_bright_lesions_inside_the_cord(trainer, tmp_path):
+def test_raw_dataset_passes_nnunets_check_and_holds_out_validation(trainer, tmp_path, monkeypatch):
+    # A few small cases of each kind (gm-challenge, sct, extra), to keep the test fast.
+    keep = ("gm10062Ses2", "gm9709Ses1", "mt0", "t2", "t2fakelesion", "mt1")
+    monkeypatch.setattr(trainer, "CASES", [c for c in trainer.CASES if c[0] in keep])
     folder = trainer.build_raw_dataset("demo-sc-lesion", tmp_path)
     verify_dataset(folder)
+    names = sorted(p.name[:-len(".nii.gz")] for p in (folder / "labelsTr").iterdir())
+    assert names == ["gm9709Ses1", "mt0", "mt1"]
     dataset = json.loads((folder / "dataset.json").read_text())
     assert dataset["labels"] == {"background": 0, "sc": [1, 2], "lesion": 2}
-    assert dataset["regions_class_order"] == [1, 2]
-    painted = 0
-    for label_path in sorted((folder / "labelsTr").iterdir()):
-        labels = sitk.GetArrayFromImage(sitk.ReadImage(str(label_path)))
-        image = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "imagesTr" / label_path.name.replace(
-            ".nii.gz", "_0000.nii.gz"))))
-        assert set(np.unique(labels)) == {0, 1, 2}, label_path.name  # every case has a lesion
-        if not label_path.name.startswith("t2fakelesion"):
-            painted += 1
-            assert image[labels == 2].mean() > image[labels == 1].mean(), label_path.name
-    assert painted == 2 * (len(trainer.CASES) - 1)
+    assert dataset["regions_class_order"] == [1, 2] and dataset["image_orientation"] == "LAS"
+    assert dataset["numTraining"] == 3
+    for name in names:
+        labels = sitk.ReadImage(str(folder / "labelsTr" / f"{name}.nii.gz"))
+        image = sitk.ReadImage(str(folder / "imagesTr" / f"{name}_0000.nii.gz"))
+        assert set(np.unique(sitk.GetArrayFromImage(labels))) == {0, 1}, name  # lesions come in training
+        assert image.GetPixelID() == sitk.sitkFloat32 and labels.GetSize() == image.GetSize()
+        assert sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection()) == "LAS"
+
+
+def _patch():
+    seg = torch.zeros(1, 12, 40, 40)
+    seg[0, :, 15:25, 14:26] = 1  # a 9 x 10.8 mm cord at 0.9 mm
+    image = torch.randn(1, 12, 40, 40) * 0.1
+    image[seg > 0] += 2.0
+    return image, seg
+
+
+def test_painted_lesions_lie_inside_the_cord_and_change_the_image(augment):
+    image, seg = _patch()
+    cord = seg[0] > 0
+    before = image.clone()
+    augment.paint_lesions(image, seg, (3.0, 0.9, 0.9), 3, np.random.default_rng(1), bright=True)
+    lesion = seg[0] == augment.LESION
+    assert lesion.any() and not (lesion & ~cord).any()
+    assert (seg[0] > 0).sum() == cord.sum()  # the cord region still includes the lesions
+    assert (image - before)[0][lesion].min() > 0 and torch.equal(image[0][~cord], before[0][~cord])
+
+
+def test_contrast_agnostic_transform_keeps_labels_and_remaps_intensities(augment):
+    transform = augment.ContrastAgnosticTransform((3.0, 0.9, 0.9), lesions=False, p_synth=1.0)
+    np.random.seed(3)
+    contrasts = []
+    for _ in range(8):
+        image, seg = _patch()
+        out = transform(image=image, segmentation=seg.clone())
+        assert torch.equal(out["segmentation"], seg) and out["image"].shape == image.shape
+        assert abs(float(out["image"].mean())) < 1e-4 and abs(float(out["image"].std()) - 1) < 1e-3
+        inside = seg[0] > 0
+        contrasts.append(float(out["image"][0][inside].mean() - out["image"][0][~inside].mean()))
+    # The cord is sometimes brighter, sometimes darker than its surroundings: no fixed contrast.
+    assert min(contrasts) < 0 < max(contrasts)
+
+
+def test_thick_slices_average_along_one_axis_only(augment):
+    image = torch.zeros(1, 8, 6, 6)
+    image[0, ::2] = 1.0  # alternating slices along axis 0
+    thick = augment.thick_slices(image, 0, 2.0)
+    assert torch.allclose(thick, torch.full_like(thick, 0.5), atol=1e-6)
+    assert torch.equal(augment.thick_slices(image, 1, 2.0), image)  # constant along axis 1
+
+
+def test_bias_field_is_smooth_and_positive(augment):
+    field = augment.bias_field((10, 20, 20), 0.4, np.random.default_rng(0))
+    assert field.shape == (10, 20, 20) and field.min() > 0
+    assert float(field.std()) > 0.01
+    # Smooth: neighbouring voxels nearly equal (white noise would give a correlation near 0).
+    neighbours = torch.corrcoef(torch.stack([field[..., :-1].flatten(), field[..., 1:].flatten()]))[0, 1]
+    assert neighbours > 0.95
+
+
+def test_cord_model_is_the_region_models_cord_output(script):
+    torch.manual_seed(0)
+    head = torch.nn.Conv3d(4, 2, 1)  # a region head: (sc, lesion) logits read through sigmoids
+    weights = {"decoder.seg_layers.0.weight": head.weight.data, "decoder.seg_layers.0.bias": head.bias.data,
+               "encoder.stages.0.weight": torch.ones(3)}
+    converted = script.as_cord_model(weights)
+    cord_head = torch.nn.Conv3d(4, 2, 1)
+    cord_head.weight.data, cord_head.bias.data = (converted[f"decoder.seg_layers.0.{k}"] for k in ("weight", "bias"))
+    features = torch.randn(1, 4, 3, 3, 3)
+    with torch.no_grad():
+        expected = torch.sigmoid(head(features))[:, 0]
+        softmax = torch.softmax(cord_head(features), 1)[:, 1]
+    assert torch.allclose(softmax, expected, atol=1e-6)
+    assert torch.equal(converted["encoder.stages.0.weight"], weights["encoder.stages.0.weight"])
