@@ -47,7 +47,7 @@ import itertools
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -57,7 +57,7 @@ from SpinalCordSegLib.fileutil import write_text_atomic
 from .errors import LesionQCError, RaterTableError
 from .rater_table import RaterTable, load_rater_table
 from .scales import Scale
-from .session import SessionKey, SessionView, find_key, load_key
+from .session import PathLike, SessionKey, SessionView, find_key, load_key
 
 ALL_RATERS = "all"
 ZERO_METHODS = ("wilcox", "pratt", "zsplit")
@@ -67,7 +67,6 @@ WILCOXON_COLUMNS = ["structure", "rater", "source_a", "source_b", "n_pairs", "n_
                     "median_difference", "statistic", "p_value", "rank_biserial", "zero_method"]
 KAPPA_WEIGHTS = {"kappa": None, "kappa_linear": "linear", "kappa_quadratic": "quadratic"}
 
-PathLike = Union[str, Path]
 
 
 @dataclass

@@ -28,14 +28,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import pandas as pd
 
 from .analysis import merge_ratings, usable_scores
 from .errors import LesionQCError
 from .rater_table import RaterTable
-from .session import ManifestCase, SessionKey, SessionView, build_session, check_cases
+from .session import ManifestCase, PathLike, SessionKey, SessionView, build_session, check_cases
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,6 @@ MANUAL_SOURCE = "manual"
 WAITING = ("predicted", "in correction")
 DEFAULT_THRESHOLD = 2
 
-PathLike = Union[str, Path]
 
 
 # --------------------------------------------------------------------------- worklist -> session

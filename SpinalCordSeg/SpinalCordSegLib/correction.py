@@ -28,18 +28,19 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Union
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
+from .binarization import MaskOptions
 from .errors import InputImageError, SpinalCordSegError
+from .fileutil import PathLike
 from .grid import same_grid
 from .image_io import orientation_of, reorient, write_image_atomic
 from .naming import output_name
 from .sidecar import Sidecar, automatic_step, now
 
-PathLike = Union[str, Path]
 
 LOG_NAME = "correction_log.csv"
 LOG_COLUMNS = [

@@ -42,6 +42,7 @@ from .errors import FileWriteError
 
 logger = logging.getLogger(__name__)
 
+#: What every path argument of the Lib packages accepts.
 PathLike = Union[str, Path]
 #: A temporary file or staging folder whose writer cannot be checked (another host, an
 #: older release's name without owner) is stale once untouched for this long.

@@ -25,15 +25,14 @@ import os
 import struct
 import zlib
 from pathlib import Path
-from typing import Iterator, Optional, Tuple, Union
+from typing import Iterator, Optional, Tuple
 
 import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputImageError, SpinalCordSegError
-from .fileutil import write_atomic
+from .fileutil import PathLike, write_atomic
 
-PathLike = Union[str, Path]
 
 MAX_VOXELS_ENV = "SPINALCORDSEG_MAX_VOXELS"
 # 2**28 voxels: 1 GiB as float32, several times a whole-spine 3D scan; the engine holds a few copies.
