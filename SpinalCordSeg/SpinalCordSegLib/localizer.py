@@ -55,7 +55,8 @@ class CordLocalizer:
         # Tiles side by side (step 1) and no mirroring: a box needs no fine edges.
         options = InferenceOptions(device=device, use_mirroring=False, tile_step_size=1.0, num_threads=num_threads,
                                    orientation=model.orientation, crop=False)
-        self.engine = SegmentationEngine(model.folder, options, model_id=model.model_id)
+        # No model id: its maps only give the box, so no demo-model note (the model that writes says its own).
+        self.engine = SegmentationEngine(model.folder, options)
 
     def cord_mask(self, image: sitk.Image, name: str = "image") -> Optional[sitk.Image]:
         """A uint8 mask of the cord on ``image``'s grid, or None when no cord is found."""
