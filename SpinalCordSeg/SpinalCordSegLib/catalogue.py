@@ -109,7 +109,7 @@ class CatalogueEntry:
         """The one-line note shown with this model's outputs (demo models), else None."""
         if not self.demo:
             return None
-        return (f"{self.id} is a {DEMO_NOTE}: trained in minutes on a few test scans to try the tools;"
+        return (f"{self.id} is a {DEMO_NOTE}: trained on a handful of public test scans to try the tools;"
                 " for real scans use the field's models ('spinalcordseg models list')")
 
     @property
