@@ -47,6 +47,7 @@ _DEFLATE_MAX_RATIO = 1032  # deflate cannot expand data more than this
 # fraction of SimpleITK's own read); larger ones are checked by gzip's recorded length alone.
 FULL_CHECK_BYTES = 32 << 20
 _CHUNK = 4 << 20
+_NIFTI_HEADER_BYTES = 544  # a NIfTI-2 header and its extension flag; a NIfTI-1 header is shorter
 
 
 def max_voxels() -> int:
@@ -61,6 +62,13 @@ def max_voxels() -> int:
     if cap <= 0:
         raise SpinalCordSegError(f"{MAX_VOXELS_ENV}={value!r}: must be a positive whole number of voxels")
     return cap
+
+
+def _too_many(path: Path, reader: sitk.ImageFileReader, voxels: int, cap: int) -> InputImageError:
+    return InputImageError(
+        f"{path}: its header declares {' x '.join(map(str, reader.GetSize()))} = {voxels:,} voxels, more than "
+        f"the limit of {cap:,}; if the image is real, raise the limit with {MAX_VOXELS_ENV}=<voxels>"
+    )
 
 
 def _short(path: Path, shape: Tuple[int, ...], per_voxel: int, expected: int, present: int, how: str) -> InputImageError:
@@ -164,10 +172,7 @@ def _check_nifti(path: Path, reader: sitk.ImageFileReader, voxels: int, cap: int
         raise _short(data_file, shape, per_voxel, expected, size, "")
     certainly_short = compressed and size * _DEFLATE_MAX_RATIO < expected
     if voxels > cap and not certainly_short:
-        raise InputImageError(
-            f"{path}: its header declares {' x '.join(map(str, reader.GetSize()))} = {voxels:,} voxels, more than "
-            f"the limit of {cap:,}; if the image is real, raise the limit with {MAX_VOXELS_ENV}=<voxels>"
-        )
+        raise _too_many(path, reader, voxels, cap)
     dtype = _NIFTI_FLOATS.get(datatype)
     length_known = not compressed or (trailer == expected % 2 ** 32 and size > FULL_CHECK_BYTES)
     if length_known and dtype is None:
@@ -184,11 +189,11 @@ def _check_nifti(path: Path, reader: sitk.ImageFileReader, voxels: int, cap: int
 
 
 def _byte_order(path: Path) -> str:
-    """``<`` or ``>``: the NIfTI header's own size (348 or 540) tells its byte order."""
+    """``<`` or ``>``, the byte order of a NIfTI file's header."""
     with open(path, "rb") as raw:
         compressed = raw.read(2) == b"\x1f\x8b"
     with (gzip.open(path, "rb") if compressed else open(path, "rb")) as header:
-        return "<" if int.from_bytes(header.read(4), "little") in (348, 540) else ">"
+        return _nifti_layout(header.read(_NIFTI_HEADER_BYTES))[0]
 
 
 def check_image_file(path: PathLike, voxel_limit: Optional[int] = None) -> None:
@@ -219,10 +224,7 @@ def check_image_file(path: PathLike, voxel_limit: Optional[int] = None) -> None:
     if reader.HasMetaDataKey("nifti_type"):  # ITK's NIfTI reader describes the header with these keys
         _check_nifti(path, reader, voxels, cap)
     elif voxels > cap:
-        raise InputImageError(
-            f"{path}: its header declares {' x '.join(map(str, reader.GetSize()))} = {voxels:,} voxels, more than "
-            f"the limit of {cap:,}; if the image is real, raise the limit with {MAX_VOXELS_ENV}=<voxels>"
-        )
+        raise _too_many(path, reader, voxels, cap)
 
 
 def read_image(path: PathLike) -> sitk.Image:
@@ -317,45 +319,26 @@ def _verify_image_file(path: Path, image: sitk.Image) -> None:
                               sitk.GetArrayViewFromImage(image)):
             raise ValueError("it does not read back as the image written")
         return
-    if name.endswith(".gz"):
-        header, size = _gunzipped_size(path)
-    else:
-        with open(path, "rb") as stream:
-            header = stream.read(544)
-        size = path.stat().st_size
+    header, size = b"", 0
+    try:
+        for chunk in _chunks(path, compressed=name.endswith(".gz")):  # bounded pieces; zlib checks CRC and length
+            header += chunk[:_NIFTI_HEADER_BYTES - len(header)]
+            size += len(chunk)
+    except _BrokenGzip:
+        raise ValueError("the gzip stream ends early") from None
+    except _Corrupt as error:
+        raise ValueError(f"damaged gzip stream ({error})") from None
     voxels = image.GetNumberOfPixels() * image.GetNumberOfComponentsPerPixel() * image.GetSizeOfPixelComponent()
-    expected = _nifti_data_offset(header) + voxels
+    expected = _nifti_layout(header)[1] + voxels
     if size != expected:
         raise ValueError(f"{size} bytes of NIfTI data where {expected} were written")
 
 
-def _gunzipped_size(path: Path) -> "tuple[bytes, int]":
-    """(first 544 bytes, length) of a gzip file's content; ValueError when its stream is cut or damaged.
-
-    zlib checks the stream's CRC and length at its end; output is taken in bounded pieces.
-    """
-    inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    header, size = b"", 0
-    try:
-        with open(path, "rb") as stream:
-            data = stream.read(1 << 20)
-            while data and not inflate.eof:
-                piece = inflate.decompress(data, 1 << 24)
-                header, size = header or piece[:544], size + len(piece)
-                data = inflate.unconsumed_tail or stream.read(1 << 20)
-            size += len(inflate.flush())
-    except zlib.error as error:
-        raise ValueError(f"damaged gzip stream ({error})") from error
-    if not inflate.eof:
-        raise ValueError("the gzip stream ends early")
-    return header, size
-
-
-def _nifti_data_offset(header: bytes) -> int:
-    """Where the voxels start in a NIfTI-1 or NIfTI-2 header (either byte order)."""
+def _nifti_layout(header: bytes) -> Tuple[str, int]:
+    """(byte order, where the voxels start) of a NIfTI-1 or NIfTI-2 header; its own size (348 or 540) tells the order."""
     for order in "<>":
         if len(header) >= 348 and struct.unpack(f"{order}i", header[:4])[0] == 348:
-            return int(struct.unpack(f"{order}f", header[108:112])[0])
+            return order, int(struct.unpack(f"{order}f", header[108:112])[0])
         if len(header) >= 540 and struct.unpack(f"{order}i", header[:4])[0] == 540:
-            return int(struct.unpack(f"{order}q", header[168:176])[0])
+            return order, int(struct.unpack(f"{order}q", header[168:176])[0])
     raise ValueError("no NIfTI header")
