@@ -30,15 +30,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_inference import DEFAULT_SCAN, ORIENTATION, _peak_mb, make_field_size_model  # noqa: E402
+from bench_inference import DEFAULT_SCAN, _peak_mb, make_field_size_model, raw_prediction_seconds  # noqa: E402
 
 
 def measure(kind: str, model: str, scan: str, device: str, tta: bool) -> dict:
-    import numpy as np
-    import SimpleITK as sitk
-
     from SpinalCordSegLib.engine import InferenceOptions, SegmentationEngine
-    from SpinalCordSegLib.image_io import read_scan, reorient
+    from SpinalCordSegLib.image_io import read_scan
 
     # Random weights "segment" everywhere, up to the box faces, which would send the default pipeline back to
     # the whole field of view (its safety net for a missed cord): measured here is the normal path, where a
@@ -48,16 +45,13 @@ def measure(kind: str, model: str, scan: str, device: str, tta: bool) -> dict:
     image = read_scan(scan)
     result: dict = {}
     if kind == "raw":
-        oriented = reorient(image, ORIENTATION)
-        array = sitk.GetArrayFromImage(oriented).astype(np.float32)[None]
-        properties = {"spacing": list(oriented.GetSpacing())[::-1]}
-        start = time.perf_counter()
-        engine._predictor.predict_single_npy_array(array, properties, None, None, True)
+        seconds = raw_prediction_seconds(engine, image)
     else:
         start = time.perf_counter()
         prediction = engine.predict(image)
+        seconds = time.perf_counter() - start
         result["box"] = prediction.crop_box.to_dict() if prediction.crop_box else None
-    result.update(seconds=time.perf_counter() - start, peak_mb=_peak_mb())
+    result.update(seconds=seconds, peak_mb=_peak_mb())
     return result
 
 

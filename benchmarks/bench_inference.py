@@ -43,27 +43,36 @@ def make_field_size_model(root: Path) -> Path:
                                 features=(32, 64, 128, 256, 320, 320), image_orientation=ORIENTATION)
 
 
-def measure_in_process(kind: str, model: str, scan: str, device: str, tta: bool) -> dict:
+def raw_prediction_seconds(engine, image) -> float:
+    """Seconds of nnU-Net's own ``predict_single_npy_array`` on ``image`` in the model's orientation."""
     import numpy as np
     import SimpleITK as sitk
 
+    from SpinalCordSegLib.image_io import reorient
+
+    oriented = reorient(image, ORIENTATION)
+    array = sitk.GetArrayFromImage(oriented).astype(np.float32)[None]
+    properties = {"spacing": list(oriented.GetSpacing())[::-1]}
+    start = time.perf_counter()
+    engine._predictor.predict_single_npy_array(array, properties, None, None, True)
+    return time.perf_counter() - start
+
+
+def measure_in_process(kind: str, model: str, scan: str, device: str, tta: bool) -> dict:
     from SpinalCordSegLib.engine import InferenceOptions, SegmentationEngine
-    from SpinalCordSegLib.image_io import read_scan, reorient
+    from SpinalCordSegLib.image_io import read_scan
 
     # The whole field of view, as nnU-Net's own tools: this compares the engine's overhead, not cropping
     # (bench_crop.py measures that).
     engine = SegmentationEngine(model, InferenceOptions(device=device, use_mirroring=tta, crop=False))
     image = read_scan(scan)
     if kind == "raw":
-        oriented = reorient(image, ORIENTATION)
-        array = sitk.GetArrayFromImage(oriented).astype(np.float32)[None]
-        properties = {"spacing": list(oriented.GetSpacing())[::-1]}
-        start = time.perf_counter()
-        engine._predictor.predict_single_npy_array(array, properties, None, None, True)
+        seconds = raw_prediction_seconds(engine, image)
     else:
         start = time.perf_counter()
         engine.predict(image)
-    return {"seconds": time.perf_counter() - start, "peak_mb": _peak_mb()}
+        seconds = time.perf_counter() - start
+    return {"seconds": seconds, "peak_mb": _peak_mb()}
 
 
 def measure_subprocess(model: str, scan: str, device: str, tta: bool) -> dict:
