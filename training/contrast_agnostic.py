@@ -47,9 +47,10 @@ def paint_lesions(image: torch.Tensor, seg: torch.Tensor, spacing: Sequence[floa
     """Paint ``count`` ellipsoid lesions inside the cord of one patch, in place.
 
     ``image`` is (C, Z, Y, X), ``seg`` (1, Z, Y, X) with the cord as 1. Each lesion
-    is 2-8 mm in radius along the cord (axis 0) and 1-3 mm across, clipped to the
-    cord, labelled 2, and brighter (mostly) or darker than the cord by 0.5-1.5 of
+    is 2-8 mm in radius along the cord (axis 0) and 1.5-3.5 mm across, clipped to the
+    cord, labelled 2, and brighter (mostly) or darker than the cord by 0.8-2 of
     the patch's standard deviation, with a soft edge; only brighter if ``bright``.
+    (Fainter, smaller lesions left the first retraining's lesion head silent.)
     """
     cord = seg[0] >= CORD
     inside = torch.nonzero(cord)
@@ -59,7 +60,7 @@ def paint_lesions(image: torch.Tensor, seg: torch.Tensor, spacing: Sequence[floa
     scale = float(image.std()) or 1.0
     for _ in range(count):
         centre = inside[rng.integers(len(inside))].float()
-        radii = (rng.uniform(2.0, 8.0), rng.uniform(1.0, 3.0), rng.uniform(1.0, 3.0))  # mm: SI, AP, RL
+        radii = (rng.uniform(2.0, 8.0), rng.uniform(1.5, 3.5), rng.uniform(1.5, 3.5))  # mm: SI, AP, RL
         distance = sum(((grid[a] - centre[a]) * spacing[a] / radii[a]).pow(2).view(
             [-1 if b == a else 1 for b in range(3)]) for a in range(3))
         region = (distance <= 1.0) & cord
@@ -67,14 +68,15 @@ def paint_lesions(image: torch.Tensor, seg: torch.Tensor, spacing: Sequence[floa
             continue
         weight = torch.clamp(1.5 - distance, 0.0, 1.0) * cord  # soft edge, only inside the cord
         sign = 1.0 if bright or rng.random() < 0.8 else -1.0  # MS lesions: bright on T2w/T2*w, dark on T1w
-        image += (sign * rng.uniform(0.5, 1.5) * scale) * weight
+        image += (sign * rng.uniform(0.8, 2.0) * scale) * weight
         seg[0][region] = LESION
 
 
 def synthesize_intensities(image: torch.Tensor, seg: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     """SynthSeg-style: a random mean and spread per label; background split into intensity classes.
 
-    The structure of the real patch is kept (its quantile classes), its contrast is not.
+    The structure of the real patch is kept (its quantile classes), its contrast is not;
+    a lesion's mean differs from its cord's by 0.25-0.6 (means lie in 0-1).
     """
     channel = image[0]
     classes = torch.zeros(channel.shape, dtype=torch.long)
@@ -86,7 +88,11 @@ def synthesize_intensities(image: torch.Tensor, seg: torch.Tensor, rng: np.rando
         classes[background] = torch.bucketize(channel[background], edges)
     classes[seg[0] == CORD] = n_background
     classes[seg[0] == LESION] = n_background + 1
-    means = torch.tensor(rng.uniform(0.0, 1.0, n_background + 2), dtype=torch.float32)
+    means = rng.uniform(0.0, 1.0, n_background + 2)
+    # A lesion as bright as its cord would be a label the image does not show: keep them apart.
+    offset, cord_mean = rng.uniform(0.25, 0.6), means[n_background]
+    means[n_background + 1] = cord_mean + offset if cord_mean + offset <= 1.0 else cord_mean - offset
+    means = torch.tensor(means, dtype=torch.float32)
     spreads = torch.tensor(rng.uniform(0.0, 0.08, n_background + 2), dtype=torch.float32)
     synthetic = means[classes] + spreads[classes] * torch.randn(channel.shape)
     return blur(synthetic[None], [rng.uniform(0.3, 1.2) for _ in range(3)])
@@ -128,12 +134,12 @@ class ContrastAgnosticTransform(BasicTransform):
     Args:
         spacing: voxel spacing of the patch in mm (the plans' spacing, axis order of the data).
         lesions: paint synthetic lesions (region-based cord + lesion model).
-        p_lesion: probability that a patch with cord gets 1-3 lesions.
+        p_lesion: probability that a patch with cord gets 1-4 lesions.
         p_synth: probability of SynthSeg-style random intensities.
         p_invert: probability of inversion when intensities are not synthesized.
     """
 
-    def __init__(self, spacing: Sequence[float], lesions: bool = False, p_lesion: float = 0.5,
+    def __init__(self, spacing: Sequence[float], lesions: bool = False, p_lesion: float = 0.8,
                  p_synth: float = 0.4, p_invert: float = 0.3):
         super().__init__()
         self.spacing = tuple(float(s) for s in spacing)
@@ -144,7 +150,7 @@ class ContrastAgnosticTransform(BasicTransform):
         image = data_dict["image"].float()
         seg = data_dict["segmentation"]
         if self.lesions and rng.random() < self.p_lesion:
-            paint_lesions(image, seg, self.spacing, int(rng.integers(1, 4)), rng)
+            paint_lesions(image, seg, self.spacing, int(rng.integers(1, 5)), rng)
         if rng.random() < self.p_synth:
             image = synthesize_intensities(image, seg, rng)
         elif rng.random() < self.p_invert:
@@ -175,12 +181,16 @@ class ContrastAgnosticTrainer(_nnunet_trainer()):
     """nnUNetTrainer with :class:`ContrastAgnosticTransform`, left-right mirroring and a time cap.
 
     Set the budget on a subclass (class attributes) before nnU-Net builds it:
-    ``epochs``, ``iterations``, ``max_minutes`` (stops after the epoch that passes it).
+    ``epochs``, ``iterations``, ``max_minutes`` (stops after the epoch that passes it),
+    ``learning_rate`` (nnU-Net's initial one), ``initial_weights`` (a cord network's
+    checkpoint to start from, see :meth:`load_cord_weights`; None starts from scratch).
     """
 
     epochs = 100
     iterations = 50
     max_minutes = float("inf")
+    learning_rate = 1e-2
+    initial_weights = None
     left_right_axis = 2  # LAS data: arrays are (S-I, A-P, R-L)
 
     # nnUNetTrainer records its own arguments by name: keep its signature.
@@ -188,6 +198,7 @@ class ContrastAgnosticTrainer(_nnunet_trainer()):
                  device: torch.device = torch.device("cpu")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs = self.epochs
+        self.initial_lr = self.learning_rate
         self.num_iterations_per_epoch = self.iterations
         self.num_val_iterations_per_epoch = 2
         self.save_every = 10 ** 6  # only the final checkpoint
@@ -238,10 +249,30 @@ class ContrastAgnosticTrainer(_nnunet_trainer()):
             group["lr"] = learning_rate
         self.print_to_log_file(f"learning rate by time and epochs: {learning_rate:.5f}")
 
+    def load_cord_weights(self, checkpoint) -> None:
+        """Start from a cord network's weights: every layer, its cord head as the ``sc`` region's.
+
+        The checkpoint is a softmax cord model whose heads are (background 0, cord
+        logits), as ``make_demo_models.as_cord_model`` makes ``demo-sc``; the other
+        regions' head rows (the lesion) keep nnU-Net's initialisation. A lesion head
+        then trains on top of a cord network that already generalises, instead of
+        sharing a CPU hour with it.
+        """
+        weights = torch.load(checkpoint, map_location="cpu", weights_only=True)["network_weights"]
+        state = self.network.state_dict()
+        for name, tensor in weights.items():
+            if ".seg_layers." in name:
+                tensor = torch.cat([tensor[1:2], state[name][1:]])
+            state[name] = tensor
+        self.network.load_state_dict(state)
+        self.print_to_log_file(f"initial weights: {checkpoint}")
+
     def run_training(self):
         """nnU-Net's loop, ending after the epoch that passes ``max_minutes``."""
         start = self.started = time.perf_counter()
         self.on_train_start()
+        if self.initial_weights is not None:
+            self.load_cord_weights(self.initial_weights)
         for _ in range(self.current_epoch, self.num_epochs):
             self.on_epoch_start()
             self.on_train_epoch_start()

@@ -85,6 +85,12 @@ CASES = [_gm(s) for s in ("sub-10062Ses1", "sub-10062Ses2", "sub-9418", "sub-958
 #: Validation cases, never trained on: two sessions of one gm-challenge subject (T2*w), and the two
 #: T2w scans of the SCT volunteer (whose T1w, T2*w and MT scans are trained on: not subject-independent).
 VALIDATION = ("gm10062Ses1", "gm10062Ses2", "t2", "t2fakelesion")
+#: Held-out splits (``--split``). ``shipped`` trains the shipped models. ``sct-subject`` holds out every
+#: scan of the SCT volunteer (T1w, T2w, T2*w, MT-on, MT-off: T1w and MT are then contrasts training never
+#: shows) and one gm-challenge subject: it measures the recipe on unseen subjects and contrasts, and its
+#: models are evaluated, not installed.
+SPLITS = {"shipped": VALIDATION,
+          "sct-subject": ("gm9709Ses1", "gm9709Ses2", "t2", "t2fakelesion", "t1w", "t2s", "mt1", "mt0")}
 #: The region-based network is trained once; demo-sc is its cord output as a softmax model.
 TRAINED = "demo-sc-lesion"
 #: In catalogue order: the first built-in model is the Slicer module's default.
@@ -103,12 +109,12 @@ def _load(relative: str, orientation: str = ORIENTATION) -> sitk.Image:
     return reorient(sitk.ReadImage(str(DATA / relative)), orientation)
 
 
-def training_cases() -> List[tuple]:
-    """The cases trained on: every case whose id is not in ``VALIDATION``."""
-    return [c for c in CASES if c[0] not in VALIDATION]
+def training_cases(validation: Sequence[str] = VALIDATION) -> List[tuple]:
+    """The cases trained on: every case whose id is not in ``validation``."""
+    return [c for c in CASES if c[0] not in validation]
 
 
-def build_raw_dataset(model_id: str, raw_root: Path) -> Path:
+def build_raw_dataset(model_id: str, raw_root: Path, validation: Sequence[str] = VALIDATION) -> Path:
     """Write the nnU-Net raw dataset of ``model_id`` (training cases only); return its folder.
 
     Scans become float32 and masks uint8 (cord 1, lesion 2), both in LAS. The region-based
@@ -120,7 +126,7 @@ def build_raw_dataset(model_id: str, raw_root: Path) -> Path:
     shutil.rmtree(folder, ignore_errors=True)
     (folder / "imagesTr").mkdir(parents=True)
     (folder / "labelsTr").mkdir()
-    cases = training_cases()
+    cases = training_cases(validation)
     for case, _subject, _contrast, scan_path, cord_path, lesion_path in cases:
         scan = sitk.Cast(_load(scan_path), sitk.sitkFloat32)
         labels = (sitk.GetArrayFromImage(_load(cord_path)) > 0).astype(np.uint8)
@@ -177,8 +183,12 @@ def plan_and_preprocess(model_id: str, preprocessed_root: Path, preprocess: bool
     return plans
 
 
-def train(model_id: str, device: str, epochs: int, iterations: int, max_minutes: float) -> Path:
-    """Train fold 'all' with the contrast-agnostic trainer; return the final checkpoint."""
+def train(model_id: str, device: str, epochs: int, iterations: int, max_minutes: float,
+          learning_rate: float = 1e-2, initial_weights: Optional[Path] = None) -> Path:
+    """Train fold 'all' with the contrast-agnostic trainer; return the final checkpoint.
+
+    ``initial_weights``: a cord model's checkpoint to start from (``ContrastAgnosticTrainer.load_cord_weights``).
+    """
     import torch
     from nnunetv2.paths import nnUNet_preprocessed
 
@@ -189,6 +199,7 @@ def train(model_id: str, device: str, epochs: int, iterations: int, max_minutes:
         """The budget of this run."""
 
     DemoTrainer.epochs, DemoTrainer.iterations, DemoTrainer.max_minutes = epochs, iterations, max_minutes
+    DemoTrainer.learning_rate, DemoTrainer.initial_weights = learning_rate, initial_weights
     spec = SPECS[model_id]
     plans = json.loads((Path(nnUNet_preprocessed) / spec["name"] / "nnUNetPlans.json").read_text())
     dataset = json.loads((Path(nnUNet_preprocessed) / spec["name"] / "dataset.json").read_text())
@@ -216,8 +227,8 @@ def as_cord_model(weights: Dict[str, "torch.Tensor"]) -> Dict[str, "torch.Tensor
     return out
 
 
-def export_model(model_id: str, checkpoint_path: Path) -> Dict[str, str]:
-    """Strip the checkpoint to what inference needs and install it in the module's resources.
+def export_model(model_id: str, checkpoint_path: Path, models_root: Path = MODELS) -> Dict[str, str]:
+    """Strip the checkpoint to what inference needs and install it in ``models_root`` (the module's resources).
 
     ``demo-sc`` is derived from the region-based checkpoint (:func:`as_cord_model`).
     """
@@ -243,8 +254,8 @@ def export_model(model_id: str, checkpoint_path: Path) -> Dict[str, str]:
         "inference_allowed_mirroring_axes": checkpoint["inference_allowed_mirroring_axes"],
         "current_epoch": checkpoint.get("current_epoch"),
     }
-    target = MODELS / model_id / "nnUNetTrainer__nnUNetPlans__3d_fullres"
-    shutil.rmtree(MODELS / model_id, ignore_errors=True)
+    target = models_root / model_id / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    shutil.rmtree(models_root / model_id, ignore_errors=True)
     (target / "fold_all").mkdir(parents=True)
     (target / "plans.json").write_text(json.dumps(init_args["plans"], indent=2))
     (target / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
@@ -305,8 +316,9 @@ def _painted_copy(scan: sitk.Image, cord: np.ndarray, seed: int) -> Tuple[sitk.I
     return painted, seg[0].numpy() == LESION
 
 
-def evaluate_models(models: Dict[str, Path], validation_only: Sequence[str] = ()) -> Dict[str, dict]:
-    """Every model on every case (``validation_only`` models: validation cases), with the project's engine.
+def evaluate_models(models: Dict[str, Path], validation_only: Sequence[str] = (),
+                    validation: Sequence[str] = VALIDATION) -> Dict[str, dict]:
+    """Every model on every case (``validation_only`` models: ``validation`` cases), with the project's engine.
 
     Predictions are on each scan's own grid.
 
@@ -326,12 +338,12 @@ def evaluate_models(models: Dict[str, Path], validation_only: Sequence[str] = ()
         engine = SegmentationEngine(folder, InferenceOptions(device="cpu"), model_id=model_id)
         cases = {}
         for case, subject, contrast, scan_path, cord_path, lesion_path in CASES:
-            if model_id in validation_only and case not in VALIDATION:
+            if model_id in validation_only and case not in validation:
                 continue
             scan = read_scan(DATA / scan_path)
             maps = engine.predict(scan, name=scan_path).soft_maps
             cord = sitk.GetArrayFromImage(sitk.ReadImage(str(DATA / cord_path))) > 0
-            row = {"subject": subject, "contrast": contrast, "validation": case in VALIDATION,
+            row = {"subject": subject, "contrast": contrast, "validation": case in validation,
                    "sc_dice": correction_stats(sitk.GetArrayFromImage(maps["sc"]) >= DEFAULT_THRESHOLD, cord).dice}
             if "lesion" in maps:
                 found = sitk.GetArrayFromImage(maps["lesion"]) >= DEFAULT_THRESHOLD
@@ -340,7 +352,7 @@ def evaluate_models(models: Dict[str, Path], validation_only: Sequence[str] = ()
                     row["lesion_dice"] = correction_stats(found, truth).dice
                 else:
                     row["lesion_components_on_healthy_scan"] = int(label_lesions(found).max())
-                    if case in VALIDATION:
+                    if case in validation:
                         painted, truth = _painted_copy(scan, cord, seed=len(cases))
                         found = sitk.GetArrayFromImage(engine.predict(painted).soft_maps["lesion"]) >= DEFAULT_THRESHOLD
                         hits = label_lesions(truth)
@@ -399,18 +411,20 @@ def benchmark_speed(model_id: str, folder: Path, scan_path: Path) -> dict:
     return timing
 
 
-def evaluate_all(models: Dict[str, Path], baseline: Optional[Path] = None, validation_only: bool = False) -> dict:
+def evaluate_all(models: Dict[str, Path], baseline: Optional[Path] = None, validation_only: bool = False,
+                 validation: Sequence[str] = VALIDATION) -> dict:
     """The report's evaluation: per case, summary, speed, size; ``baseline`` models on the validation cases.
 
     The trained model is evaluated on every case (training scans too) unless ``validation_only``.
     """
     derived = list(models) if validation_only else [m for m in models if m != TRAINED]
-    results = evaluate_models(models, validation_only=derived)
+    results = evaluate_models(models, validation_only=derived, validation=validation)
     evaluation = {"cases": results, "summary": summarize(results),
                   "speed": benchmark_speed(TRAINED, models[TRAINED], DATA / "sct_tutorial_data/t2_ms/t2.nii.gz"),
                   "size_bytes": sum(p.stat().st_size for m in models.values() for p in m.rglob("*") if p.is_file())}
     if baseline is not None:
-        old = evaluate_models({m: baseline / m for m in models if (baseline / m).is_dir()}, validation_only=list(models))
+        old = evaluate_models({m: baseline / m for m in models if (baseline / m).is_dir()}, validation_only=list(models),
+                              validation=validation)
         evaluation["baseline"] = {"folder": str(baseline), "cases": old, "summary": summarize(old)}
     return evaluation
 
@@ -422,6 +436,9 @@ def main() -> int:
     parser.add_argument("--iterations", type=int, default=30, help="training iterations per epoch")
     parser.add_argument("--max-minutes", type=float, default=float("inf"),
                         help="stop training after the epoch that passes this wall-clock time")
+    parser.add_argument("--learning-rate", type=float, default=1e-2, help="nnU-Net's initial learning rate")
+    parser.add_argument("--init-from", type=Path, metavar="MODEL_FOLDER",
+                        help="start from this cord model's weights (e.g. the shipped demo-sc) instead of from scratch")
     parser.add_argument("--work-dir", default="/tmp/scs-train", help="nnU-Net raw/preprocessed/results folders")
     parser.add_argument("--evaluate-only", action="store_true", help="re-evaluate the shipped models, no training")
     parser.add_argument("--skip-evaluation", action="store_true", help="train and export only")
@@ -429,6 +446,9 @@ def main() -> int:
                         help="keep the work folder's raw and preprocessed data (same spacing); plan again")
     parser.add_argument("--baseline", type=Path, help="a Models folder of earlier demo models to evaluate alongside")
     parser.add_argument("--validation-only", action="store_true", help="evaluate on the validation cases only")
+    parser.add_argument("--split", default="shipped", choices=list(SPLITS),
+                        help="held-out cases; other than 'shipped', the models go to WORK_DIR/models and the report's "
+                             "held_out_splits, not into the module (use a work dir of its own)")
     parser.add_argument("--install", nargs="+", default=list(SPECS), choices=list(SPECS),
                         help="the models to install from this training (the others keep their shipped version)")
     args = parser.parse_args()
@@ -442,39 +462,55 @@ def main() -> int:
     if not DATA.is_dir():
         print(f"shared data not found at {DATA}", file=sys.stderr)
         return 1
-    report = json.loads(REPORT.read_text()) if REPORT.is_file() and args.evaluate_only else {}
+    report = json.loads(REPORT.read_text()) if REPORT.is_file() else {}
+    validation = SPLITS[args.split]
+    shipped = args.split == "shipped"
+    models_root = MODELS if shipped else work / "models"
+    section = report if shipped else report.setdefault("held_out_splits", {}).setdefault(args.split, {})
     if not args.evaluate_only:
         start = time.perf_counter()
         if not args.reuse_preprocessed:
-            build_raw_dataset(TRAINED, work / "nnUNet_raw")
+            build_raw_dataset(TRAINED, work / "nnUNet_raw", validation)
         plans = plan_and_preprocess(TRAINED, work / "nnUNet_preprocessed", preprocess=not args.reuse_preprocessed)
         prepared = time.perf_counter()
-        checkpoint = train(TRAINED, args.device, args.epochs, args.iterations, args.max_minutes)
+        initial = None
+        if args.init_from is not None:
+            from SpinalCordSegLib.model_folder import ModelFolder, sha256_of_file
+
+            # A copy: exporting the new models replaces the shipped folders.
+            initial = work / "initial_checkpoint.pth"
+            shutil.copyfile(ModelFolder.open(args.init_from).checkpoint_path("all"), initial)
+        checkpoint = train(TRAINED, args.device, args.epochs, args.iterations, args.max_minutes,
+                           args.learning_rate, initial)
         trained = time.perf_counter()
         import torch
 
         epochs_done = torch.load(checkpoint, map_location="cpu", weights_only=False)["current_epoch"]
         configuration = plans["configurations"]["3d_fullres"]
-        report["training"] = {
+        section["training"] = {
             "trained_model": TRAINED, "derived_models": [m for m in SPECS if m != TRAINED],
             "device": args.device, "epochs_planned": args.epochs, "epochs_done": epochs_done,
             "iterations_per_epoch": args.iterations, "max_minutes": args.max_minutes,
+            "learning_rate": args.learning_rate,
+            "initial_weights": None if initial is None else {
+                "model": str(args.init_from), "checkpoint_sha256": sha256_of_file(initial)},
             "preparation_minutes": round((prepared - start) / 60, 1),
             "training_minutes": round((trained - prepared) / 60, 1),
             "spacing_mm": configuration["spacing"], "patch_size": configuration["patch_size"],
             "features_per_stage": configuration["architecture"]["arch_kwargs"]["features_per_stage"],
-            "training_cases": [c[0] for c in training_cases()], "validation_cases": list(VALIDATION),
+            "training_cases": [c[0] for c in training_cases(validation)], "validation_cases": list(validation),
         }
-        for model_id in args.install:
-            sha = export_model(model_id, checkpoint)
-            register_in_catalogue(model_id)
-            report.setdefault("models", {})[model_id] = {"sha256": sha}
+        for model_id in args.install if shipped else list(SPECS):
+            sha = export_model(model_id, checkpoint, models_root)
+            if shipped:
+                register_in_catalogue(model_id)
+            section.setdefault("models", {})[model_id] = {"sha256": sha}
         REPORT.write_text(json.dumps(report, indent=2) + "\n")
-        print(json.dumps(report["training"], indent=2), flush=True)
+        print(json.dumps(section["training"], indent=2), flush=True)
         if args.skip_evaluation:
             return 0
-    evaluation = evaluate_all({m: MODELS / m for m in SPECS}, args.baseline, args.validation_only)
-    report["evaluation"] = evaluation
+    evaluation = evaluate_all({m: models_root / m for m in SPECS}, args.baseline, args.validation_only, validation)
+    section["evaluation"] = evaluation
     REPORT.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(evaluation["summary"], indent=2), flush=True)
     return 0

@@ -54,6 +54,16 @@ def test_every_case_is_on_disk_and_validation_is_held_out_by_subject(trainer):
     assert held_out_gm and held_out_gm.isdisjoint({c[1] for c in trained})
 
 
+def test_sct_subject_split_holds_out_a_whole_subject_and_contrasts_training_never_sees(trainer):
+    held_out = trainer.SPLITS["sct-subject"]
+    trained = trainer.training_cases(held_out)
+    validation = [c for c in trainer.CASES if c[0] in held_out]
+    assert len(trained) + len(validation) == len(trainer.CASES)
+    assert {c[1] for c in validation}.isdisjoint({c[1] for c in trained})  # by subject
+    assert {"T1w", "MTon", "MToff"}.isdisjoint({c[2] for c in trained})
+    assert trainer.SPLITS["shipped"] == trainer.VALIDATION
+
+
 def test_raw_dataset_passes_nnunets_check_and_holds_out_validation(trainer, tmp_path, monkeypatch):
     # A few small cases of each kind (gm-challenge, sct, extra), to keep the test fast.
     keep = ("gm10062Ses2", "gm9709Ses1", "mt0", "t2", "t2fakelesion", "mt1")
@@ -106,6 +116,40 @@ def test_contrast_agnostic_transform_keeps_labels_and_remaps_intensities(augment
         contrasts.append(float(out["image"][0][inside].mean() - out["image"][0][~inside].mean()))
     # The cord is sometimes brighter, sometimes darker than its surroundings: no fixed contrast.
     assert min(contrasts) < 0 < max(contrasts)
+
+
+def test_synthesized_lesions_always_differ_from_their_cord(augment):
+    image, seg = _patch()
+    seg[0, 4:8, 18:22, 18:22] = augment.LESION
+    gaps = []
+    for seed in range(30):
+        out = augment.synthesize_intensities(image, seg, np.random.default_rng(seed))[0]
+        gaps.append(abs(float(out[seg[0] == augment.LESION].mean() - out[seg[0] == augment.CORD].mean())))
+    # Means 0.25-0.6 apart, less what the blur mixes in at a 4-voxel lesion's edge.
+    assert min(gaps) > 0.1
+
+
+def test_fine_tuning_starts_from_the_cord_models_weights(augment, script, tmp_path):
+    torch.manual_seed(0)
+
+    def network():
+        net = torch.nn.Module()
+        net.encoder = torch.nn.Conv3d(1, 4, 3)
+        net.decoder = torch.nn.Module()
+        net.decoder.seg_layers = torch.nn.ModuleList([torch.nn.Conv3d(4, 2, 1)])
+        return net
+
+    cord = network()  # demo-sc's heads: (0, cord logits)
+    weights = script.as_cord_model(cord.state_dict())
+    torch.save({"network_weights": weights}, tmp_path / "checkpoint_final.pth")
+    trainer = type("Trainer", (), {"network": network(), "print_to_log_file": lambda self, *a: None})()
+    lesion_head = trainer.network.decoder.seg_layers[0].weight[1].clone()
+    augment.ContrastAgnosticTrainer.load_cord_weights(trainer, tmp_path / "checkpoint_final.pth")
+    loaded = trainer.network.state_dict()
+    assert torch.equal(loaded["encoder.weight"], cord.encoder.weight)
+    head = loaded["decoder.seg_layers.0.weight"]
+    assert torch.equal(head[0], cord.decoder.seg_layers[0].weight[0])  # the sc region: the cord logits
+    assert torch.equal(head[1], lesion_head)  # the lesion row keeps its initialisation
 
 
 def test_thick_slices_average_along_one_axis_only(augment):
