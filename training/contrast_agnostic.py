@@ -6,7 +6,8 @@ each training patch (after nnU-Net's spatial transform, before its own intensity
 transforms) goes through :class:`ContrastAgnosticTransform`:
 
 - synthetic lesions (region-based model only): ellipsoids inside the cord,
-  labelled 2, brighter or darker than the cord;
+  labelled 2, brighter or darker than the cord; and lesion mimics that stay
+  cord (a brighter or darker core along the whole patch, like grey matter);
 - in the SynthSeg manner, per-label random intensities: the cord, the lesions
   and a few intensity classes of the background (quantiles of the real patch:
   CSF, fat, muscle, bone fall into different classes) each get a random mean
@@ -72,6 +73,26 @@ def paint_lesions(image: torch.Tensor, seg: torch.Tensor, spacing: Sequence[floa
         seg[0][region] = LESION
 
 
+def paint_core(image: torch.Tensor, seg: torch.Tensor, spacing: Sequence[float], rng: np.random.Generator) -> None:
+    """Brighten (mostly) or darken the cord's core along the whole patch, in place; labels unchanged.
+
+    Grey matter is brighter than white matter on T2*w and the central canal shows on
+    T2w: a long, central, brighter core is cord, not lesion. Without such negatives the
+    lesion head learned "brighter inside the cord" and fired along the core of healthy
+    cords (one component per healthy scan). The core is the cord less 1-2.5 mm in plane
+    (axes 1 and 2), softened by a blur.
+    """
+    cord = (seg[0] >= CORD).float()
+    depth = rng.uniform(1.0, 2.5)  # mm from the cord's edge, in plane
+    kernel = [1] + [2 * max(1, int(round(depth / spacing[a]))) + 1 for a in (1, 2)]
+    core = 1.0 - F.max_pool3d((1.0 - cord)[None, None], kernel, stride=1, padding=[k // 2 for k in kernel])[0, 0]
+    if not core.any():
+        return
+    sign = 1.0 if rng.random() < 0.7 else -1.0
+    weight = blur(core[None], [0.5, 1.0, 1.0])[0] * cord
+    image += (sign * rng.uniform(0.5, 2.0) * float(image.std() or 1.0)) * weight
+
+
 def synthesize_intensities(image: torch.Tensor, seg: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     """SynthSeg-style: a random mean and spread per label; background split into intensity classes.
 
@@ -135,15 +156,18 @@ class ContrastAgnosticTransform(BasicTransform):
         spacing: voxel spacing of the patch in mm (the plans' spacing, axis order of the data).
         lesions: paint synthetic lesions (region-based cord + lesion model).
         p_lesion: probability that a patch with cord gets 1-4 lesions.
+        p_core: probability (region-based model) that the cord's core is made brighter or
+            darker, a lesion mimic that stays cord (:func:`paint_core`).
         p_synth: probability of SynthSeg-style random intensities.
         p_invert: probability of inversion when intensities are not synthesized.
     """
 
-    def __init__(self, spacing: Sequence[float], lesions: bool = False, p_lesion: float = 0.8,
-                 p_synth: float = 0.4, p_invert: float = 0.3):
+    def __init__(self, spacing: Sequence[float], lesions: bool = False, p_lesion: float = 0.7,
+                 p_core: float = 0.4, p_synth: float = 0.4, p_invert: float = 0.3):
         super().__init__()
         self.spacing = tuple(float(s) for s in spacing)
-        self.lesions, self.p_lesion, self.p_synth, self.p_invert = lesions, p_lesion, p_synth, p_invert
+        self.lesions, self.p_lesion, self.p_core = lesions, p_lesion, p_core
+        self.p_synth, self.p_invert = p_synth, p_invert
 
     def apply(self, data_dict: dict, **params) -> dict:
         rng = np.random.default_rng(np.random.randint(2 ** 31))  # per-worker seeding stays nnU-Net's
@@ -155,6 +179,8 @@ class ContrastAgnosticTransform(BasicTransform):
             image = synthesize_intensities(image, seg, rng)
         elif rng.random() < self.p_invert:
             image = -image
+        if self.lesions and rng.random() < self.p_core:  # after the remapping, which would flatten the cord
+            paint_core(image, seg, self.spacing, rng)
         if rng.random() < 0.5:  # gamma on [0, 1]
             low, high = image.min(), image.max()
             image = ((image - low) / (high - low + 1e-6)).pow(float(np.exp(rng.normal(0.0, 0.4))))

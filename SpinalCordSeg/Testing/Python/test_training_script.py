@@ -118,6 +118,19 @@ def test_contrast_agnostic_transform_keeps_labels_and_remaps_intensities(augment
     assert min(contrasts) < 0 < max(contrasts)
 
 
+def test_core_mimic_changes_the_cords_centre_only_and_keeps_the_labels(augment):
+    image, seg = _patch()
+    before, labels = image.clone(), seg.clone()
+    augment.paint_core(image, seg, (3.0, 0.9, 0.9), np.random.default_rng(0))
+    change = (image - before)[0]
+    cord = seg[0] > 0
+    assert torch.equal(seg, labels)  # a mimic is cord, not lesion
+    assert torch.equal(change[~cord], torch.zeros_like(change[~cord]))
+    centre, edge = change[:, 20, 20], change[:, 15, 20]  # the cord spans rows 15-24 and columns 14-25
+    assert (centre.abs() > 0).all()  # along the whole patch
+    assert (centre.abs() > 3 * edge.abs()).all()
+
+
 def test_synthesized_lesions_always_differ_from_their_cord(augment):
     image, seg = _patch()
     seg[0, 4:8, 18:22, 18:22] = augment.LESION
