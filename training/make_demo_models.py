@@ -3,11 +3,13 @@
 One region-based network (``sc`` = [1, 2], ``lesion`` = 2) is trained on the 13
 training cases of the shared data (``CASES`` less ``VALIDATION``: T2*w, T1w, MT-on,
 MT-off, mean BOLD, 7T, a PAM50 T2w template crop) with the augmentation of
-``contrast_agnostic.py`` (synthetic lesions painted in the cord during training,
+``contrast_agnostic.py`` (synthetic lesions painted in the cord during training, lesion mimics,
 SynthSeg-style random intensities per label, inversion, gamma, bias field, thick
 slabs, noise). It installs as ``demo-sc-lesion``, and ``demo-sc`` is the same network
 with its cord head turned into a 2-class softmax (:func:`as_cord_model`); ``--install``
-picks which (the 2026-12-01 run shipped only ``demo-sc``: see the report's ``decision``).
+picks which. ``--init-from`` starts from a cord model's weights (the shipped models come from a
+from-scratch run, then a run from its ``demo-sc``: see the README), ``--split`` trains on another
+held-out split to measure the recipe.
 
 Every step is nnU-Net's own: raw dataset, fingerprint, planning (target spacing
 ``TARGET_SPACING``, a small memory target so that the patch suits a CPU) and
@@ -20,7 +22,8 @@ healthy scans, speed on a clinical-size scan) goes to ``training/demo_models_rep
 
 Usage:
     .venv/bin/python training/make_demo_models.py [--device cpu|cuda] [--epochs 50] [--iterations 30]
-        [--max-minutes 60] [--install demo-sc] [--work-dir /tmp/scs-train]
+        [--max-minutes 60] [--learning-rate 0.01] [--init-from MODEL_FOLDER] [--install demo-sc]
+        [--split shipped|sct-subject] [--work-dir /tmp/scs-train] [--reuse-preprocessed]
         [--evaluate-only [--validation-only]] [--baseline DIR]
 """
 
@@ -274,9 +277,9 @@ def register_in_catalogue(model_id: str) -> None:
     entry = {
         "id": model_id,
         "name": spec["title"],
-        "description": "A small nnU-Net v2 model trained in an hour on a CPU, on 13 scans of 7 contrasts with "
-                       "contrast-agnostic augmentation and synthetic lesions (training/make_demo_models.py), shipped "
-                       "so that SpinalCordSeg works with no download. A demo, not for real use: use the field's "
+        "description": "A small nnU-Net v2 model trained on a CPU in two stages (about 85 min), on 13 scans of 7 "
+                       "contrasts with contrast-agnostic augmentation, synthetic lesions and lesion mimics "
+                       "(training/make_demo_models.py), shipped so that SpinalCordSeg works with no download. A demo, not for real use: use the field's "
                        "models (spinalcord, lesion_ms...).",
         "task": spec["task"],
         "structures": spec["structures"],

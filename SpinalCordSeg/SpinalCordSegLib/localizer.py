@@ -3,7 +3,7 @@
 Two ways to find the cord's box before a model runs:
 
 - :class:`CordLocalizer`: the embedded ``demo-sc`` model in a coarse pass
-  (its own grid of 0.82 x 0.82 x 4.25 mm, to which nnU-Net downsamples the
+  (its own grid of 3 x 0.9 x 0.9 mm, to which nnU-Net resamples the
   scan; tiles side by side, no mirroring): a few seconds on a CPU. Of its
   cord map, the connected piece that runs through the most axial slices is
   kept: the cord is a tube along the body, false detections are blobs.

@@ -21,9 +21,10 @@ from SpinalCordSegLib.resources import embedded_models_dir
 
 EMBEDDED = ("demo-sc", "demo-sc-lesion")
 SIZE_LIMIT = 20 * 1024 * 1024  # both models together
-#: demo-sc-lesion (trained on t2_fake_lesion and t2, see the README): floors under its measured figures.
+#: demo-sc-lesion on t2_fake_lesion (held out, see the README): floors under its measured figures
+#: (cord 0.858, lesion 0.211 with the default options).
 LESION_SCAN_CORD_DICE = 0.8
-LESION_DICE = 0.5
+LESION_DICE = 0.15
 
 
 def _dice(soft: sitk.Image, truth_path) -> float:
@@ -33,8 +34,8 @@ def _dice(soft: sitk.Image, truth_path) -> float:
 
 @pytest.fixture(scope="module")
 def engines():
-    # With mirroring, as these figures were first measured (it is off by default since crop-first inference).
-    options = InferenceOptions(device="cpu", use_mirroring=True)
+    # The defaults (crop first, no mirroring), as training/demo_models_report.json measures.
+    options = InferenceOptions(device="cpu")
     return {m: SegmentationEngine(resolve_model(m, offline=True).folder, options, model_id=m) for m in EMBEDDED}
 
 
@@ -63,10 +64,10 @@ def test_region_model_label_scheme():
     ("sct_testing_data/t2/t2.nii.gz", "sct_testing_data/t2/t2_seg-manual.nii.gz", 0.9),
     ("train/gm-challenge-data/sub-10062Ses2/anat/sub-10062Ses2_run-1_T2starw.nii.gz",
      "train/gm-challenge-data/derivatives/labels/sub-10062Ses2/anat/sub-10062Ses2_run-1_T2starw_seg-manual.nii.gz",
-     0.65),
+     0.85),
 ], ids=["T2w", "T2starw"])
 def test_demo_sc_segments_held_out_scans(engines, shared_data, scan, truth, floor):
-    """Validation scans of training/make_demo_models.py, never trained on (measured: 0.963 and 0.752)."""
+    """Validation scans of training/make_demo_models.py, never trained on (measured: 0.949 and 0.948)."""
     maps = engines["demo-sc"].predict(read_scan(shared_data / scan)).soft_maps
     assert _dice(maps["sc"], shared_data / truth) >= floor
 
@@ -79,6 +80,10 @@ def test_demo_sc_lesion_finds_cord_and_lesion(engines, shared_data):
     # Region-based (the cord region includes the lesion): what is lesion is also cord.
     lesion, cord = (sitk.GetArrayFromImage(maps[s]) >= 0.5 for s in ("lesion", "sc"))
     assert lesion.any() and np.mean(cord[lesion]) > 0.99
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(scans / "t2/t2_fake_lesion_lesion_seg.nii.gz"))) > 0
+    found = label_lesions(lesion)
+    assert set(np.unique(found[truth])) - {0}, "the one lesion found is the true one"
+    assert found.max() == 1
 
 
 def test_demo_sc_lesion_finds_no_lesion_on_a_healthy_t2w_scan(engines, shared_data):
