@@ -163,7 +163,7 @@ class ContrastAgnosticTransform(BasicTransform):
     """
 
     def __init__(self, spacing: Sequence[float], lesions: bool = False, p_lesion: float = 0.7,
-                 p_core: float = 0.4, p_synth: float = 0.4, p_invert: float = 0.3):
+                 p_core: float = 0.7, p_synth: float = 0.4, p_invert: float = 0.3):
         super().__init__()
         self.spacing = tuple(float(s) for s in spacing)
         self.lesions, self.p_lesion, self.p_core = lesions, p_lesion, p_core
@@ -209,7 +209,8 @@ class ContrastAgnosticTrainer(_nnunet_trainer()):
     Set the budget on a subclass (class attributes) before nnU-Net builds it:
     ``epochs``, ``iterations``, ``max_minutes`` (stops after the epoch that passes it),
     ``learning_rate`` (nnU-Net's initial one), ``initial_weights`` (a cord network's
-    checkpoint to start from, see :meth:`load_cord_weights`; None starts from scratch).
+    or region network's checkpoint to start from, see :meth:`load_cord_weights`; None starts
+    from scratch).
     """
 
     epochs = 100
@@ -278,16 +279,17 @@ class ContrastAgnosticTrainer(_nnunet_trainer()):
     def load_cord_weights(self, checkpoint) -> None:
         """Start from a cord network's weights: every layer, its cord head as the ``sc`` region's.
 
-        The checkpoint is a softmax cord model whose heads are (background 0, cord
-        logits), as ``make_demo_models.as_cord_model`` makes ``demo-sc``; the other
-        regions' head rows (the lesion) keep nnU-Net's initialisation. A lesion head
-        then trains on top of a cord network that already generalises, instead of
-        sharing a CPU hour with it.
+        A softmax cord model's heads are (background 0, cord logits), as
+        ``make_demo_models.as_cord_model`` makes ``demo-sc``; the other regions' head
+        rows (the lesion) keep nnU-Net's initialisation. A lesion head then trains on
+        top of a cord network that already generalises, instead of sharing a CPU hour
+        with it. A region-based checkpoint (``demo-sc-lesion``) is loaded as it is.
         """
-        weights = torch.load(checkpoint, map_location="cpu", weights_only=True)["network_weights"]
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        region_based = "regions_class_order" in saved.get("init_args", {}).get("dataset_json", {})
         state = self.network.state_dict()
-        for name, tensor in weights.items():
-            if ".seg_layers." in name:
+        for name, tensor in saved["network_weights"].items():
+            if ".seg_layers." in name and not region_based:
                 tensor = torch.cat([tensor[1:2], state[name][1:]])
             state[name] = tensor
         self.network.load_state_dict(state)

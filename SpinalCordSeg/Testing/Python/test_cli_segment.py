@@ -72,7 +72,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys, shared_data):
     ]
     assert (out / "sample_T2w_overlay.png").is_file()
     # The bundled sample is SCT's t2_fake_lesion (held out from the embedded model's training): the
-    # model finds its cord, and marks its lesion (roughly: Dice 0.21, see the README).
+    # model finds its cord, and marks its lesion (roughly: Dice 0.50, see the README).
     from SpinalCordSegLib.correction import correction_stats
 
     masks = {}

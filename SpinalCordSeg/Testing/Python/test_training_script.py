@@ -163,6 +163,12 @@ def test_fine_tuning_starts_from_the_cord_models_weights(augment, script, tmp_pa
     head = loaded["decoder.seg_layers.0.weight"]
     assert torch.equal(head[0], cord.decoder.seg_layers[0].weight[0])  # the sc region: the cord logits
     assert torch.equal(head[1], lesion_head)  # the lesion row keeps its initialisation
+    # A region-based checkpoint (demo-sc-lesion) continues as it is, lesion head included.
+    region = network()
+    torch.save({"network_weights": region.state_dict(),
+                "init_args": {"dataset_json": {"regions_class_order": [1, 2]}}}, tmp_path / "region.pth")
+    augment.ContrastAgnosticTrainer.load_cord_weights(trainer, tmp_path / "region.pth")
+    assert torch.equal(trainer.network.state_dict()["decoder.seg_layers.0.weight"], region.decoder.seg_layers[0].weight)
 
 
 def test_thick_slices_average_along_one_axis_only(augment):
