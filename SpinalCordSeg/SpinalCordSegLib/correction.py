@@ -25,7 +25,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
@@ -38,7 +37,7 @@ from .errors import InputImageError, SpinalCordSegError
 from .fileutil import PathLike
 from .grid import same_grid
 from .image_io import orientation_of, reorient, write_image_atomic
-from .naming import output_name
+from .naming import SESSION, SUBJECT, output_name
 from .sidecar import Sidecar, automatic_step, now
 
 
@@ -47,9 +46,6 @@ LOG_COLUMNS = [
     "date", "case", "scan", "structure", "model", "threshold", "voxels_automatic", "voxels_corrected",
     "voxels_added", "voxels_removed", "dice", "seconds", "rater", "output",
 ]
-
-_SUBJECT = re.compile(r"^sub-[A-Za-z0-9]+$")
-_SESSION = re.compile(r"^ses-[A-Za-z0-9]+$")
 
 
 # ------------------------------------------------------------------ statistics
@@ -116,9 +112,9 @@ def bids_location(scan_path: PathLike) -> Optional[BidsLocation]:
     scan = Path(scan_path).expanduser().absolute()
     datatype_dir = scan.parent
     above = datatype_dir.parent
-    session = above.name if _SESSION.match(above.name) else None
+    session = above.name if SESSION.match(above.name) else None
     subject_dir = above.parent if session else above
-    if not _SUBJECT.match(subject_dir.name) or not scan.name.startswith(subject_dir.name + "_"):
+    if not SUBJECT.match(subject_dir.name) or not scan.name.startswith(subject_dir.name + "_"):
         return None
     if session and f"_{session}_" not in scan.name:
         return None

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +41,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputImageError, SpinalCordSegError
-from .naming import output_name
+from .naming import SESSION, SUBJECT, output_name
 
 if TYPE_CHECKING:  # pandas is imported where it is used (Slicer import rule)
     import pandas as pd
@@ -55,7 +54,6 @@ DEFAULT_VERT = (2, 3)
 TRUTH_SUFFIX = "_label-SC_seg"
 #: sct_label_vertebrae's name for the labelled cord mask of ``<case>_label-SC_seg``.
 LEVELS_SUFFIX = "_label-SC_seg_labeled"
-_ENTITY = re.compile(r"^(sub|ses)-[a-zA-Z0-9]+$")
 
 
 @dataclass(frozen=True)
@@ -120,7 +118,7 @@ class DriftResult:
 
 def contrast_of(case: str) -> str:
     """The scan's name without its subject and session: ``sub-01_acq-MTon_MTS`` -> ``acq-MTon_MTS``."""
-    return "_".join(part for part in case.split("_") if not _ENTITY.match(part)) or case
+    return "_".join(part for part in case.split("_") if not (SUBJECT.match(part) or SESSION.match(part))) or case
 
 
 def overlap_metrics(prediction: sitk.Image, truth: sitk.Image) -> Dict[str, float]:

@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Union
 
@@ -22,6 +23,9 @@ BIDS_LABELS = {"sc": "SC", "spinalcord": "SC", "cord": "SC", "lesion": "lesion"}
 #: Display colours (RGB 0-255) by BIDS label: Slicer's terminology colours for the cord
 #: (DICOM master list) and lesions, shared by the Slicer scene and the PNG overlays.
 STRUCTURE_COLOURS = {"SC": (244, 214, 49), "lesion": (230, 41, 41)}
+#: BIDS subject and session entities, as folder names and as parts of a file name.
+SUBJECT = re.compile(r"^sub-[A-Za-z0-9]+$")
+SESSION = re.compile(r"^ses-[A-Za-z0-9]+$")
 _OTHER_COLOURS = [(62, 146, 204), (101, 189, 96), (170, 104, 204), (240, 140, 40)]
 
 
