@@ -209,7 +209,7 @@ class ContrastAgnosticTrainer(_nnunet_trainer()):
     Set the budget on a subclass (class attributes) before nnU-Net builds it:
     ``epochs``, ``iterations``, ``max_minutes`` (stops after the epoch that passes it),
     ``learning_rate`` (nnU-Net's initial one), ``initial_weights`` (a cord network's
-    or region network's checkpoint to start from, see :meth:`load_cord_weights`; None starts
+    or region network's checkpoint to start from, see :meth:`load_initial_weights`; None starts
     from scratch).
     """
 
@@ -276,8 +276,8 @@ class ContrastAgnosticTrainer(_nnunet_trainer()):
             group["lr"] = learning_rate
         self.print_to_log_file(f"learning rate by time and epochs: {learning_rate:.5f}")
 
-    def load_cord_weights(self, checkpoint) -> None:
-        """Start from a cord network's weights: every layer, its cord head as the ``sc`` region's.
+    def load_initial_weights(self, checkpoint) -> None:
+        """Start from a trained network: a region network as it is, a cord network with its head as ``sc``'s.
 
         A softmax cord model's heads are (background 0, cord logits), as
         ``make_demo_models.as_cord_model`` makes ``demo-sc``; the other regions' head
@@ -300,7 +300,7 @@ class ContrastAgnosticTrainer(_nnunet_trainer()):
         start = self.started = time.perf_counter()
         self.on_train_start()
         if self.initial_weights is not None:
-            self.load_cord_weights(self.initial_weights)
+            self.load_initial_weights(self.initial_weights)
         for _ in range(self.current_epoch, self.num_epochs):
             self.on_epoch_start()
             self.on_train_epoch_start()

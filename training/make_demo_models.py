@@ -7,8 +7,8 @@ MT-off, mean BOLD, 7T, a PAM50 T2w template crop) with the augmentation of
 SynthSeg-style random intensities per label, inversion, gamma, bias field, thick
 slabs, noise). It installs as ``demo-sc-lesion``, and ``demo-sc`` is the same network
 with its cord head turned into a 2-class softmax (:func:`as_cord_model`); ``--install``
-picks which. ``--init-from`` starts from a cord model's weights (the shipped models come from a
-from-scratch run, then a run from its ``demo-sc``: see the README), ``--split`` trains on another
+picks which. ``--init-from`` starts from a cord or region model's weights (the shipped models come
+from three runs, each starting from the one before: see the README), ``--split`` trains on another
 held-out split to measure the recipe.
 
 Every step is nnU-Net's own: raw dataset, fingerprint, planning (target spacing
@@ -190,7 +190,8 @@ def train(model_id: str, device: str, epochs: int, iterations: int, max_minutes:
           learning_rate: float = 1e-2, initial_weights: Optional[Path] = None) -> Path:
     """Train fold 'all' with the contrast-agnostic trainer; return the final checkpoint.
 
-    ``initial_weights``: a cord model's checkpoint to start from (``ContrastAgnosticTrainer.load_cord_weights``).
+    ``initial_weights``: a cord or region model's checkpoint to start from
+    (``ContrastAgnosticTrainer.load_initial_weights``).
     """
     import torch
     from nnunetv2.paths import nnUNet_preprocessed
@@ -277,10 +278,10 @@ def register_in_catalogue(model_id: str) -> None:
     entry = {
         "id": model_id,
         "name": spec["title"],
-        "description": "A small nnU-Net v2 model trained on a CPU in two stages (about 85 min), on 13 scans of 7 "
+        "description": "A small nnU-Net v2 model trained on a CPU in three runs (about 105 min), on 13 scans of 7 "
                        "contrasts with contrast-agnostic augmentation, synthetic lesions and lesion mimics "
-                       "(training/make_demo_models.py), shipped so that SpinalCordSeg works with no download. A demo, not for real use: use the field's "
-                       "models (spinalcord, lesion_ms...).",
+                       "(training/make_demo_models.py), shipped so that SpinalCordSeg works with no download. "
+                       "A demo, not for real use: use the field's models (spinalcord, lesion_ms...).",
         "task": spec["task"],
         "structures": spec["structures"],
         "contrasts": ["t2s", "t2", "t1", "mt", "bold"],
@@ -441,7 +442,8 @@ def main() -> int:
                         help="stop training after the epoch that passes this wall-clock time")
     parser.add_argument("--learning-rate", type=float, default=1e-2, help="nnU-Net's initial learning rate")
     parser.add_argument("--init-from", type=Path, metavar="MODEL_FOLDER",
-                        help="start from this cord model's weights (e.g. the shipped demo-sc) instead of from scratch")
+                        help="start from this cord or region model's weights (e.g. the shipped demo-sc) "
+                             "instead of from scratch")
     parser.add_argument("--work-dir", default="/tmp/scs-train", help="nnU-Net raw/preprocessed/results folders")
     parser.add_argument("--evaluate-only", action="store_true", help="re-evaluate the shipped models, no training")
     parser.add_argument("--skip-evaluation", action="store_true", help="train and export only")

@@ -157,7 +157,7 @@ def test_fine_tuning_starts_from_the_cord_models_weights(augment, script, tmp_pa
     torch.save({"network_weights": weights}, tmp_path / "checkpoint_final.pth")
     trainer = type("Trainer", (), {"network": network(), "print_to_log_file": lambda self, *a: None})()
     lesion_head = trainer.network.decoder.seg_layers[0].weight[1].clone()
-    augment.ContrastAgnosticTrainer.load_cord_weights(trainer, tmp_path / "checkpoint_final.pth")
+    augment.ContrastAgnosticTrainer.load_initial_weights(trainer, tmp_path / "checkpoint_final.pth")
     loaded = trainer.network.state_dict()
     assert torch.equal(loaded["encoder.weight"], cord.encoder.weight)
     head = loaded["decoder.seg_layers.0.weight"]
@@ -167,7 +167,7 @@ def test_fine_tuning_starts_from_the_cord_models_weights(augment, script, tmp_pa
     region = network()
     torch.save({"network_weights": region.state_dict(),
                 "init_args": {"dataset_json": {"regions_class_order": [1, 2]}}}, tmp_path / "region.pth")
-    augment.ContrastAgnosticTrainer.load_cord_weights(trainer, tmp_path / "region.pth")
+    augment.ContrastAgnosticTrainer.load_initial_weights(trainer, tmp_path / "region.pth")
     assert torch.equal(trainer.network.state_dict()["decoder.seg_layers.0.weight"], region.decoder.seg_layers[0].weight)
 
 
