@@ -47,7 +47,7 @@ def mrml_scene():
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A plain (softmax) nnU-Net v2 results folder with one label ``sc``."""
-    from SpinalCordSegLib.synthetic_model import make_synthetic_model
+    from SpinalCordSegLib.models.synthetic_model import make_synthetic_model
 
     return make_synthetic_model(tmp_path_factory.mktemp("tiny_model"), region_based=False)
 
@@ -55,6 +55,6 @@ def tiny_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_region_model(tmp_path_factory) -> Path:
     """A region-based nnU-Net v2 results folder: sc=[1, 2], lesion=2."""
-    from SpinalCordSegLib.synthetic_model import make_synthetic_model
+    from SpinalCordSegLib.models.synthetic_model import make_synthetic_model
 
     return make_synthetic_model(tmp_path_factory.mktemp("tiny_region_model"), region_based=True)

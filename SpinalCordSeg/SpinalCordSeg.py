@@ -2,11 +2,11 @@
 
 A thin module (Slicer's scripted module template, SlicerNNUnet's split): the
 widget wires ``Resources/UI/SpinalCordSeg.ui`` to
-``SpinalCordSegLib.segmentation_controller.SegmentationController``, which
+``SpinalCordSegLib.panel.segmentation_controller.SegmentationController``, which
 holds every decision (Apply's jobs and options, enable rules, the set-up,
 temporary folders, saving and the worklist) and is tested on a real MRML
 scene without Slicer. Inference runs in a warm worker process
-(``SpinalCordSegLib.worker``) polled from a timer, so the GUI stays responsive.
+(``SpinalCordSegLib.inference.worker``) polled from a timer, so the GUI stays responsive.
 
 Everything imported here at load must be in Slicer's own Python (numpy,
 SimpleITK, vtk...): PyTorch, nnU-Net, pandas and the like are imported by
@@ -35,9 +35,8 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from SpinalCordSegLib.errors import SpinalCordSegError
-from SpinalCordSegLib.segmentation_controller import SegmentationController
-from SpinalCordSegLib.slicer_scene import register_terminology, segment_editor_node
-from SpinalCordSegLib.binarization import SLIDER_RANGE
+from SpinalCordSegLib.panel.segmentation_controller import SegmentationController
+from SpinalCordSegLib.panel.slicer_scene import register_terminology, segment_editor_node
 
 RATER_SETTING = "SpinalCordSeg/Rater"
 OUTPUT_FOLDER_SETTING = "SpinalCordSeg/OutputFolder"
@@ -344,7 +343,7 @@ class SpinalCordSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             mapButton.toolTip = f"Show the {row.name.lower()} probability map over the scan"
             self._mapButtons.addButton(mapButton)
             slider = ctk.ctkSliderWidget()
-            slider.minimum, slider.maximum = SLIDER_RANGE
+            slider.minimum, slider.maximum = SegmentationController.SLIDER_RANGE
             slider.singleStep, slider.decimals = 0.01, 2
             slider.toolTip = f"{row.name}: voxels with probability >= this value"
             volumeLabel = qt.QLabel()
@@ -436,8 +435,8 @@ class SpinalCordSegLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def workerClient():
-        """The warm worker process: PythonSlicer running SpinalCordSegLib.worker."""
-        from SpinalCordSegLib.worker import WorkerClient
+        """The warm worker process: PythonSlicer running SpinalCordSegLib.inference.worker."""
+        from SpinalCordSegLib.inference.worker import WorkerClient
 
         moduleDir = os.path.dirname(os.path.abspath(__file__))
         pythonPath = os.pathsep.join([moduleDir] + [p for p in [os.environ.get("PYTHONPATH")] if p])
@@ -503,11 +502,11 @@ class SpinalCordSegTest(ScriptedLoadableModuleTest):
 
         import numpy as np
 
-        from SpinalCordSegLib.cli_segment import DEMO_MODEL
-        from SpinalCordSegLib.install_plan import missing_packages
-        from SpinalCordSegLib.sidecar import Sidecar
+        from SpinalCordSegLib.models.catalogue import DEMO_MODEL
+        from SpinalCordSegLib.models.install_plan import missing_packages
+        from SpinalCordSegLib.imaging.sidecar import Sidecar
         from SpinalCordSegLib.resources import sample_scan_path
-        from SpinalCordSegLib.slicer_scene import segment_mask_array, set_segment_mask
+        from SpinalCordSegLib.panel.slicer_scene import segment_mask_array, set_segment_mask
 
         missing = missing_packages()
         if missing:

@@ -34,8 +34,8 @@ from bench_inference import DEFAULT_SCAN, _peak_mb, make_field_size_model, raw_p
 
 
 def measure(kind: str, model: str, scan: str, device: str, tta: bool) -> dict:
-    from SpinalCordSegLib.engine import InferenceOptions, SegmentationEngine
-    from SpinalCordSegLib.image_io import read_scan
+    from SpinalCordSegLib.inference.engine import InferenceOptions, SegmentationEngine
+    from SpinalCordSegLib.imaging.image_io import read_scan
 
     # Random weights "segment" everywhere, up to the box faces, which would send the default pipeline back to
     # the whole field of view (its safety net for a missed cord): measured here is the normal path, where a

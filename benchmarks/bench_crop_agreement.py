@@ -53,10 +53,10 @@ def main() -> int:
 
     import SimpleITK as sitk
 
-    from SpinalCordSegLib.correction import correction_stats
-    from SpinalCordSegLib.engine import InferenceOptions, SegmentationEngine
-    from SpinalCordSegLib.image_io import read_scan
-    from SpinalCordSegLib.model_store import resolve_model
+    from SpinalCordSegLib.rounds.correction import correction_stats
+    from SpinalCordSegLib.inference.engine import InferenceOptions, SegmentationEngine
+    from SpinalCordSegLib.imaging.image_io import read_scan
+    from SpinalCordSegLib.models.model_store import resolve_model
 
     print(f"load average before: {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs)", flush=True)
     rows = []

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from SpinalCordSegLib.image_io import FULL_CHECK_BYTES, check_image_file
+from SpinalCordSegLib.imaging.image_io import FULL_CHECK_BYTES, check_image_file
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("SPINALCORDSEG_SHARED_DATA", REPO.parent / "shared" / "data"))

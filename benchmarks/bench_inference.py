@@ -36,7 +36,7 @@ def _peak_mb(who: int = resource.RUSAGE_SELF) -> float:
 
 
 def make_field_size_model(root: Path) -> Path:
-    from SpinalCordSegLib.synthetic_model import make_synthetic_model
+    from SpinalCordSegLib.models.synthetic_model import make_synthetic_model
 
     # Patch 64x224x160 in RPI (x, y, z) is 160x224x64 in SimpleITK's z, y, x order.
     return make_synthetic_model(root, region_based=False, patch_size=(160, 224, 64), spacing=(1.0, 1.0, 1.0),
@@ -48,7 +48,7 @@ def raw_prediction_seconds(engine, image) -> float:
     import numpy as np
     import SimpleITK as sitk
 
-    from SpinalCordSegLib.image_io import reorient
+    from SpinalCordSegLib.imaging.image_io import reorient
 
     oriented = reorient(image, ORIENTATION)
     array = sitk.GetArrayFromImage(oriented).astype(np.float32)[None]
@@ -59,8 +59,8 @@ def raw_prediction_seconds(engine, image) -> float:
 
 
 def measure_in_process(kind: str, model: str, scan: str, device: str, tta: bool) -> dict:
-    from SpinalCordSegLib.engine import InferenceOptions, SegmentationEngine
-    from SpinalCordSegLib.image_io import read_scan
+    from SpinalCordSegLib.inference.engine import InferenceOptions, SegmentationEngine
+    from SpinalCordSegLib.imaging.image_io import read_scan
 
     # The whole field of view, as nnU-Net's own tools: this compares the engine's overhead, not cropping
     # (bench_crop.py measures that).
@@ -82,7 +82,7 @@ def measure_subprocess(model: str, scan: str, device: str, tta: bool) -> dict:
         inputs.mkdir()
         import SimpleITK as sitk
 
-        from SpinalCordSegLib.image_io import read_scan, reorient
+        from SpinalCordSegLib.imaging.image_io import read_scan, reorient
 
         # nnU-Net's command does not reorient: hand it the scan in the model's orientation.
         sitk.WriteImage(reorient(read_scan(scan), ORIENTATION), str(inputs / "case_0000.nii.gz"))
@@ -97,7 +97,7 @@ def measure_subprocess(model: str, scan: str, device: str, tta: bool) -> dict:
 
 
 def measure_worker(model: str, scan: str, device: str, tta: bool) -> dict:
-    from SpinalCordSegLib.worker import WorkerClient
+    from SpinalCordSegLib.inference.worker import WorkerClient
 
     options = {"device": device, "use_mirroring": tta, "crop": False}
     with tempfile.TemporaryDirectory() as folder, WorkerClient() as client:

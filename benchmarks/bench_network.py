@@ -38,7 +38,7 @@ def main() -> int:
 
     import torch
 
-    from SpinalCordSegLib.engine import InferenceOptions, SegmentationEngine
+    from SpinalCordSegLib.inference.engine import InferenceOptions, SegmentationEngine
 
     with tempfile.TemporaryDirectory() as root:
         engine = SegmentationEngine(make_field_size_model(Path(root)), InferenceOptions(device="cpu", crop=False))

@@ -25,8 +25,8 @@ from typing import Dict, List, Sequence, Tuple
 REPO = Path(__file__).resolve().parents[1]
 BUDGET_S = 0.5
 
-ALL_MODULES = ("import SpinalCordSegLib.cli_segment, SpinalCordSegLib.cli_models, "
-               "SpinalCordSegLib.cli_measure, SpinalCordSegLib.cli_rounds")
+ALL_MODULES = ("import SpinalCordSegLib.cli.segment, SpinalCordSegLib.cli.models, "
+               "SpinalCordSegLib.cli.measure, SpinalCordSegLib.cli.rounds")
 CASES: Tuple[Tuple[str, Sequence[str]], ...] = (
     ("reference: python -c pass", ["-c", "pass"]),
     ("reference: import every command module", ["-c", ALL_MODULES]),

@@ -46,7 +46,7 @@ def smooth_map(shape, seed: int, sigma: float) -> np.ndarray:
 def tutorial_case(scene):
     import slicer
 
-    from SpinalCordSegLib.slicer_scene import image_from_volume
+    from SpinalCordSegLib.panel.slicer_scene import image_from_volume
 
     logic = slicer.vtkSlicerVolumesLogic()
     logic.SetMRMLScene(scene)
@@ -59,7 +59,7 @@ def tutorial_case(scene):
 
 
 def large_case(scene, shape=(120, 512, 512)):
-    from SpinalCordSegLib.slicer_scene import add_volume_from_image
+    from SpinalCordSegLib.panel.slicer_scene import add_volume_from_image
 
     image = sitk.GetImageFromArray(smooth_map(shape, 0, 4.0))
     image.SetSpacing((0.5, 0.5, 1.0))
@@ -89,7 +89,7 @@ def measure_drag(results, structure: str, moves: int) -> dict:
 def run_case(name: str, make, moves: int) -> dict:
     import slicer
 
-    from SpinalCordSegLib.slicer_scene import ResultScene, new_parameter_node
+    from SpinalCordSegLib.panel.slicer_scene import ResultScene, new_parameter_node
 
     scene = slicer.vtkMRMLScene()
     slicer.mrmlScene = scene

@@ -107,7 +107,7 @@ SPECS = {
 
 
 def _load(relative: str, orientation: str = ORIENTATION) -> sitk.Image:
-    from SpinalCordSegLib.image_io import reorient
+    from SpinalCordSegLib.imaging.image_io import reorient
 
     return reorient(sitk.ReadImage(str(DATA / relative)), orientation)
 
@@ -264,14 +264,14 @@ def export_model(model_id: str, checkpoint_path: Path, models_root: Path = MODEL
     (target / "plans.json").write_text(json.dumps(init_args["plans"], indent=2))
     (target / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
     torch.save(stripped, target / "fold_all" / "checkpoint_final.pth")
-    from SpinalCordSegLib.model_folder import sha256_of_file
+    from SpinalCordSegLib.models.model_folder import sha256_of_file
 
     return {"all": sha256_of_file(target / "fold_all" / "checkpoint_final.pth")}
 
 
 def register_in_catalogue(model_id: str) -> None:
     """Add or replace the model's built-in entry at the top of the catalogue, pinned by the hash of each file."""
-    from SpinalCordSegLib.model_folder import ModelFolder
+    from SpinalCordSegLib.models.model_folder import ModelFolder
 
     spec = SPECS[model_id]
     files_sha256 = ModelFolder.open(MODELS / model_id).file_sha256()  # dataset.json, plans.json, checkpoints
@@ -331,11 +331,11 @@ def evaluate_models(models: Dict[str, Path], validation_only: Sequence[str] = ()
     scans, lesion Dice where a lesion mask exists, and on held-out healthy scans
     lesion Dice and lesions found on a copy with 2 painted lesions.
     """
-    from SpinalCordSegLib.correction import correction_stats
-    from SpinalCordSegLib.engine import InferenceOptions, SegmentationEngine
-    from SpinalCordSegLib.image_io import read_scan
-    from SpinalCordSegLib.lesion_metrics import label_lesions
-    from SpinalCordSegLib.morphometrics import DEFAULT_THRESHOLD
+    from SpinalCordSegLib.rounds.correction import correction_stats
+    from SpinalCordSegLib.inference.engine import InferenceOptions, SegmentationEngine
+    from SpinalCordSegLib.imaging.image_io import read_scan
+    from SpinalCordSegLib.measures.lesion_metrics import label_lesions
+    from SpinalCordSegLib.measures.morphometrics import DEFAULT_THRESHOLD
 
     results: Dict[str, dict] = {}
     for model_id, folder in models.items():
@@ -399,8 +399,8 @@ def benchmark_speed(model_id: str, folder: Path, scan_path: Path) -> dict:
     threads) does much less, and divided by the cores used bounds the wall time of an idle machine.
     """
     import torch
-    from SpinalCordSegLib.engine import InferenceOptions, SegmentationEngine
-    from SpinalCordSegLib.image_io import read_scan
+    from SpinalCordSegLib.inference.engine import InferenceOptions, SegmentationEngine
+    from SpinalCordSegLib.imaging.image_io import read_scan
 
     scan = read_scan(scan_path)
     start, cpu_start = time.perf_counter(), time.process_time()
@@ -480,7 +480,7 @@ def main() -> int:
         prepared = time.perf_counter()
         initial = None
         if args.init_from is not None:
-            from SpinalCordSegLib.model_folder import ModelFolder, sha256_of_file
+            from SpinalCordSegLib.models.model_folder import ModelFolder, sha256_of_file
 
             # A copy: exporting the new models replaces the shipped folders.
             initial = work / "initial_checkpoint.pth"

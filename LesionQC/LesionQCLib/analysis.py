@@ -52,7 +52,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import pandas as pd
 from sklearn.metrics import cohen_kappa_score
-from SpinalCordSegLib.fileutil import write_text_atomic
+from SpinalCordSegLib.imaging.fileutil import write_text_atomic
 
 from .errors import LesionQCError, RaterTableError
 from .rater_table import RaterTable, load_rater_table

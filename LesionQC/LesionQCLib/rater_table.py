@@ -253,7 +253,7 @@ class RaterTableWriter:
                 self._write((",".join(COLUMNS) + "\n").encode("utf-8"))
             if created:
                 # Imported here: LesionQC.py loads this module before Slicer has loaded SpinalCordSeg's folder.
-                from SpinalCordSegLib.fileutil import fsync_folder
+                from SpinalCordSegLib.imaging.fileutil import fsync_folder
 
                 fsync_folder(path.parent)  # the new file's entry must survive a power cut too
         except BaseException:

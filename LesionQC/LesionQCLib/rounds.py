@@ -58,9 +58,9 @@ def worklist_cases(worklist_path: PathLike) -> Tuple[List[ManifestCase], List[st
     ``derivatives/labels``.
     """
     from SpinalCordSegLib.errors import SpinalCordSegError
-    from SpinalCordSegLib.nnunet_export import corrected_masks
-    from SpinalCordSegLib.naming import source_name
-    from SpinalCordSegLib.worklist import Worklist
+    from SpinalCordSegLib.rounds.nnunet_export import corrected_masks
+    from SpinalCordSegLib.imaging.naming import source_name
+    from SpinalCordSegLib.rounds.worklist import Worklist
 
     try:
         worklist = Worklist.load(worklist_path)
@@ -165,8 +165,8 @@ def mark_for_correction(worklist_path: PathLike, failures: Sequence[Failure]) ->
     corrected, approved or excluded cases keep their status and place.
     """
     from SpinalCordSegLib.errors import SpinalCordSegError
-    from SpinalCordSegLib.sidecar import now
-    from SpinalCordSegLib.worklist import Worklist
+    from SpinalCordSegLib.imaging.sidecar import now
+    from SpinalCordSegLib.rounds.worklist import Worklist
 
     try:
         worklist = Worklist.load(worklist_path)
@@ -209,7 +209,7 @@ def write_qc_fail(failures: Sequence[Failure], path: PathLike, labels: Mapping[i
     the ``-config`` of manual-correction's ``manual_correction.py``.
     """
     import yaml
-    from SpinalCordSegLib.fileutil import write_text_atomic
+    from SpinalCordSegLib.imaging.fileutil import write_text_atomic
 
     overall = ("FILES_SEG",) + (("FILES_LESION",) if any("lesion" in n.lower() for n in labels.values()) else ())
     tasks: Dict[str, List[str]] = {}

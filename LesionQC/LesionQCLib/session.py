@@ -558,7 +558,7 @@ def build_session(cases: Sequence[ManifestCase], session_dir: PathLike, origin: 
     and sha256 go into the key, with ``model_source``.
     """
     # Imported here: LesionQC.py loads this module before Slicer has loaded SpinalCordSeg's folder.
-    from SpinalCordSegLib.fileutil import make_staging_folder, write_text_atomic
+    from SpinalCordSegLib.imaging.fileutil import make_staging_folder, write_text_atomic
 
     session_dir = Path(session_dir).resolve()
     key_path = _check_key_path(session_dir, key_path, key_inside)
@@ -654,7 +654,7 @@ def _write_case(building: Path, display: str, case: ManifestCase, items: Mapping
     Items are uncompressed uint8 NIfTI on the image's grid: the files of one case
     have the same size and header, whatever their content.
     """
-    from SpinalCordSegLib.image_io import write_image_atomic  # see build_session
+    from SpinalCordSegLib.imaging.image_io import write_image_atomic  # see build_session
 
     folder = building / "cases" / display
     folder.mkdir(parents=True)
@@ -692,7 +692,7 @@ def _suffix(path: Path) -> str:
 def _read_image(path: Path, where: str) -> sitk.Image:
     # SpinalCordSeg's checked read: a truncated or NaN-holding NIfTI is refused, not zero-filled and handed to raters.
     from SpinalCordSegLib.errors import InputImageError
-    from SpinalCordSegLib.image_io import read_image
+    from SpinalCordSegLib.imaging.image_io import read_image
 
     try:
         image = read_image(path)
@@ -705,7 +705,7 @@ def _read_image(path: Path, where: str) -> sitk.Image:
 
 def _labels_on_grid(path: Path, image: sitk.Image, where: str) -> np.ndarray:
     """A segmentation's voxels as uint8 labels, refused unless it is on the image's grid."""
-    from SpinalCordSegLib.grid import grid_differences  # see build_session
+    from SpinalCordSegLib.imaging.grid import grid_differences  # see build_session
 
     segmentation = _read_image(path, where)
     problems = grid_differences(image, segmentation)

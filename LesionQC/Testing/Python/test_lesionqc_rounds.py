@@ -50,9 +50,9 @@ def predicted(predicted_template, tmp_path):
 
 def write_corrections(worklist_path):
     """A corrected cord mask (the model's, dilated) and lesion mask per case, where the module saves them."""
-    from SpinalCordSegLib.correction import plan_outputs
-    from SpinalCordSegLib.naming import output_name
-    from SpinalCordSegLib.worklist import Worklist
+    from SpinalCordSegLib.rounds.correction import plan_outputs
+    from SpinalCordSegLib.imaging.naming import output_name
+    from SpinalCordSegLib.rounds.worklist import Worklist
 
     worklist = Worklist.load(worklist_path)
     for case in worklist.table["case"]:
@@ -68,7 +68,7 @@ def write_corrections(worklist_path):
 
 def test_failed_cases_go_first_in_the_round(predicted, tmp_path, capsys):
     from SpinalCordSegLib.cli import main as spinalcordseg
-    from SpinalCordSegLib.worklist import Worklist
+    from SpinalCordSegLib.rounds.worklist import Worklist
 
     worklist = predicted / "derivatives/spinalcordseg/worklist.csv"
     assert spinalcordseg(["round", "rank", "-w", str(worklist), "--random-fraction", "0"]) == 0
@@ -136,9 +136,9 @@ def test_failed_cases_go_first_in_the_round(predicted, tmp_path, capsys):
 
 
 def test_corrections_of_only_some_cases_give_a_model_only_session(predicted, tmp_path):
-    from SpinalCordSegLib.correction import plan_outputs
-    from SpinalCordSegLib.naming import output_name
-    from SpinalCordSegLib.worklist import Worklist
+    from SpinalCordSegLib.rounds.correction import plan_outputs
+    from SpinalCordSegLib.imaging.naming import output_name
+    from SpinalCordSegLib.rounds.worklist import Worklist
 
     worklist_path = predicted / "derivatives/spinalcordseg/worklist.csv"
     worklist = Worklist.load(worklist_path)

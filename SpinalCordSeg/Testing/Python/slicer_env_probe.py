@@ -135,7 +135,7 @@ def main(repo: str) -> None:
     install_stand_ins()
     report = {"python": sys.version.split()[0], "modules": [probe_module(n) for n in ("SpinalCordSeg", "LesionQC")]}
     try:
-        from SpinalCordSegLib.install_plan import install_plan, missing_packages
+        from SpinalCordSegLib.models.install_plan import install_plan, missing_packages
 
         missing = missing_packages()
         report["missing"] = missing

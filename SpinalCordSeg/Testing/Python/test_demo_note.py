@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from SpinalCordSegLib.catalogue import DEMO_NOTE, load_catalogue, model_note
+from SpinalCordSegLib.models.catalogue import DEMO_NOTE, load_catalogue, model_note
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -29,7 +29,7 @@ def test_catalogue_marks_the_embedded_models_as_demos():
 
 
 def test_demo_flag_is_checked(tmp_path):
-    from SpinalCordSegLib.catalogue import CatalogueError
+    from SpinalCordSegLib.models.catalogue import CatalogueError
 
     data = json.loads((REPO / "SpinalCordSeg/Resources/models.json").read_text(encoding="utf-8"))
     data["models"][0]["demo"] = "yes"
@@ -64,7 +64,7 @@ def test_segment_with_a_demo_model_prints_the_note_and_records_it(tmp_path):
 
 
 def test_other_models_carry_no_note(tiny_model):
-    from SpinalCordSegLib.engine import InferenceOptions, SegmentationEngine
+    from SpinalCordSegLib.inference.engine import InferenceOptions, SegmentationEngine
 
     engine = SegmentationEngine(tiny_model, InferenceOptions(device="cpu"), model_id="my-model")
     assert engine.note is None and "Note" not in engine.provenance()

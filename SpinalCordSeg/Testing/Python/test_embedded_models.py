@@ -11,12 +11,12 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from SpinalCordSegLib.catalogue import load_catalogue
-from SpinalCordSegLib.correction import correction_stats
-from SpinalCordSegLib.engine import InferenceOptions, SegmentationEngine
-from SpinalCordSegLib.image_io import read_scan
-from SpinalCordSegLib.lesion_metrics import label_lesions
-from SpinalCordSegLib.model_store import resolve_model
+from SpinalCordSegLib.models.catalogue import load_catalogue
+from SpinalCordSegLib.rounds.correction import correction_stats
+from SpinalCordSegLib.inference.engine import InferenceOptions, SegmentationEngine
+from SpinalCordSegLib.imaging.image_io import read_scan
+from SpinalCordSegLib.measures.lesion_metrics import label_lesions
+from SpinalCordSegLib.models.model_store import resolve_model
 from SpinalCordSegLib.resources import embedded_models_dir
 
 EMBEDDED = ("demo-sc", "demo-sc-lesion")

@@ -54,15 +54,15 @@ def test_every_name_imported_from_the_lib_exists(path, controller):
 
 
 @pytest.mark.parametrize("path, variable, owners", [
-    (MODULE_FILE, "controller", ["SpinalCordSegLib.segmentation_controller.SegmentationController"]),
-    (MODULE_FILE, "panel", ["SpinalCordSegLib.segmentation_controller.PanelState"]),
-    (MODULE_FILE, "controls", ["SpinalCordSegLib.segmentation_controller.Controls"]),
-    (MODULE_FILE, "row", ["SpinalCordSegLib.segmentation_controller.StructureRow"]),
-    (MODULE_FILE, "result", ["SpinalCordSegLib.segmentation_controller.PollResult",
-                             "SpinalCordSegLib.segmentation_controller.SaveResult"]),
-    (MODULE_FILE, "saved", ["SpinalCordSegLib.correction.SavedCorrection"]),
-    (MODULE_FILE, "item", ["SpinalCordSegLib.model_selector.ModelItem"]),
-    (MODULE_FILE, "choice", ["SpinalCordSegLib.devices.DeviceChoice"]),
+    (MODULE_FILE, "controller", ["SpinalCordSegLib.panel.segmentation_controller.SegmentationController"]),
+    (MODULE_FILE, "panel", ["SpinalCordSegLib.panel.segmentation_controller.PanelState"]),
+    (MODULE_FILE, "controls", ["SpinalCordSegLib.panel.segmentation_controller.Controls"]),
+    (MODULE_FILE, "row", ["SpinalCordSegLib.panel.segmentation_controller.StructureRow"]),
+    (MODULE_FILE, "result", ["SpinalCordSegLib.panel.segmentation_controller.PollResult",
+                             "SpinalCordSegLib.panel.segmentation_controller.SaveResult"]),
+    (MODULE_FILE, "saved", ["SpinalCordSegLib.rounds.correction.SavedCorrection"]),
+    (MODULE_FILE, "item", ["SpinalCordSegLib.panel.model_selector.ModelItem"]),
+    (MODULE_FILE, "choice", ["SpinalCordSegLib.inference.devices.DeviceChoice"]),
     (LESIONQC_FILE, "controller", ["LesionQCLib.review_controller.ReviewController"]),
     (LESIONQC_FILE, "panel", ["LesionQCLib.review_controller.ReviewPanel"]),
 ])
@@ -75,7 +75,7 @@ def test_attributes_the_widget_uses_exist(path, variable, owners):
         known |= set(dir(cls)) | set(re.findall(r"self\.(\w+)(?:: [^=]+)? = ", inspect.getsource(cls)))
         if dataclasses.is_dataclass(cls):
             known |= {field.name for field in dataclasses.fields(cls)}
-    used = set(re.findall(rf"\b{variable}\.([A-Za-z_]\w*)", _source(path)))
+    used = set(re.findall(rf"(?<![.\w]){variable}\.([A-Za-z_]\w*)", _source(path)))  # not a dotted module path
     assert used, f"{path.name} never uses {variable}"
     assert not used - known, f"{owners} have no {sorted(used - known)}"
 

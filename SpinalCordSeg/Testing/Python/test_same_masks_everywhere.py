@@ -13,16 +13,16 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from SpinalCordSegLib.binarization import MaskOptions
-from SpinalCordSegLib.cohort import find_scans, run_batch
-from SpinalCordSegLib.engine import InferenceOptions, SegmentationEngine
-from SpinalCordSegLib.naming import output_name
-from SpinalCordSegLib.outputs import write_outputs
-from SpinalCordSegLib.sidecar import Sidecar
+from SpinalCordSegLib.imaging.binarization import MaskOptions
+from SpinalCordSegLib.rounds.cohort import find_scans, run_batch
+from SpinalCordSegLib.inference.engine import InferenceOptions, SegmentationEngine
+from SpinalCordSegLib.imaging.naming import output_name
+from SpinalCordSegLib.imaging.outputs import write_outputs
+from SpinalCordSegLib.imaging.sidecar import Sidecar
 
 slicer = pytest.importorskip("slicer", reason="slicer-core is not installed")
 
-from SpinalCordSegLib.slicer_scene import (  # noqa: E402
+from SpinalCordSegLib.panel.slicer_scene import (  # noqa: E402
     ResultScene,
     add_volume_from_image,
     new_parameter_node,

@@ -170,11 +170,11 @@ def test_a_module_level_pandas_import_names_the_package_and_the_chain(slicer_pyt
     for module in ("SpinalCordSeg", "LesionQC"):
         shutil.copytree(REPO / module, copy / module, ignore=shutil.ignore_patterns("Resources", "Testing",
                                                                                     "__pycache__"))
-    scene = copy / "SpinalCordSeg" / "SpinalCordSegLib" / "slicer_scene.py"
+    scene = copy / "SpinalCordSeg" / "SpinalCordSegLib" / "panel" / "slicer_scene.py"
     future = "from __future__ import annotations\n"
     scene.write_text(scene.read_text().replace(future, future + "import pandas\n", 1))
     failures = load_failures(run_probe(slicer_python, copy))
     assert len(failures) == 1
     assert "package 'pandas'" in failures[0]
     chain = failures[0].split("(import chain: ")[1].split(")")[0].split(" -> ")
-    assert chain[0] == "SpinalCordSeg" and chain[-2:] == ["SpinalCordSegLib.slicer_scene", "pandas"], chain
+    assert chain[0] == "SpinalCordSeg" and chain[-2:] == ["SpinalCordSegLib.panel.slicer_scene", "pandas"], chain

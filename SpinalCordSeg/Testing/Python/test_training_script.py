@@ -14,7 +14,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from SpinalCordSegLib.nnunet_export import verify_dataset
+from SpinalCordSegLib.rounds.nnunet_export import verify_dataset
 
 TRAINING = Path(__file__).resolve().parents[3] / "training"
 

@@ -1,0 +1,7 @@
+"""``python -m SpinalCordSegLib.cli``: the ``spinalcordseg`` command."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

@@ -1,0 +1,276 @@
+"""File helpers shared by both Libs: sizes, write errors, atomic writes, clean-up of interrupted writes.
+
+Every file that SpinalCordSeg or LesionQC publishes goes through
+:func:`write_atomic` (text and bytes: :func:`write_text_atomic`; images:
+``image_io.write_image_atomic``): the content goes to a hidden temporary file
+beside the target, is flushed, fsync'd and **verified** (a full disk does not
+always raise: SimpleITK's gzip writer ignores ENOSPC), and only then renamed
+over the target. On any failure the temporary file is removed and
+:class:`~SpinalCordSegLib.errors.FileWriteError` names the file. Published
+files get the mode the user's umask gives (not ``mkstemp``'s private 0600),
+so that a shared derivatives or models folder stays readable by colleagues.
+
+Temporary names carry their writer's process id and host
+(``.<name>.<pid>@<host>.<random>.part.nii.gz`` or ``.tmp``), so that
+:func:`remove_stale_temporaries` can remove those left by a killed process
+and never one that a live process is still writing.
+
+Example:
+    >>> from SpinalCordSegLib.imaging.fileutil import format_size
+    >>> format_size(1536)
+    '1.5 KiB'
+    >>> write_text_atomic("case,status\\n", "derivatives/worklist.csv")  # doctest: +SKIP
+    PosixPath('derivatives/worklist.csv')
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Callable, List, Optional, Union
+
+from ..errors import FileWriteError
+
+logger = logging.getLogger(__name__)
+
+#: What every path argument of the Lib packages accepts.
+PathLike = Union[str, Path]
+#: A temporary file or staging folder whose writer cannot be checked (another host, an
+#: older release's name without owner) is stale once untouched for this long.
+STALE_AGE_S = 24 * 3600
+#: ``.<name>.[<pid>@<host>.]<8 random characters>`` then ``.part<image suffix>`` or ``.tmp``:
+#: this module's temporary files, and those of earlier releases (mkstemp names, no owner).
+_TEMPORARY = re.compile(r"^\.(?P<name>.+?)\.(?:\d+@[A-Za-z0-9-]+\.)?[a-z0-9_]{8}(?:\.part(?:\.\w+)+|\.tmp)$")
+_OWNER = re.compile(r"\.(?P<pid>\d+)@(?P<host>[A-Za-z0-9-]+)\.")
+
+
+def format_size(size: Optional[int]) -> str:
+    """Human-readable size (``'12.3 MiB'``), or ``'size unknown'`` for None."""
+    if size is None:
+        return "size unknown"
+    value = float(size)
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{size} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+def disk_full_hint(error: OSError) -> str:
+    """``' (disk full)'`` when ``error`` says so, else ``''``: the words users search for."""
+    return " (disk full)" if error.errno == errno.ENOSPC else ""
+
+
+def owner_tag() -> str:
+    """``<pid>@<host>``: who writes a temporary file or staging folder (see :func:`is_stale`)."""
+    return f"{os.getpid()}@{_host()}"
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "localhost"
+
+
+def _process_running(pid: int) -> Optional[bool]:
+    """Whether process ``pid`` of this host runs; None where it cannot be told (Windows)."""
+    if sys.platform == "win32":
+        return None  # os.kill(pid, 0) would terminate the process there
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True
+
+
+def is_stale(path: Path, now: Optional[float] = None) -> bool:
+    """True when nobody can still be writing ``path`` (a temporary file or staging folder).
+
+    Its name's ``<pid>@<host>`` (see :func:`owner_tag`) names a process of this host
+    that no longer runs; or, when the writer cannot be checked (another host, no owner
+    in the name), it has not been modified for :data:`STALE_AGE_S`.
+    """
+    owner = _OWNER.search(path.name)
+    if owner and owner.group("host") == _host():
+        running = _process_running(int(owner.group("pid")))
+        if running is not None:
+            return not running
+    try:
+        age = (time.time() if now is None else now) - path.lstat().st_mtime
+    except FileNotFoundError:
+        return False
+    return age > STALE_AGE_S
+
+
+def _create_temporary(path: Path, suffix: str) -> Path:
+    """Create an empty hidden file beside ``path``, with the umask's mode (mkstemp's is 0600)."""
+    while True:
+        temporary = path.with_name(f".{path.name}.{owner_tag()}.{secrets.token_hex(4)}{suffix}")
+        try:
+            os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666))
+            return temporary
+        except FileExistsError:
+            continue
+
+
+def make_staging_folder(parent: PathLike, prefix: str) -> Path:
+    """Create a new folder ``<prefix>.<pid>@<host>.<random>`` in ``parent``; return it.
+
+    Like ``tempfile.mkdtemp``, but with the umask's mode (mkdtemp's 0700 would follow the
+    folder when it is renamed into place) and an owner that :func:`is_stale` can check.
+    """
+    while True:
+        folder = Path(parent) / f"{prefix}.{owner_tag()}.{secrets.token_hex(4)}"
+        try:
+            os.mkdir(folder, 0o777)
+            return folder
+        except FileExistsError:
+            continue
+
+
+def fsync_folder(folder: Path) -> None:
+    """Flush a folder's entries (a new or renamed file) to disk, where the system can."""
+    if sys.platform == "win32":
+        return  # folders cannot be opened there; NTFS journals the entry
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as error:
+        # Some network and FUSE file systems cannot flush a folder: the file itself is on disk.
+        if error.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EACCES):
+            raise
+
+
+def _space_hint(folder: Path) -> str:
+    """``' (disk full)'`` when ``folder``'s file system has less than a block free."""
+    try:
+        return " (disk full)" if shutil.disk_usage(folder).free < 64 * 1024 else ""
+    except OSError:
+        return ""
+
+
+def write_atomic(path: PathLike, write: Callable[[Path], None], verify: Callable[[Path], None],
+                 suffix: str = ".tmp", replace: bool = True, what: str = "file") -> Path:
+    """Publish ``path`` only once complete: ``write(temporary)``, fsync, ``verify(temporary)``, rename.
+
+    ``verify`` raises ``ValueError`` (or OSError) when the temporary file is not
+    what was meant (short, truncated gzip...). ``suffix`` ends the temporary
+    name (image writers pick their format from it). ``replace=False`` refuses to
+    replace an existing file (FileExistsError, even against a concurrent writer).
+    Any failure removes the temporary file and raises FileWriteError naming
+    ``path`` (with ``(disk full)`` when so); ``what`` names the kind of file in it.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = _create_temporary(path, suffix)
+    except OSError as error:
+        raise FileWriteError(f"{path}: cannot write {what}{disk_full_hint(error)} ({error})") from error
+    try:
+        write(temporary)
+        fd = os.open(temporary, os.O_RDWR | getattr(os, "O_BINARY", 0))  # Windows' fsync needs write access
+        try:
+            os.fsync(fd)  # also reports delayed write errors (ENOSPC on NFS, quota)
+        finally:
+            os.close(fd)
+        verify(temporary)
+        if replace:
+            os.replace(temporary, path)
+        else:
+            os.link(temporary, path)  # fails if the path appeared meanwhile, unlike os.replace
+            os.unlink(temporary)
+    except FileExistsError:
+        temporary.unlink(missing_ok=True)
+        raise
+    except ValueError as error:
+        hint = _space_hint(path.parent)  # before the temporary file frees its space
+        temporary.unlink(missing_ok=True)
+        raise FileWriteError(
+            f"{path}: cannot write {what}{hint}: the written file is incomplete ({error}); "
+            "nothing was written under this name"
+        ) from error
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        failure = FileWriteError(f"{path}: cannot write {what}{disk_full_hint(error)} ({error})")
+        failure.errno = error.errno
+        raise failure from error
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    try:
+        fsync_folder(path.parent)
+    except OSError as error:  # published, but its entry may not survive a power cut
+        logger.warning("%s: written, but its folder could not be flushed to disk (%s)", path, error)
+    return path
+
+
+def write_text_atomic(text: Union[str, bytes], path: PathLike, replace: bool = True) -> Path:
+    """Write ``text`` (str, as UTF-8; or bytes, e.g. a PNG) to ``path`` atomically; return ``path``.
+
+    The file is read back and compared before it is renamed into place (see
+    :func:`write_atomic` for ``replace`` and the errors).
+
+    >>> write_text_atomic(json.dumps({"a": 1}), "out/a.json")  # doctest: +SKIP
+    """
+    data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+
+    def write(temporary: Path) -> None:
+        with open(temporary, "wb") as stream:
+            stream.write(data)
+
+    def verify(temporary: Path) -> None:
+        written = temporary.read_bytes()
+        if written != data:
+            raise ValueError(f"{len(written)} bytes on disk, {len(data)} written")
+
+    return write_atomic(path, write, verify, replace=replace)
+
+
+def write_json_atomic(data: object, path: PathLike) -> Path:
+    """Write ``data`` as indented JSON with sorted keys (see :func:`write_text_atomic`)."""
+    return write_text_atomic(json.dumps(data, indent=2, sort_keys=True), path)
+
+
+def write_csv_atomic(table, path: PathLike) -> Path:
+    """Write a pandas ``table`` to ``path`` as CSV without its index (see :func:`write_text_atomic`)."""
+    return write_text_atomic(table.to_csv(index=False), path)
+
+
+def remove_stale_temporaries(folder: PathLike, recursive: bool = False) -> List[Path]:
+    """Remove the temporary files that killed writers left in ``folder``; return (and log) them.
+
+    Only names of this module's pattern (``.<name>.<pid>@<host>.<random>.part.nii.gz``,
+    ``....tmp``, and earlier releases' owner-less names) that :func:`is_stale` calls
+    stale are removed: never a file a live process is still writing.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed: List[Path] = []
+    now = time.time()
+    walk = os.walk(folder) if recursive else [(str(folder), [], os.listdir(folder))]
+    for root, _, files in walk:  # os.walk does not follow links to folders
+        for name in files:
+            path = Path(root) / name
+            if not _TEMPORARY.match(name) or not path.is_file() or path.is_symlink() or not is_stale(path, now):
+                continue
+            size = path.stat().st_size
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                continue  # another clean-up got it first
+            logger.warning("removed %s (%s), left by an interrupted write", path, format_size(size))
+            removed.append(path)
+    return removed

@@ -1,0 +1,206 @@
+"""The worker jobs of one Apply: what runs (a cord model first when the input must be cropped), polled.
+
+:func:`plan_jobs` decides the jobs, :class:`ApplyRun` runs them one after
+the other in the warm worker (``SpinalCordSegLib.inference.worker``) and is polled
+from a timer, so the GUI never blocks.
+
+Example:
+    >>> from SpinalCordSegLib.inference.job_runner import plan_jobs
+    >>> jobs, warning = plan_jobs("lesion_ms", crop_enabled=True, crop_with="spinalcord", has_cord_segment=False)
+    >>> [(job.model, job.purpose, job.crop) for job in jobs]
+    [('spinalcord', 'crop', None), ('lesion_ms', 'segment', 'previous')]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import SimpleITK as sitk
+
+from ..imaging.binarization import DEFAULT_THRESHOLD, binarize, cord_structure, is_cord
+from ..errors import CancelledError, SpinalCordSegError
+from ..imaging.image_io import write_image_atomic
+
+
+
+def parse_folds(text: str) -> Optional[List[str]]:
+    """Folds typed by the user (``"0, 1"`` or ``"0 1"``); empty means every fold present."""
+    folds = [part for part in text.replace(",", " ").split() if part]
+    bad = [f for f in folds if not (f.isdigit() or f == "all")]
+    if bad:
+        raise ValueError(f"folds must be numbers such as '0 1 2' (or 'all'), not {', '.join(bad)}")
+    return folds or None
+
+
+@dataclass(frozen=True)
+class PlannedJob:
+    """One worker job of an Apply.
+
+    Attributes:
+        model: the spec given to ``resolve_model``.
+        purpose: ``"crop"`` (cord model whose mask crops the next job) or ``"segment"``.
+        crop: where the crop mask comes from: ``"segment"`` (the cord segment
+            already in the scene), ``"previous"`` (the crop job's cord map) or None.
+    """
+
+    model: str
+    purpose: str
+    crop: Optional[str]
+
+
+def plan_jobs(
+    model: str, crop_enabled: bool, crop_with: Optional[str], has_cord_segment: bool
+) -> Tuple[List[PlannedJob], Optional[str]]:
+    """Jobs for one Apply, and a warning for the user (or None).
+
+    With cropping on, the cord segment already in the scene is used when
+    there is one; otherwise the catalogue's cord model (``crop_with``) runs
+    first. Without either, the engine crops around the box of its own
+    localizer pass (pass ``{"crop": crop_enabled}`` in the job options).
+    """
+    if not crop_enabled:
+        return [PlannedJob(model, "segment", None)], None
+    if has_cord_segment:
+        return [PlannedJob(model, "segment", "segment")], None
+    if crop_with:
+        return [PlannedJob(crop_with, "crop", None), PlannedJob(model, "segment", "previous")], None
+    return [PlannedJob(model, "segment", None)], None
+
+
+def overall_progress(job_index: int, job_count: int, fraction: float) -> float:
+    """Progress of the whole Apply in [0, 1] from one job's fraction."""
+    fraction = min(1.0, max(0.0, float(fraction)))
+    return (job_index + fraction) / max(1, job_count)
+
+
+@dataclass
+class RunUpdate:
+    """Where an Apply stands after :meth:`ApplyRun.poll`.
+
+    Attributes:
+        fraction: progress of the whole Apply in [0, 1].
+        message: what the worker is doing.
+        finished: True once the soft maps are ready.
+        soft_maps: structure -> float32 NIfTI written by the worker (when finished).
+        provenance: structure -> ``GeneratedBy`` entry of the job that made it.
+        warnings: messages for the user (device fallback, crop box touched...).
+    """
+
+    fraction: float
+    message: str
+    finished: bool = False
+    soft_maps: Dict[str, str] = field(default_factory=dict)
+    provenance: Dict[str, dict] = field(default_factory=dict)
+    warnings: List[str] = field(default_factory=list)
+
+
+class ApplyRun:
+    """The worker jobs of one Apply, run one after the other, never blocking the caller.
+
+    Args:
+        client: a :class:`SpinalCordSegLib.inference.worker.WorkerClient`.
+        scan: the scan written as NIfTI.
+        jobs: from :func:`plan_jobs`.
+        models: the resolved model of each job (``model_store.ResolvedModel``:
+            ``folder``, ``model_id``, ``orientation``).
+        options: :class:`SpinalCordSegLib.inference.engine.InferenceOptions` fields; a job
+            without ``orientation`` gets its model's catalogue orientation.
+        work_dir: where the worker writes soft maps and the crop mask.
+        segment_crop_mask: the cord mask file for jobs cropping with ``"segment"``.
+
+    A crop job's cord map becomes the next job's crop mask (probability >=
+    the default threshold of :mod:`.binarization`) and, when the segmenting model has no cord of its
+    own, one of the results (so lesions can be restricted to it).
+    """
+
+    def __init__(self, client, scan: Union[str, Path], jobs: Sequence[PlannedJob], models: Sequence,
+                 options: Mapping, work_dir: Union[str, Path],
+                 segment_crop_mask: Optional[Union[str, Path]] = None) -> None:
+        if len(jobs) != len(models) or not jobs:
+            raise ValueError("one resolved model per job is needed")
+        if any(job.crop == "segment" for job in jobs) and segment_crop_mask is None:
+            raise ValueError("a job crops with the cord segment but no cord mask file was given")
+        self.client = client
+        self.scan = str(scan)
+        self.jobs = list(jobs)
+        self.models = list(models)
+        self.options = dict(options)
+        self.work_dir = Path(work_dir)
+        self.segment_crop_mask = segment_crop_mask
+        self.detail = ""  # traceback of the last error, for the log
+        self._index = 0
+        self._job_id: Optional[str] = None
+        self.running = False  # a job is submitted and has neither finished nor failed
+        self._update = RunUpdate(0.0, "starting")
+        self._crop_cord: Optional[Tuple[str, str, dict]] = None
+
+    def start(self) -> None:
+        """Submit the first job."""
+        self._submit(0, None)
+
+    def _submit(self, index: int, crop_mask: Optional[Union[str, Path]]) -> None:
+        job, model = self.jobs[index], self.models[index]
+        if job.crop == "segment":
+            crop_mask = self.segment_crop_mask
+        options = dict(self.options)
+        options["orientation"] = options.get("orientation") or model.orientation
+        self._index = index
+        self.running = True
+        self._job_id = self.client.submit(self.scan, model.folder, options, self.work_dir / f"job{index}",
+                                          crop_mask=crop_mask, model_id=model.model_id)
+        self._update.message = f"{job.model}: starting"
+
+    def poll(self) -> RunUpdate:
+        """Handle the worker's events; raise SpinalCordSegError (CancelledError) when a job fails."""
+        for event in self.client.poll():
+            if event.get("job") != self._job_id or self._update.finished:
+                continue  # a stale event of an earlier run
+            job = self.jobs[self._index]
+            kind = event.get("event")
+            if kind == "progress":
+                self._update.fraction = overall_progress(self._index, len(self.jobs), event.get("fraction", 0.0))
+                self._update.message = f"{job.model}: {event.get('message', '')}"
+            elif kind == "error":
+                self.running = False
+                self.detail = event.get("detail", "")
+                error = CancelledError if event.get("cancelled") else SpinalCordSegError
+                raise error(f"{job.model}: {event.get('message')}")
+            elif kind == "done":
+                self._job_done(job, event)
+        return self._update
+
+    def _job_done(self, job: PlannedJob, event: Mapping) -> None:
+        maps: Dict[str, str] = dict(event.get("soft_maps") or {})
+        provenance = dict(event.get("provenance") or {})
+        self._update.warnings += list(event.get("warnings") or [])
+        if job.purpose == "crop":
+            cord = cord_structure(maps)
+            if cord is None:
+                raise SpinalCordSegError(f"crop model '{job.model}' gives no cord map (it gives {sorted(maps)})")
+            mask = binarize(sitk.ReadImage(maps[cord]), DEFAULT_THRESHOLD)
+            if not sitk.GetArrayViewFromImage(mask).any():
+                raise SpinalCordSegError(
+                    f"crop model '{job.model}' found no spinal cord in {self.scan}; untick 'Crop around the cord'")
+            self._crop_cord = (cord, maps[cord], provenance)
+            self._submit(self._index + 1, write_image_atomic(mask, self.work_dir / "crop_mask.nii.gz"))
+            return
+        update = self._update
+        update.soft_maps = maps
+        update.provenance = {s: provenance for s in maps}
+        if self._crop_cord is not None and not any(is_cord(s) for s in maps):
+            cord, path, cord_provenance = self._crop_cord
+            update.soft_maps = {cord: path, **maps}
+            update.provenance = {cord: cord_provenance, **update.provenance}
+        update.fraction, update.message, update.finished = 1.0, "done", True
+        self.running = False
+
+    def cancel(self) -> None:
+        """Stop a running job: the worker process is killed and the next Apply starts a fresh one.
+
+        Nothing happens once the run finished or failed, so the worker stays warm.
+        """
+        if self.running:
+            self.client.cancel()
+            self.running = False

@@ -1,0 +1,213 @@
+"""Batch prediction over a BIDS cohort: discovery, sharding, skip-done, failures.
+
+Outputs go to a BIDS derivatives folder
+(``<derivatives>/sub-XX[/ses-YY]/anat/<scan>_label-SC_probseg.nii.gz`` ...).
+A scan is done when its mask sidecar records the same input sha256 and the
+same model checkpoints: a batch that was interrupted, or run again on a grown
+cohort, predicts only what is missing. ``--shard K/N`` gives each of N jobs
+(a SLURM array) a deterministic share, decided by a hash of the scan's path
+relative to the BIDS root, so that no job needs to know about the others.
+
+Example:
+    >>> from SpinalCordSegLib.rounds.cohort import find_scans, in_shard
+    >>> scans = find_scans("/data/bids", "sub-*_T2w.nii.gz")  # doctest: +SKIP
+    >>> [s for s in scans if in_shard(s.relative, 1, 4)]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Tuple, Union
+
+import SimpleITK as sitk
+
+from ..imaging.binarization import MaskOptions
+from ..errors import SpinalCordSegError
+from ..imaging.fileutil import remove_stale_temporaries
+from ..imaging.image_io import read_scan
+from ..models.model_folder import sha256_of_file
+from ..imaging.naming import output_name, source_name
+from ..imaging.outputs import write_outputs
+from ..imaging.sidecar import Sidecar, now
+from ..measures.uncertainty import uncertainty
+from .worklist import Worklist
+
+logger = logging.getLogger(__name__)
+FAILURES_FILE = "failures.csv"
+WORKLIST_FILE = "worklist.csv"
+
+
+@dataclass(frozen=True)
+class Scan:
+    """A scan of the cohort, with its BIDS subject and session."""
+
+    path: Path
+    relative: str
+    subject: str
+    session: str
+
+    @property
+    def case(self) -> str:
+        """Case id: the scan's name without extension (unique in a BIDS dataset)."""
+        return source_name(self.path)
+
+    def derivative_folder(self, derivatives: Path) -> Path:
+        """``<derivatives>/sub-XX[/ses-YY]/anat``."""
+        folder = derivatives / f"sub-{self.subject}"
+        if self.session:
+            folder = folder / f"ses-{self.session}"
+        return folder / "anat"
+
+
+def bids_entities(path: Path) -> Tuple[str, str]:
+    """(subject, session) labels from a BIDS file name; session is '' when absent."""
+    subject = re.search(r"(?:^|_)sub-([a-zA-Z0-9]+)", path.name)
+    if not subject:
+        raise SpinalCordSegError(f"{path}: not a BIDS file name (no sub-<label>)")
+    session = re.search(r"_ses-([a-zA-Z0-9]+)", path.name)
+    return subject.group(1), session.group(1) if session else ""
+
+
+def find_scans(bids_root: Union[str, Path], include: str = "sub-*_T2w.nii.gz") -> List[Scan]:
+    """Scans under ``bids_root`` matching ``include``, sorted, derivatives excluded."""
+    root = Path(bids_root)
+    if not root.is_dir():
+        raise SpinalCordSegError(f"{root}: BIDS folder not found")
+    scans = []
+    for path in sorted(root.rglob(include)):
+        relative = path.relative_to(root)
+        if relative.parts[0] in ("derivatives", "sourcedata", "code") or not path.is_file():
+            continue
+        subject, session = bids_entities(path)
+        scans.append(Scan(path, relative.as_posix(), subject, session))
+    return scans
+
+
+def parse_shard(text: Optional[str]) -> Tuple[int, int]:
+    """``"K/N"`` -> (K, N) with 1 <= K <= N; None -> (1, 1)."""
+    if not text:
+        return 1, 1
+    match = re.fullmatch(r"(\d+)/(\d+)", text.strip())
+    if not match or not 1 <= int(match.group(1)) <= int(match.group(2)):
+        raise SpinalCordSegError(f"--shard {text!r}: expected K/N with 1 <= K <= N (e.g. 3/10)")
+    return int(match.group(1)), int(match.group(2))
+
+
+def in_shard(relative: str, k: int, n: int) -> bool:
+    """True when the scan at ``relative`` belongs to shard ``k`` of ``n`` (stable across runs)."""
+    digest = int(hashlib.sha256(relative.encode("utf-8")).hexdigest(), 16)
+    return digest % n == k - 1
+
+
+def is_done(scan: Scan, derivatives: Path, structures: List[str], input_sha: str,
+            model_sha: Dict[str, str]) -> bool:
+    """True when every output exists and its sidecar records this input and model."""
+    folder = scan.derivative_folder(derivatives)
+    for structure in structures:
+        seg = folder / output_name(scan.case, structure, "seg")
+        if not seg.is_file() or not (folder / output_name(scan.case, structure, "probseg")).is_file():
+            return False
+        step = Sidecar.read(seg).automatic_step
+        if step.get("InputSha256") != input_sha or step.get("ModelSha256") != model_sha:
+            return False
+    return True
+
+
+@dataclass
+class BatchReport:
+    """What a batch run did."""
+
+    predicted: List[str] = field(default_factory=list)
+    skipped: List[str] = field(default_factory=list)
+    failed: Dict[str, str] = field(default_factory=dict)
+    #: done scans missing from the worklist (or newer than their row), added from the files on disk
+    recovered: List[str] = field(default_factory=list)
+
+
+def _record_failure(derivatives: Path, scan: Scan, message: str) -> None:
+    path = derivatives / FAILURES_FILE
+    new = not path.is_file()
+    with open(path, "a", newline="", encoding="utf-8") as stream:
+        writer = csv.writer(stream)
+        if new:
+            writer.writerow(["date", "scan", "error"])
+        writer.writerow([now(), scan.relative, message])
+        stream.flush()
+        os.fsync(stream.fileno())
+
+
+def _record(worklist: Worklist, scan: Scan, folder: Path, soft_maps: Mapping[str, sitk.Image]) -> None:
+    """Put a predicted scan (soft maps written in ``folder``) in the worklist, with its uncertainty; save."""
+    outputs = {}
+    for structure, soft in soft_maps.items():
+        entropy, volume = uncertainty(soft)
+        outputs[structure] = {
+            "probseg": folder / output_name(scan.case, structure, "probseg"),
+            "seg": folder / output_name(scan.case, structure, "seg"),
+            "entropy": round(entropy, 5), "uncertain_mm3": round(volume, 2),
+        }
+    worklist.record_prediction(scan.case, scan.subject, scan.session, scan.path, outputs)
+    worklist.save()
+
+
+def run_batch(
+    scans: List[Scan],
+    engine,
+    derivatives: Union[str, Path],
+    thresholds: Dict[str, float],
+    worklist_path: Optional[Union[str, Path]] = None,
+    crop_engine=None,
+    options: Optional[MaskOptions] = None,
+) -> BatchReport:
+    """Predict every scan not done yet; record failures and go on; update the worklist.
+
+    Masks follow ``thresholds`` and the mask ``options`` (default: the field's, as the panel's).
+
+    ``crop_engine``, a cord model, runs first on each scan and the main model
+    predicts only around its cord. Temporary files of killed runs are removed
+    first, and finished scans missing from the worklist are added to it.
+    """
+    derivatives = Path(derivatives)
+    derivatives.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(derivatives, recursive=True)  # left by a killed run; each one is logged
+    worklist = Worklist.load(worklist_path or derivatives / WORKLIST_FILE, create=True)
+    report = BatchReport()
+    for scan in scans:
+        try:
+            input_sha = sha256_of_file(scan.path)
+            folder = scan.derivative_folder(derivatives)
+            if is_done(scan, derivatives, engine.structures, input_sha, engine.checkpoint_sha256):
+                # A run killed between writing the outputs and saving the worklist left the case
+                # out of it (or its row older than the outputs): record it from the files.
+                seg = folder / output_name(scan.case, engine.structures[0], "seg")
+                if not worklist.is_recorded(scan.case, Sidecar.read(seg).automatic_step.get("Date", "")):
+                    soft_maps = {s: sitk.ReadImage(str(folder / output_name(scan.case, s, "probseg")))
+                                 for s in engine.structures}
+                    _record(worklist, scan, folder, soft_maps)
+                    report.recovered.append(scan.relative)
+                    logger.warning("%s: finished earlier but missing from %s; added", scan.relative, worklist.path)
+                report.skipped.append(scan.relative)
+                continue
+            image = read_scan(scan.path)
+            mask = crop_engine.cord_mask(image, str(scan.path)) if crop_engine is not None else None
+            prediction = engine.predict(image, crop_mask=mask, name=str(scan.path))
+            provenance = dict(prediction.provenance, InputSha256=input_sha, Input=scan.relative)
+            write_outputs(prediction.soft_maps, scan.case, folder, thresholds, provenance, options=options)
+            _record(worklist, scan, folder, prediction.soft_maps)
+            report.predicted.append(scan.relative)
+        except Exception as error:  # one bad case (out of memory...) must not stop a cohort of hundreds
+            if isinstance(error, SpinalCordSegError):  # ours already names the file and the problem
+                message = str(error)
+                logger.error("%s", message)
+            else:
+                message = f"{scan.path}: {type(error).__name__}: {error}"
+                logger.exception("%s: unexpected error", scan.relative)
+            _record_failure(derivatives, scan, message)
+            report.failed[scan.relative] = message
+    return report

@@ -1,0 +1,269 @@
+"""Crop-first inference: the localizer pass, models trained on sc-crop boxes, the sidecar and the CLI flags.
+
+sc-crop's detector weights cannot be downloaded on these machines (no route
+to GitHub releases) and its ``ultralytics`` dependency is not installed, so
+the real detector never runs here. What can run does: the weight download
+(against files served on 127.0.0.1, with sc-crop's pinning scheme), and the
+engine's handling of a detector box, through a stand-in ``sc_crop`` module
+that answers ``detect`` the way sc-crop 0.12.1 does (inclusive voxel
+indices of the scan's own grid).
+"""
+
+import hashlib
+import io
+import json
+import re
+import shutil
+import sys
+import threading
+import types
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from SpinalCordSegLib.inference import engine as engine_module
+from SpinalCordSegLib.cli import main
+from SpinalCordSegLib.inference.cropping import CropBox, box_of_mask, cropbox_image, pad_box
+from SpinalCordSegLib.inference.engine import InferenceOptions, SegmentationEngine
+from SpinalCordSegLib.errors import ModelFolderError, ModelInstallError
+from SpinalCordSegLib.imaging.image_io import read_scan
+from SpinalCordSegLib.inference.localizer import ensure_sccrop_weights
+from SpinalCordSegLib.models.model_store import resolve_model
+from SpinalCordSegLib.inference.progress import ConsoleProgress
+from SpinalCordSegLib.models.synthetic_model import make_synthetic_model
+
+PADDING = {"pad_superior": 40.0, "pad_inferior": 100.0, "pad_left": 15.0, "pad_right": 15.0,
+           "pad_anterior": 15.0, "pad_posterior": 22.0}
+OPTIONS = dict(device="cpu", num_threads=1)
+
+
+@pytest.fixture(scope="module")
+def wide_t1(shared_data, tmp_path_factory):
+    """t1w (42x76x77, 1 mm) padded to a wider field of view, with its manual cord mask: the cord fills little of it."""
+    folder = tmp_path_factory.mktemp("wide")
+    scans = shared_data / "sct_testing_data/t1"
+    paths = {}
+    for name, source in (("scan", "t1w.nii.gz"), ("cord", "t1w_seg-manual.nii.gz")):
+        padded = sitk.ConstantPad(sitk.ReadImage(str(scans / source)), [60, 40, 0], [60, 40, 0], 0)
+        paths[name] = folder / f"wide_{source}"
+        sitk.WriteImage(padded, str(paths[name]))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def cropped_model(tiny_model, tmp_path_factory):
+    """tiny_model in a release layout whose root holds crop_metadata.json."""
+    root = tmp_path_factory.mktemp("release")
+    model = root / "Dataset900_Cord" / tiny_model.name
+    shutil.copytree(tiny_model, model)
+    (root / "crop_metadata.json").write_text(json.dumps({**PADDING, "sc_crop_version": "0.12.1"}))
+    return model
+
+
+def test_localizer_finds_the_cord_in_a_wide_field_of_view(wide_t1):
+    scan = read_scan(wide_t1["scan"])
+    truth = box_of_mask(sitk.ReadImage(str(wide_t1["cord"])), scan, "mask")
+    found = box_of_mask(engine_module.cord_localizer().cord_mask(scan), scan, "localizer")
+    # Its tight box overlaps the manual cord's in every axis and is no wider than the cord plus 10 mm.
+    for axis in range(3):
+        assert found.index[axis] < truth.upper[axis] and truth.index[axis] < found.upper[axis]
+    for axis in (0, 1):
+        assert found.size[axis] <= truth.size[axis] + 10
+
+
+def test_default_run_crops_and_records_the_box(tiny_region_model, wide_t1):
+    scan = read_scan(wide_t1["scan"])
+    # Random weights "segment" everywhere, up to the box faces: keep the crop to look at it.
+    cropped = SegmentationEngine(tiny_region_model, InferenceOptions(whole_if_truncated=False, **OPTIONS)).predict(scan)
+    box = cropped.crop_box
+    assert box is not None and box.source == "localizer" and not box.covers(scan.GetSize())
+    record = cropped.provenance["Crop"]
+    assert record["Source"] == "localizer" and record["Box"] == box.to_dict()
+    assert record["Padding_mm"] == {key: 20.0 for key in PADDING}
+    # Nothing predicted outside the box; the box runs the whole length of the scan (the cord does).
+    inside = sitk.GetArrayFromImage(cropbox_image(box, scan)).astype(bool)
+    for soft in cropped.soft_maps.values():
+        values = sitk.GetArrayFromImage(soft)
+        assert values[~inside].max() == 0.0 and values[inside].max() > 0.0
+    assert box.size[2] == scan.GetSize()[2]  # t1w is RAS: z runs along the body
+    # --no-crop: the whole field of view.
+    whole = SegmentationEngine(tiny_region_model, InferenceOptions(crop=False, **OPTIONS)).predict(scan)
+    assert whole.crop_box is None and whole.provenance["Crop"]["Source"] is None
+
+
+def test_prediction_reaching_the_box_is_redone_on_the_whole_field_of_view(tiny_region_model, wide_t1):
+    scan = read_scan(wide_t1["scan"])
+    prediction = SegmentationEngine(tiny_region_model, InferenceOptions(**OPTIONS)).predict(scan, name="wide")
+    whole = SegmentationEngine(tiny_region_model, InferenceOptions(crop=False, **OPTIONS)).predict(scan)
+    assert prediction.crop_box is None and "LocalizerBox" in prediction.provenance["Crop"]
+    assert any("reaches the crop box" in w and "whole field of view instead" in w for w in prediction.warnings)
+    for structure, soft in prediction.soft_maps.items():
+        np.testing.assert_allclose(sitk.GetArrayFromImage(soft),
+                                   sitk.GetArrayFromImage(whole.soft_maps[structure]), atol=1e-6)
+
+
+def _no_cord_model(root):
+    """A real nnU-Net model (random weights) whose output layer says background everywhere."""
+    model = make_synthetic_model(root, region_based=False, seed=5)
+    checkpoint = model / "fold_0" / "checkpoint_final.pth"
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    for key, value in state["network_weights"].items():
+        if "seg_layers" in key:
+            value.zero_()
+            if key.endswith("bias"):
+                value[0] = 50.0
+    torch.save(state, checkpoint)
+    resolve_model(str(model), trust=True)  # the localizer loads only trusted models
+    return model
+
+
+def test_no_cord_found_falls_back_to_the_whole_field_of_view(tiny_region_model, wide_t1, tmp_path):
+    scan = read_scan(wide_t1["scan"])
+    localizer = str(_no_cord_model(tmp_path))
+    prediction = SegmentationEngine(tiny_region_model,
+                                    InferenceOptions(localizer=localizer, **OPTIONS)).predict(scan, name="wide")
+    assert prediction.crop_box is None
+    assert any("found no spinal cord; predicting on the whole field of view" in w for w in prediction.warnings)
+    assert all(sitk.GetArrayViewFromImage(s).max() > 0 for s in prediction.soft_maps.values())  # never empty
+
+
+def test_catalogue_model_trained_on_crops_needs_its_metadata(tiny_model):
+    # The catalogue's "spinalcord" is trained on sc-crop boxes: a folder without crop_metadata.json is refused.
+    with pytest.raises(ModelFolderError, match="crop_metadata.json: not found") as error:
+        SegmentationEngine(tiny_model, InferenceOptions(**OPTIONS), model_id="spinalcord")
+    assert str(tiny_model / "crop_metadata.json") in str(error.value)
+
+
+def test_model_with_crop_metadata_without_sccrop_uses_the_localizer_with_the_padding(cropped_model, wide_t1,
+                                                                                       monkeypatch):
+    monkeypatch.setitem(sys.modules, "sc_crop", None)  # as on a machine without sc-crop: import fails
+    scan = read_scan(wide_t1["scan"])
+    engine = SegmentationEngine(cropped_model, InferenceOptions(**OPTIONS), model_id="spinalcord")
+    assert engine.crop_padding == PADDING
+    prediction = engine.predict(scan, name="wide")
+    assert any("sc-crop is not installed" in w and "localizer" in w for w in prediction.warnings)
+    tight = box_of_mask(engine_module.cord_localizer().cord_mask(scan), scan, "localizer")
+    assert prediction.crop_box == pad_box(tight, scan, PADDING)  # SCT's padding, not grown, not whole length
+    assert prediction.provenance["Crop"]["Padding_mm"] == PADDING
+
+
+def test_model_with_crop_metadata_uses_the_sccrop_box(cropped_model, wide_t1, monkeypatch, tmp_path):
+    """Stand-in detector (see the module docstring): the engine crops where sc-crop says, with the model's padding."""
+    scan = read_scan(wide_t1["scan"])
+    detected = {"xmin": 70, "xmax": 100, "ymin": 60, "ymax": 95, "zmin": 5, "zmax": 70}
+    calls = []
+    weights = {}
+    for name in ("det_model.onnx", "cls_model.onnx"):
+        (tmp_path / name).write_bytes(name.encode() * 100)
+        weights[name] = {"url": "http://127.0.0.1:9/never", "sha256": hashlib.sha256(name.encode() * 100).hexdigest()}
+
+    def detect(image, model_path=None, device=None, **padding):
+        calls.append((image.shape, model_path, padding))
+        return dict(detected, original_axcodes="RAS")
+
+    download = types.SimpleNamespace(_ASSETS=weights, _CACHE_DIR=str(tmp_path))
+    monkeypatch.setitem(sys.modules, "sc_crop", types.SimpleNamespace(detect=detect, download=download))
+    monkeypatch.setitem(sys.modules, "sc_crop.download", download)
+    prediction = SegmentationEngine(cropped_model, InferenceOptions(**OPTIONS)).predict(scan)
+    assert calls == [(tuple(scan.GetSize()), str(tmp_path / "det_model.onnx"), PADDING)]
+    assert prediction.crop_box == CropBox.from_dict({**detected, "source": "sc-crop"})
+    assert prediction.provenance["Crop"]["Source"] == "sc-crop"
+    assert not any("localizer" in w for w in prediction.warnings)
+
+
+class _ReleaseFiles(BaseHTTPRequestHandler):
+    """Serves ``server.files`` with HTTP Range; the first answer for a path in ``server.drop_once`` stops halfway."""
+
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        server = self.server
+        server.requests.append((self.path, self.headers.get("Range")))
+        if self.path not in server.files:
+            self.send_error(404)
+            return
+        data = server.files[self.path]
+        start = int(re.fullmatch(r"bytes=(\d+)-", self.headers["Range"]).group(1)) if self.headers.get("Range") else 0
+        self.send_response(206 if start else 200)
+        if start:
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        self.send_header("Content-Length", str(len(data) - start))
+        self.end_headers()
+        if self.path in server.drop_once:
+            server.drop_once.discard(self.path)
+            self.wfile.write(data[start:start + (len(data) - start) // 2])  # then the connection closes
+            return
+        self.wfile.write(data[start:])
+
+    def log_message(self, *args):
+        pass
+
+
+def test_sccrop_weights_download_verified_resumable_and_offline(tmp_path):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ReleaseFiles)
+    server.files, server.requests, server.drop_once = {}, [], {"/v0.0.11/det_model.onnx"}
+    threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
+    try:
+        data = {"det_model.onnx": bytes(range(256)) * 3000, "cls_model.onnx": b"c" * 70000}
+        assets = {}
+        for name, content in data.items():
+            server.files[f"/v0.0.11/{name}"] = content
+            url = f"http://127.0.0.1:{server.server_port}/v0.0.11/{name}"
+            assets[name] = {"url": url, "sha256": hashlib.sha256(content).hexdigest()}
+        target = tmp_path / "sc_crop_cache"
+        with pytest.raises(ModelInstallError, match="offline mode is on") as error:
+            ensure_sccrop_weights(assets, target, offline=True)
+        assert str(target / "det_model.onnx") in str(error.value) and not server.requests
+        paths = ensure_sccrop_weights(assets, target, offline=False)
+        assert {n: p.read_bytes() for n, p in paths.items()} == data
+        assert any(r == "/v0.0.11/det_model.onnx" and rng for r, rng in server.requests)
+        server.requests.clear()
+        assert ensure_sccrop_weights(assets, target, offline=True) == paths  # verified in place: no network
+        assert not server.requests
+        wrong = {"cls_model.onnx": {**assets["cls_model.onnx"], "sha256": "0" * 64}}
+        with pytest.raises(ModelInstallError, match="does not match the expected"):
+            ensure_sccrop_weights(wrong, tmp_path / "other", offline=False)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_cli_flags_crop_box_tta_and_progress(tiny_region_model, wide_t1, shared_data, tmp_path, capsys):
+    out = tmp_path / "out"
+    # The embedded cord model: a real prediction stays inside the box (random weights would reach it).
+    base = ["segment", "-i", str(wide_t1["scan"]), "-m", "demo-sc", "-o", str(out), "--device", "cpu",
+            "--threads", "1"]
+    assert main(base + ["--save-cropbox", "--no-tta"]) == 0
+    source = "wide_t1w"
+    step = json.loads((out / f"{source}_label-SC_seg.json").read_text())["GeneratedBy"][0]
+    assert step["Mirroring"] is False and step["Crop"]["Source"] == "localizer"
+    box = sitk.ReadImage(str(out / f"{source}_cropbox.nii.gz"))
+    scan = read_scan(wide_t1["scan"])
+    assert box.GetSize() == scan.GetSize()
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(box),
+                                  sitk.GetArrayFromImage(cropbox_image(CropBox.from_dict(step["Crop"]["Box"]), scan)))
+    printed = capsys.readouterr().err
+    assert f"{source}: locating the cord" in printed and "tiles)" in printed  # one line per stage, no terminal
+    small = shared_data / "sct_testing_data/t1/t1w.nii.gz"
+    assert main(base[:2] + [str(small)] + ["-m", str(tiny_region_model), "--trust"] + base[5:]
+                + ["--no-crop", "--tta"]) == 0
+    step = json.loads((out / "t1w_label-SC_seg.json").read_text())["GeneratedBy"][0]
+    assert step["Mirroring"] is True and step["Crop"]["Source"] is None
+
+
+def test_progress_bar_on_a_terminal():
+    stream = io.StringIO()
+    with ConsoleProgress("t2", stream=stream, terminal=True) as progress:
+        progress(0.01, "locating the cord")
+        for tile in range(1, 4):
+            progress(0.5, f"predicting tile {tile}/3")
+        progress(1.0, "done")
+    text = stream.getvalue()
+    assert "t2: locating the cord" in text and "/3 [" in text and "tile" in text and "t2: done" in text
+
+
+def test_localizer_is_shared_within_a_process(tiny_region_model):
+    engine_module._LOCALIZERS.clear()
+    first = engine_module.cord_localizer("demo-sc", "cpu", 1)
+    assert engine_module.cord_localizer("demo-sc", "cpu", 1) is first
