@@ -129,6 +129,40 @@ def lesion_totals(table: pd.DataFrame) -> Dict[str, float]:
     }
 
 
+def lesions_per_level(lesion: sitk.Image, level_per_slice: np.ndarray, *, threshold: float = DEFAULT_THRESHOLD,
+                      name: str = "lesion") -> pd.DataFrame:
+    """Lesion count and volume per vertebral level (columns ``level``, ``n_lesions``, ``lesion_volume_mm3``).
+
+    ``level_per_slice`` holds the level of each axial slice of ``lesion``'s
+    grid, inferior to superior, 0 where none (see
+    :func:`SpinalCordSegLib.measures.levels.levels_per_slice`). A level's
+    volume counts the lesion voxels on its slices; its count, the lesions
+    (26-connected) with a voxel there, so that a lesion across a disc counts
+    at both levels (per-level volumes add up to the total, counts may not).
+    Voxels on slices without a level make a row with level <NA>. The totals
+    are in ``table.attrs`` (``total_lesions``, ``total_volume_mm3``).
+
+    Example:
+        >>> lesions_per_level(lesion, levels).query("level == 3")  # doctest: +SKIP
+    """
+    volume = to_axial_volume(lesion, name)
+    check_probabilities(volume)
+    levels = np.asarray(level_per_slice)
+    if levels.shape != (volume.data.shape[0],):
+        raise ValueError(f"{name}: {len(levels)} slice levels for {volume.data.shape[0]} axial slices")
+    labels = label_lesions(above(volume.data, threshold))
+    rows = []
+    for level in sorted(set(levels[np.flatnonzero(labels.any(axis=(1, 2)))].tolist())):
+        on_level = labels[levels == level]
+        found = on_level[on_level > 0]
+        rows.append({"level": level if level > 0 else pd.NA, "n_lesions": len(np.unique(found)),
+                     "lesion_volume_mm3": float(found.size * volume.voxel_volume)})
+    table = pd.DataFrame(rows, columns=["level", "n_lesions", "lesion_volume_mm3"])
+    table["level"] = table["level"].astype("Int64")
+    table.attrs.update(total_lesions=int(labels.max()), total_volume_mm3=float((labels > 0).sum() * volume.voxel_volume))
+    return table
+
+
 def _measure_lesion(index: int, box: tuple, labels: np.ndarray, volume: AxialVolume,
                     cord_volume: Optional[AxialVolume], all_lesions: np.ndarray,
                     cosines: np.ndarray, soft: bool, threshold: float) -> Dict[str, float]:

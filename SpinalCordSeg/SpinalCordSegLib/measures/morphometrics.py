@@ -8,7 +8,9 @@ so that values compare with the field's:
   axial slice from inferior to superior, as in SCT's per-slice tables.
 - ``area_uncorrected_mm2`` = sum of the soft values of the slice times the pixel
   area (partial-volume aware; a binary mask gives the pixel count times the
-  pixel area).
+  pixel area); ``area_binary_mm2`` is the angle-corrected area of the
+  binarized slice (pixels above the threshold), equal to ``area_mm2`` for a
+  binary mask.
 - A centreline is fitted through the per-slice centroids (polynomials x(z) and
   y(z) in mm, SCT's ``polyfit``); ``angle_deg`` is the angle between its tangent
   and the slice normal, and ``area_mm2`` = ``area_uncorrected_mm2 * cos(angle)``,
@@ -68,6 +70,7 @@ _VALUE_TOLERANCE = 1e-4
 CORD_METRICS = (
     "area_mm2",
     "area_uncorrected_mm2",
+    "area_binary_mm2",
     "diameter_AP_mm",
     "diameter_RL_mm",
     "eccentricity",
@@ -315,7 +318,8 @@ def slice_levels(levels: sitk.Image, reference: sitk.Image, levels_name: str = "
 def cord_morphometrics(cord: sitk.Image, levels: Optional[sitk.Image] = None, *,
                        threshold: float = DEFAULT_THRESHOLD, angle_correction: bool = True,
                        centreline_degree: int = DEFAULT_CENTRELINE_DEGREE,
-                       name: str = "cord", levels_name: str = "levels") -> pd.DataFrame:
+                       name: str = "cord", levels_name: str = "levels",
+                       level_per_slice: Optional[np.ndarray] = None) -> pd.DataFrame:
     """Per-slice cord morphometrics, one row per axial slice from the first to the last slice with cord.
 
     ``cord`` is a binary mask or a soft (probability) map in [0, 1]; a slice
@@ -326,6 +330,8 @@ def cord_morphometrics(cord: sitk.Image, levels: Optional[sitk.Image] = None, *,
     hints at a false positive), then :data:`CORD_METRICS`. Slices inside the
     range without cord have NaN metrics. With ``angle_correction=False`` the
     cord is taken as perpendicular to the slices (SCT's ``-angle-corr 0``).
+    ``level_per_slice`` (one level per axial slice, 0 = none; see
+    :mod:`SpinalCordSegLib.measures.levels`) gives the levels instead of ``levels``.
     """
     volume = to_axial_volume(cord, name)
     check_probabilities(volume)
@@ -343,11 +349,14 @@ def cord_morphometrics(cord: sitk.Image, levels: Optional[sitk.Image] = None, *,
                        else np.array([0.0, 0.0, 1.0]))
             row.update(slice_shape(weights, volume.spacing[:2], tangent, threshold))
             row.update(tangent_angles(tangent))
+            row["area_binary_mm2"] = float(binary.sum()) * volume.pixel_area * math.cos(math.radians(row["angle_deg"]))
             row["length_mm"] = volume.spacing[2] / math.cos(math.radians(row["angle_deg"]))
         rows.append(row)
     table = pd.DataFrame(rows, columns=["slice", "z_mm", "n_objects", *CORD_METRICS])
     if levels is not None:
-        per_slice = slice_levels(levels, cord, levels_name, name)[table["slice"].to_numpy()]
+        level_per_slice = slice_levels(levels, cord, levels_name, name)
+    if level_per_slice is not None:
+        per_slice = np.asarray(level_per_slice)[table["slice"].to_numpy()]
         table.insert(2, "level", pd.array([level if level > 0 else pd.NA for level in per_slice],
                                           dtype="Int64"))
     return table
