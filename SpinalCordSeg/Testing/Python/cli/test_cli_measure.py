@@ -37,10 +37,13 @@ def phantom(tmp_path):
     cord = np.clip(0.5 - (np.hypot(x, y) - 4.0) / SPACING[0], 0.0, 1.0).astype(np.float32)
     lesion = (((x - 1) / 2.0) ** 2 + (y / 1.5) ** 2 + ((z + 3) / 4.0) ** 2 <= 1).astype(np.uint8)
     levels = np.where(cord > 0.5, np.where(k < 15, 3, 2), 0).astype(np.uint8)
+    discs = np.zeros(SHAPE, np.uint8)
+    discs[8, 11, 16], discs[19, 12, 12] = 4, 3  # C3-C4 at slice 8 (3 mm off the axis), C2-C3 at slice 19
     return {
         "cord": write(cord, tmp_path / "sub-01_label-SC_probseg.nii.gz"),
         "lesion": write(lesion, tmp_path / "sub-01_label-lesion_seg.nii.gz"),
         "levels": write(levels, tmp_path / "sub-01_levels.nii.gz"),
+        "discs": write(discs, tmp_path / "sub-01_label-discs_dlabel.nii.gz"),
     }
 
 
@@ -102,7 +105,9 @@ def test_measure_without_angle_correction(phantom, tmp_path):
 
 
 @pytest.mark.parametrize("extra,message", [
-    (["--vert", "2:3"], "--vert needs a level image"),
+    (["--vert", "2:3"], "--vert needs vertebral levels"),
+    (["--pam50"], "--pam50 needs vertebral levels"),
+    (["--discs", "{cord}"], "point labels (discs, vertebral bodies) are single voxels"),
     (["--threshold", "1.5"], "--threshold: 1.5 must lie strictly between 0 and 1"),
     (["--lesion", "{tmp}/absent.nii.gz"], "absent.nii.gz: file not found"),
     (["--levels", "{tmp}/other_grid.nii.gz"], "other_grid.nii.gz is not on the grid of"),
@@ -133,3 +138,28 @@ def test_measure_is_listed_in_the_command_line_help(capsys):
     with pytest.raises(SystemExit):
         cli.main(["--help"])
     assert "measure" in capsys.readouterr().out
+
+
+def test_measure_with_disc_labels_gives_levels_lesions_per_level_and_pam50(phantom, tmp_path, capsys):
+    output = tmp_path / "discs.csv"
+    assert cli.main(["measure", "-i", str(phantom["cord"]), "--lesion", str(phantom["lesion"]),
+                     "--discs", str(phantom["discs"]), "--pam50", "-o", str(output)]) == 0
+    per_slice = pd.read_csv(output)
+    # SCT's rule: a slice takes the first disc at or above it (4 up to slice 8, 3 up to 19), then 2.
+    expected = [4 if k <= 8 else 3 if k <= 19 else 2 for k in per_slice["slice"]]
+    assert per_slice["level"].tolist() == expected
+    summary = pd.read_csv(tmp_path / "discs_summary.csv")
+    assert summary["level_name"].tolist() == ["all", "C2", "C3", "C4"]
+    # The lesion (z from -7 to 1 mm around slice 14.5: slices 8-15) lies at C4 (slice 8) and C3.
+    by_level = summary.set_index("level_name")
+    lesions = pd.read_csv(tmp_path / "discs_lesions.csv")
+    assert by_level.loc["all", "lesion_volume_mm3"] == pytest.approx(lesions["volume_mm3"].sum())
+    assert by_level.loc["C3", "n_lesions"] == 1 and by_level.loc["C2", "n_lesions"] == 0
+    assert by_level.loc["C3", "lesion_volume_mm3"] + by_level.loc["C4", "lesion_volume_mm3"] == pytest.approx(
+        lesions["volume_mm3"].sum())
+    for level in ("C2", "C3", "C4"):
+        assert by_level.loc[level, "area_mm2_mean"] == pytest.approx(math.pi * 4.0 ** 2, rel=0.03)
+    pam50 = pd.read_csv(tmp_path / "discs_pam50.csv")
+    assert set(pam50["level"]) == {2, 3, 4}
+    assert pam50.loc[pam50["level"] == 3, "area_mm2"].notna().all()  # the complete level fills the template's
+    assert "level 3 (C3)" in capsys.readouterr().out
