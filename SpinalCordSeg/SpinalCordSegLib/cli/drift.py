@@ -25,7 +25,7 @@ from typing import List, Tuple
 
 from ..imaging.binarization import parse_thresholds
 from .segment import add_inference_arguments, mask_options
-from ..rounds.drift import DEFAULT_VERT, LEVELS_SUFFIX, TRUTH_SUFFIX
+from ..rounds.drift import DEFAULT_VERT, DISCS_SUFFIX, LEVELS_SUFFIX, LEVELS_WITH, TRUTH_SUFFIX
 from ..errors import SpinalCordSegError
 
 PREDICTIONS = "predictions"
@@ -58,8 +58,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--levels-suffix", default=LEVELS_SUFFIX,
                         help=f"vertebral level image (as 'measure --levels'): <scan><suffix>.nii.gz "
                              f"(default {LEVELS_SUFFIX})")
+    parser.add_argument("--discs-suffix", default=DISCS_SUFFIX,
+                        help=f"single-voxel disc labels (SCT's numbering, 3 = C2-C3; as 'measure --discs'): "
+                             f"<scan><suffix>.nii.gz, used before the level image (default {DISCS_SUFFIX})")
+    parser.add_argument("--levels-with", choices=LEVELS_WITH, default="labels",
+                        help="where levels come from: the labels folder only (default), or 'spine': "
+                             "TotalSpineSeg's disc labels for scans without any (needs the totalspineseg package)")
     parser.add_argument("--vert", type=_parse_range, default=DEFAULT_VERT, metavar="FIRST:LAST",
-                        help="levels to average where a level image exists (default 2:3, C2-C3)")
+                        help="levels to average where the scan has levels (default 2:3, C2-C3)")
     parser.add_argument("--slices", type=_parse_range, metavar="FIRST:LAST",
                         help="axial slices to average (from inferior; default: all with cord)")
     parser.add_argument("--binary", action="store_true", help="measure the binary masks, not the soft maps")
@@ -130,6 +136,10 @@ def run_drift(args: argparse.Namespace) -> int:
 
     if args.crop_mask:
         raise SpinalCordSegError("--crop-mask gives one mask for every scan; in drift use --crop-with CORD_MODEL")
+    if args.levels_with == "spine" and not args.shard:
+        from ..inference.spine import require_spine
+
+        require_spine()  # before hours of predictions, not after
     k, n = parse_shard(args.shard)
     scans = find_scans(args.input, args.include)
     if not scans:
@@ -171,7 +181,8 @@ def run_drift(args: argparse.Namespace) -> int:
     settings = DriftSettings(
         labels=args.labels or Path(args.input) / "derivatives" / "labels", vert=tuple(args.vert),
         slices=args.slices, binary=args.binary, angle_correction=args.angle_correction,
-        threshold=thresholds[reference][structures[reference]],
+        threshold=thresholds[reference][structures[reference]], truth_suffix=args.truth_suffix,
+        levels_suffix=args.levels_suffix, discs_suffix=args.discs_suffix, levels_with=args.levels_with,
     )
     result = analyse_drift(scans, [ModelPredictions(name, predictions / name, structures[name])
                                    for name, _, _ in models], settings,

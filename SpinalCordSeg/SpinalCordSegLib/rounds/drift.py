@@ -6,8 +6,15 @@ morphometrics (:func:`SpinalCordSegLib.measures.morphometrics.cord_morphometrics
 SCT's per-slice CSA) and compared with the first model, the reference:
 
 - per scan and model: the mean and SD of the CSA over a vertebral range
-  (C2-C3 by default) when the dataset has a level image for the scan, else
-  over a slice range (or every slice with cord); Dice, average symmetric
+  (C2-C3 by default) when the scan has vertebral levels, else over a slice
+  range (or every slice with cord, which the report flags: the CSA then
+  depends on each scan's field of view). Levels come from the labels folder,
+  first disc labels (``<case>_label-discs_dlabel.nii.gz``, SCT's numbering),
+  then a labelled cord (``<case>_label-SC_seg_labeled.nii.gz``), or, with
+  ``levels_with="spine"``, from TotalSpineSeg's disc labels
+  (:mod:`SpinalCordSegLib.inference.spine`). Discs are projected onto the
+  reference model's cord (the first model with cord in the scan), so that
+  every model is averaged over the same slices; Dice, average symmetric
   surface distance and relative volume error against a manual mask in
   ``derivatives/labels`` when there is one;
 - per participant (subject and session) and model: the standard deviation of
@@ -35,7 +42,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -54,6 +61,11 @@ DEFAULT_VERT = (2, 3)
 TRUTH_SUFFIX = "_label-SC_seg"
 #: sct_label_vertebrae's name for the labelled cord mask of ``<case>_label-SC_seg``.
 LEVELS_SUFFIX = "_label-SC_seg_labeled"
+#: The BIDS name of single-voxel disc labels in SCT's datasets (and of the panel's clicked discs).
+DISCS_SUFFIX = "_label-discs_dlabel"
+#: Where the levels come from: the labels folder only, or TotalSpineSeg where it has none.
+LEVELS_WITH = ("labels", "spine")
+NO_LEVELS_NOTE = "no vertebral levels: every slice with cord"
 
 
 @dataclass(frozen=True)
@@ -83,8 +95,10 @@ class DriftSettings:
         binary: measure the binary masks instead of the soft maps.
         angle_correction: correct the CSA for the cord's angle to the slices.
         threshold: the cord's level in the soft map (slices with cord, outline).
-        truth_suffix / levels_suffix: file names in ``labels`` are
+        truth_suffix / levels_suffix / discs_suffix: file names in ``labels`` are
             ``<case><suffix>.nii.gz`` in the scan's own folder layout.
+        levels_with: ``"labels"`` (level files only) or ``"spine"`` (TotalSpineSeg's
+            disc labels where the labels folder has none).
     """
 
     labels: Optional[Path] = None
@@ -95,6 +109,8 @@ class DriftSettings:
     threshold: float = 0.5
     truth_suffix: str = TRUTH_SUFFIX
     levels_suffix: str = LEVELS_SUFFIX
+    discs_suffix: str = DISCS_SUFFIX
+    levels_with: str = "labels"
 
     def label_file(self, scan: "Scan", suffix: str) -> Optional[Path]:
         """``labels/<scan's folders>/<case><suffix>.nii.gz`` when it exists, else None."""
@@ -151,16 +167,16 @@ def overlap_metrics(prediction: sitk.Image, truth: sitk.Image) -> Dict[str, floa
     return result
 
 
-def _per_slice(cord: sitk.Image, levels: Optional[sitk.Image], settings: DriftSettings, name: str,
-               levels_name: str) -> Tuple["pd.DataFrame", str]:
+def _per_slice(cord: sitk.Image, levels: Optional[np.ndarray], settings: DriftSettings,
+               name: str) -> Tuple["pd.DataFrame", str]:
     """Per-slice morphometrics with ``level`` and ``in_range`` columns, and a note ('' or why nothing was measured)."""
     import pandas as pd
 
     from ..measures.morphometrics import cord_morphometrics
 
     try:
-        table = cord_morphometrics(cord, levels, threshold=settings.threshold,
-                                   angle_correction=settings.angle_correction, name=name, levels_name=levels_name)
+        table = cord_morphometrics(cord, threshold=settings.threshold, angle_correction=settings.angle_correction,
+                                   name=name, level_per_slice=levels)
     except InputImageError as error:
         if "is empty" not in str(error):
             raise
@@ -187,34 +203,68 @@ def _range_text(settings: DriftSettings, has_levels: bool) -> str:
     return ", ".join(parts) or "all slices"
 
 
-def measure_scan(scan: "Scan", models: Sequence[ModelPredictions],
-                 settings: DriftSettings) -> Tuple[List[dict], Dict[str, "pd.DataFrame"]]:
+def level_source(scan: "Scan", settings: DriftSettings, spine: Optional[Callable[[Path], sitk.Image]] = None):
+    """The scan's vertebral levels (a LevelSource), or None: disc labels, a labelled cord, then TotalSpineSeg."""
+    from ..measures.levels import LevelSource
+
+    discs = settings.label_file(scan, settings.discs_suffix)
+    if discs is not None:
+        return LevelSource.read("discs", discs)
+    labelled = settings.label_file(scan, settings.levels_suffix)
+    if labelled is not None:
+        return LevelSource.read("labelled", labelled)
+    if settings.levels_with == "spine":
+        if spine is None:
+            from ..inference.spine import spine_disc_labels as spine
+        return LevelSource("discs", spine(scan.path), f"TotalSpineSeg disc labels of {scan.path}")
+    return None
+
+
+def measure_scan(scan: "Scan", models: Sequence[ModelPredictions], settings: DriftSettings,
+                 spine: Optional[Callable[[Path], sitk.Image]] = None
+                 ) -> Tuple[List[dict], Dict[str, "pd.DataFrame"]]:
     """Rows of ``drift.csv`` for one scan (one per model) and each model's per-slice table."""
+    from ..measures.levels import levels_per_slice
     from ..measures.morphometrics import load_image, summarize_cord
 
-    levels_path = settings.label_file(scan, settings.levels_suffix)
+    source = level_source(scan, settings, spine)
     truth_path = settings.label_file(scan, settings.truth_suffix)
-    levels = load_image(levels_path) if levels_path else None
     truth = load_image(truth_path) if truth_path else None
-    rows, tables = [], {}
+    cords, segs = {}, {}
     for model in models:
         soft_path, seg_path = model.files(scan)
-        seg = load_image(seg_path)
-        cord = seg if settings.binary else load_image(soft_path)
+        segs[model.name] = (load_image(seg_path), seg_path)
         cord_path = seg_path if settings.binary else soft_path
-        table, note = _per_slice(cord, levels, settings, str(cord_path), str(levels_path))
+        cords[model.name] = (segs[model.name][0] if settings.binary else load_image(soft_path), cord_path)
+    levels = None
+    if source is not None:
+        for cord, cord_path in cords.values():  # the reference's cord, or the next model's where it found none
+            try:
+                levels = levels_per_slice(cord, source, settings.threshold, name=str(cord_path))
+                break
+            except InputImageError as error:
+                if "is empty" not in str(error):
+                    raise
+    rows, tables = [], {}
+    for model in models:
+        cord, cord_path = cords[model.name]
+        table, note = _per_slice(cord, levels, settings, str(cord_path))
+        if source is None and not note:
+            note = NO_LEVELS_NOTE
         tables[model.name] = table
         row = {"subject": scan.subject, "session": scan.session, "contrast": contrast_of(scan.case),
                "scan": scan.relative, "model": model.name, "range": _range_text(settings, levels is not None),
+               "levels": source.kind if source is not None else "none",
                "n_slices": 0, "csa_mean_mm2": math.nan, "csa_sd_mm2": math.nan,
                "dice": math.nan, "asd_mm": math.nan, "rve_percent": math.nan, "note": note}
-        if not note:
+        if table["in_range"].any():
             summary = summarize_cord(table.loc[table["in_range"]])
             row.update(n_slices=int(summary.loc[0, "n_slices"]), csa_mean_mm2=float(summary.loc[0, "area_mm2_mean"]),
                        csa_sd_mm2=float(summary.loc[0, "area_mm2_sd"]))
         if truth is not None:
             from ..imaging.grid import check_same_grid
 
+            seg, seg_path = segs[model.name]
             check_same_grid(seg, truth, str(seg_path), str(truth_path))
             row.update(overlap_metrics(seg, truth))
         rows.append(row)
@@ -253,6 +303,7 @@ def summarize_drift(drift: "pd.DataFrame", scaling: "pd.DataFrame", reference: s
             row["n_paired"] = len(pairs)
             if len(pairs):
                 row["std_increase_mm2"] = float((pairs[model] - pairs[reference]).mean())
+            if len(pairs) >= 2:  # SciPy refuses a test on one pair
                 with warnings.catch_warnings():  # few pairs: SciPy warns, the p-value says it
                     warnings.simplefilter("ignore", RuntimeWarning)
                     test = wilcoxon(pairs[model], pairs[reference])
@@ -323,8 +374,13 @@ def check_tolerances(summary: "pd.DataFrame", max_std_increase: Optional[float] 
 
 def analyse_drift(scans: Sequence["Scan"], models: Sequence[ModelPredictions], settings: DriftSettings,
                   max_std_increase: Optional[float] = None,
-                  max_scaling_deviation: Optional[float] = None) -> DriftResult:
-    """Measure every scan with every model and compare them with the first model (the reference)."""
+                  max_scaling_deviation: Optional[float] = None,
+                  spine: Optional[Callable[[Path], sitk.Image]] = None) -> DriftResult:
+    """Measure every scan with every model and compare them with the first model (the reference).
+
+    ``spine`` (scan path -> disc label image) stands for TotalSpineSeg with
+    ``settings.levels_with == "spine"``; None: :func:`SpinalCordSegLib.inference.spine.spine_disc_labels`.
+    """
     import pandas as pd
 
     if len(models) < 2:
@@ -334,7 +390,7 @@ def analyse_drift(scans: Sequence["Scan"], models: Sequence[ModelPredictions], s
     reference = models[0].name
     rows, scaling = [], []
     for scan in scans:
-        scan_rows, tables = measure_scan(scan, models, settings)
+        scan_rows, tables = measure_scan(scan, models, settings, spine)
         rows += scan_rows
         scaling.append(scaling_rows(scan, tables, reference))
     drift = pd.DataFrame(rows)
@@ -446,6 +502,20 @@ def _range_label(result: DriftResult) -> str:
     return "; ".join(ranges)
 
 
+def _levels_warning(result: DriftResult) -> List[str]:
+    """Report lines naming the scans measured without vertebral levels (empty when every scan has levels)."""
+    if "levels" not in result.drift:
+        return []
+    without = sorted(result.drift.loc[result.drift["levels"] == "none", "scan"].unique())
+    if not without:
+        return []
+    return [f"**{len(without)} scan(s) without vertebral levels**: their CSA is averaged over every slice with "
+            "cord (or the --slices range), so it depends on each scan's field of view and is not comparable "
+            "across contrasts at C2-C3. Add disc labels (`<case>" + result.settings.discs_suffix + ".nii.gz`, "
+            "e.g. clicked in the Slicer panel) or run with `--levels-with spine` (TotalSpineSeg): "
+            + ", ".join(f"`{scan}`" for scan in without) + ".", ""]
+
+
 def report_markdown(result: DriftResult, tolerances: Dict[str, Optional[float]]) -> str:
     """``report.md``: verdict, settings, summary and per-scan tables, the three figures."""
     settings = result.settings
@@ -459,13 +529,16 @@ def report_markdown(result: DriftResult, tolerances: Dict[str, Optional[float]])
         f"Reference model: `{result.reference}`; compared: "
         + ", ".join(f"`{m}`" for m in result.summary["model"] if m != result.reference) + ".", "",
         verdict, "",
+        *_levels_warning(result),
         "## Settings", "",
         f"- CSA from the {'binary masks' if settings.binary else 'soft maps'}"
         f"{', angle-corrected' if settings.angle_correction else ', not angle-corrected'}"
         f" (threshold {settings.threshold:g}); ranges averaged (per scan): {_range_label(result)}.",
-        f"- Vertebral levels {settings.vert[0]}-{settings.vert[1]} (2 = C2) where a level image `<case>{settings.levels_suffix}.nii.gz` "
-        f"exists in `{settings.labels}`; manual masks `<case>{settings.truth_suffix}.nii.gz` there give Dice, "
-        "ASD and RVE.",
+        f"- Vertebral levels {settings.vert[0]}-{settings.vert[1]} (2 = C2) where the scan has levels: disc labels "
+        f"`<case>{settings.discs_suffix}.nii.gz` (SCT's numbering, projected onto the reference's cord centreline), "
+        f"else a labelled cord `<case>{settings.levels_suffix}.nii.gz`, in `{settings.labels}`"
+        + (", else TotalSpineSeg's disc labels" if settings.levels_with == "spine" else "")
+        + f"; manual masks `<case>{settings.truth_suffix}.nii.gz` there give Dice, ASD and RVE.",
         f"- Tolerances: {tolerance_text or 'none'}.", "",
         "## Summary per model", "",
         result.summary.to_markdown(index=False, floatfmt=".4g"), "",
