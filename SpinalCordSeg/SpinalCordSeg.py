@@ -146,6 +146,7 @@ class SpinalCordSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.saveButton.connect("clicked(bool)", self.onSaveButton)
         self.ui.worklistPathLineEdit.connect("currentPathChanged(QString)", self.onWorklistChanged)
         self.ui.nextCaseButton.connect("clicked(bool)", self.onNextCaseButton)
+        self.setupLevels()
 
         self.updateDependencyStatus()
         self.initializeParameterNode()
@@ -410,6 +411,70 @@ class SpinalCordSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         finally:
             self.connectEditor()
             self.updateGUIFromParameterNode()
+
+    # -- vertebral levels ---------------------------------------------------------------------------
+
+    LEVEL_COLUMNS = ["Level", "Slices (n)", "CSA mm2", "Binary CSA mm2", "Lesions (volume)"]
+
+    def setupLevels(self) -> None:
+        self._discObserver = None
+        table = self.ui.levelsTableWidget
+        table.setColumnCount(len(self.LEVEL_COLUMNS))
+        table.setHorizontalHeaderLabels(self.LEVEL_COLUMNS)
+        table.setEditTriggers(qt.QAbstractItemView.NoEditTriggers)
+        self.ui.placeDiscsButton.connect("clicked(bool)", self.onPlaceDiscs)
+        self.ui.spineButton.connect("clicked(bool)", self.onFindDiscs)
+        self.ui.levelTableButton.connect("clicked(bool)", self.onLevelTable)
+        self.ui.saveDiscsButton.connect("clicked(bool)", self.onSaveDiscs)
+
+    @property
+    def levels(self):
+        """The section's controller (its Lib imports pandas: made on first use, after the set-up)."""
+        from SpinalCordSegLib.panel.levels_controller import LevelsController
+
+        return LevelsController(self.logic.getParameterNode)
+
+    def onPlaceDiscs(self) -> None:
+        node = self.levels.disc_node(create=True)
+        if self._discObserver is None or self._discObserver[0] is not node:
+            if self._discObserver is not None:
+                self.removeObserver(*self._discObserver)
+            self._discObserver = (node, node.PointPositionDefinedEvent, self.onDiscPlaced)
+            self.addObserver(*self._discObserver)
+        slicer.modules.markups.logic().SetActiveList(node)
+        slicer.modules.markups.logic().StartPlaceMode(True)  # persistent: one click per disc
+        self.ui.levelsStatusLabel.text = f"Click disc {self.levels.next_disc_number()} first (3 = C2-C3)"
+
+    def onDiscPlaced(self, caller, event) -> None:
+        self.ui.levelsStatusLabel.text = self.levels.point_added()
+
+    def onFindDiscs(self) -> None:
+        from SpinalCordSegLib.inference.spine import spine_available, INSTALL_HINT
+
+        if not spine_available():
+            slicer.util.infoDisplay(INSTALL_HINT, windowTitle="TotalSpineSeg")
+            return
+        with slicer.util.tryWithErrorDisplay("TotalSpineSeg failed.", waitCursor=True):
+            volume = self.controller.params.input_volume
+            self.ui.levelsStatusLabel.text = self.levels.discs_from_spine(volume)
+
+    def onLevelTable(self) -> None:
+        with slicer.util.tryWithErrorDisplay("Failed to make the level table.", waitCursor=True):
+            rows = self.levels.table_from_results(self.controller.results)
+            table = self.ui.levelsTableWidget
+            table.setRowCount(len(rows))
+            for index, levelRow in enumerate(rows):
+                for column, text in enumerate((levelRow.level, levelRow.slices, levelRow.csa_mm2,
+                                               levelRow.csa_binary_mm2, levelRow.lesions)):
+                    table.setItem(index, column, qt.QTableWidgetItem(text))
+            table.resizeColumnsToContents()
+
+    def onSaveDiscs(self) -> None:
+        rater = self.ui.raterLineEdit.text.strip()
+        with slicer.util.tryWithErrorDisplay("Failed to save the disc labels.", waitCursor=True):
+            volume = self.controller.params.result_volume or self.controller.params.input_volume
+            path = self.levels.save(volume, self.ui.outputFolderPathLineEdit.currentPath, rater, self._confirm)
+            self.ui.levelsStatusLabel.text = f"Saved {path}" if path else "Kept the saved disc labels"
 
 
 #

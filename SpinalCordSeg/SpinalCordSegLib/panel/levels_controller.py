@@ -37,7 +37,7 @@ from ..errors import SpinalCordSegError
 from ..imaging.image_io import write_image_atomic
 from ..imaging.naming import bids_label
 from ..imaging.sidecar import Sidecar, manual_entry
-from ..measures.levels import NOT_DISCS, LevelSource, LevelTables, disc_name, level_name, level_tables
+from ..measures.levels import NOT_DISCS, LevelSource, LevelTables, disc_name, level_name, level_tables, point_labels
 from ..rounds.correction import plan_outputs, read_grid
 from ..rounds.drift import DISCS_SUFFIX
 from .slicer_scene import LPS_RAS, SceneParameters, image_from_volume, scan_source_name, volume_file_path
@@ -146,6 +146,28 @@ class LevelsController:
                 raise SpinalCordSegError(f"discs {image[index]} and {number} fall on the same voxel")
             image[index] = number
         return image
+
+    def discs_from_spine(self, volume_node, spine: Optional[Callable[[Path], sitk.Image]] = None) -> str:
+        """Replace the clicked discs with TotalSpineSeg's (``spine``: scan path -> disc labels); return a status line.
+
+        ``spine`` defaults to :func:`SpinalCordSegLib.inference.spine.spine_disc_labels`
+        (SpineNotInstalled, saying how to get it, when the package is missing).
+        """
+        import tempfile
+
+        from ..inference.spine import spine_disc_labels
+
+        spine = spine or spine_disc_labels
+        scan = volume_file_path(volume_node)
+        with tempfile.TemporaryDirectory(prefix="spinalcordseg-discs-") as work:
+            if scan is None:  # a volume made in Slicer: TotalSpineSeg reads files
+                scan = str(write_image_atomic(image_from_volume(volume_node), Path(work) / "scan.nii.gz"))
+            found = point_labels(spine(Path(scan)), "TotalSpineSeg's disc labels", NOT_DISCS)
+        node = self.disc_node(create=True)
+        node.RemoveAllControlPoints()
+        for label in found:
+            node.AddControlPoint(*(LPS_RAS @ np.array(label.point)).tolist(), str(label.value))
+        return "TotalSpineSeg found discs " + ", ".join(f"{label.value} ({disc_name(label.value)})" for label in found)
 
     # -- the level table -----------------------------------------------------------------------------
 

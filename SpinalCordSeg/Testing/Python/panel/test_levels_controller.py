@@ -125,3 +125,21 @@ def test_bad_clicks_are_named(case):
 
 def test_disc_labels_by_number_or_name():
     assert [parse_disc_label(t) for t in ("3", " c2-c3 ", "C7/T1", "T12-L1", "x", "")] == [3, 3, 8, 20, None, None]
+
+
+def test_totalspineseg_discs_become_control_points(case):
+    """TotalSpineSeg is a STAND-IN here (not installable offline): a function returning disc labels on the scan."""
+    levels = LevelsController(lambda: case["node"])
+    node = levels.disc_node(create=True)
+    node.AddControlPoint(0.0, 0.0, 0.0, "7")  # replaced by the automatic discs
+
+    def stand_in_spine(path):
+        assert path == case["scan"]
+        discs = np.zeros(SHAPE, np.uint8)
+        discs[25, 11, 15], discs[10, 11, 15], discs[33, 11, 15] = 3, 4, 50  # 50: SCT's PMJ, not a disc
+        return as_psr(discs)
+
+    assert levels.discs_from_spine(case["volume"], stand_in_spine) == "TotalSpineSeg found discs 3 (C2-C3), 4 (C3-C4)"
+    assert sorted(levels.discs()) == [3, 4]
+    expected = np.array(ras_of(case["reference"], 15, 11, 25)) * [-1, -1, 1]  # LPS
+    assert np.allclose(levels.discs()[3], expected, atol=1e-4)
