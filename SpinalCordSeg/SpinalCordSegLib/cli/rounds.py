@@ -2,6 +2,7 @@
 
 Example:
     $ spinalcordseg batch -i /data/bids -m demo-sc-lesion -o /data/bids/derivatives/spinalcordseg --shard 3/10
+    $ spinalcordseg batch -i /data/bids -m demo-sc-lesion -o /data/bids/derivatives/spinalcordseg --levels-with labels
     $ spinalcordseg round merge -w /data/bids/derivatives/spinalcordseg/worklist.csv worklist-shard*.csv
     $ spinalcordseg round rank -w /data/bids/derivatives/spinalcordseg/worklist.csv --random-fraction 0.2
     $ spinalcordseg round mark -w worklist.csv sub-01_T2w corrected --rater jd
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from ..imaging.binarization import parse_thresholds
 from .segment import add_inference_arguments, mask_options
+from ..rounds.cohort import LEVELS_WITH
 from ..rounds.worklist import STATUSES, Worklist
 
 logger = logging.getLogger(__name__)
@@ -33,6 +35,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     batch.add_argument("--shard", help="K/N: process only shard K of N (e.g. $SLURM_ARRAY_TASK_ID/10)")
     batch.add_argument("--worklist", help="worklist CSV (default: OUTPUT/worklist.csv, or "
                                           "OUTPUT/worklist-shardKofN.csv with --shard, for 'round merge')")
+    batch.add_argument("--levels-with", choices=LEVELS_WITH,
+                       help="also write <scan>_levels.csv (cord CSA and lesions per vertebral level) beside the "
+                            "masks, from the labels folder's disc labels (<scan>_label-discs_dlabel.nii.gz) or "
+                            "labelled cords; 'spine': TotalSpineSeg's discs where there are none")
+    batch.add_argument("--labels", type=Path,
+                       help="disc labels and labelled cords for --levels-with (default: INPUT/derivatives/labels)")
     add_inference_arguments(batch)
     batch.set_defaults(func=run_batch_command)
 
@@ -73,11 +81,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_batch_command(args: argparse.Namespace) -> int:
     from .segment import engines_from_arguments
-    from ..rounds.cohort import find_scans, in_shard, parse_shard, run_batch
+    from ..rounds.cohort import find_scans, in_shard, parse_shard, run_batch, write_level_tables
     from ..errors import SpinalCordSegError
 
     if args.crop_mask:
         raise SpinalCordSegError("--crop-mask gives one mask for every scan; in a batch use --crop-with CORD_MODEL")
+    if args.levels_with == "spine":
+        from ..inference.spine import require_spine
+
+        require_spine()  # before the predictions, not after
     k, n = parse_shard(args.shard)
     scans = [s for s in find_scans(args.input, args.include) if in_shard(s.relative, k, n)]
     engine, crop_engine = engines_from_arguments(args)
@@ -87,6 +99,13 @@ def run_batch_command(args: argparse.Namespace) -> int:
                        worklist, crop_engine=crop_engine, options=mask_options(args))
     print(f"shard {k}/{n}: {len(scans)} scan(s); predicted {len(report.predicted)}, "
           f"already done {len(report.skipped)}, failed {len(report.failed)}")
+    if args.levels_with:
+        done = [s for s in scans if s.relative not in report.failed]
+        thresholds = parse_thresholds(args.threshold, engine.structures)
+        outcome = write_level_tables(done, Path(args.output), engine.structures, thresholds,
+                                     args.labels or Path(args.input) / "derivatives" / "labels", args.levels_with)
+        for scan, what in outcome.items():
+            print(f"{scan}: {what}")
     return 1 if report.failed else 0
 
 

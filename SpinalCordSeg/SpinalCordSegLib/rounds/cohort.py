@@ -23,7 +23,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import SimpleITK as sitk
 
@@ -32,7 +32,7 @@ from ..errors import SpinalCordSegError
 from ..imaging.fileutil import remove_stale_temporaries
 from ..imaging.image_io import read_scan
 from ..models.model_folder import sha256_of_file
-from ..imaging.naming import output_name, source_name
+from ..imaging.naming import bids_label, output_name, source_name
 from ..imaging.outputs import write_outputs
 from ..imaging.sidecar import Sidecar, now
 from ..measures.uncertainty import uncertainty
@@ -41,6 +41,14 @@ from .worklist import Worklist
 logger = logging.getLogger(__name__)
 FAILURES_FILE = "failures.csv"
 WORKLIST_FILE = "worklist.csv"
+#: The BIDS name of single-voxel disc labels in SCT's datasets (and of the panel's clicked discs).
+DISCS_SUFFIX = "_label-discs_dlabel"
+#: sct_label_vertebrae's name for the labelled cord mask of ``<case>_label-SC_seg``.
+LEVELS_SUFFIX = "_label-SC_seg_labeled"
+#: Where the levels come from: the labels folder only, or TotalSpineSeg where it has none.
+LEVELS_WITH = ("labels", "spine")
+#: Per-level table of a batch scan, beside its masks.
+LEVELS_TABLE_SUFFIX = "_levels.csv"
 
 
 @dataclass(frozen=True)
@@ -211,3 +219,66 @@ def run_batch(
             _record_failure(derivatives, scan, message)
             report.failed[scan.relative] = message
     return report
+
+
+def level_source(scan: Scan, labels: Optional[Path], levels_with: str = "labels",
+                 spine: Optional[Callable[[Path], sitk.Image]] = None, discs_suffix: str = DISCS_SUFFIX,
+                 levels_suffix: str = LEVELS_SUFFIX):
+    """The scan's vertebral levels (a :class:`~SpinalCordSegLib.measures.levels.LevelSource`), or None.
+
+    In order: disc labels ``<labels>/<scan's folders>/<case><discs_suffix>.nii.gz``,
+    a labelled cord ``<case><levels_suffix>.nii.gz``, then, with
+    ``levels_with="spine"``, TotalSpineSeg's disc labels (``spine``: scan path
+    -> disc label image; default :func:`SpinalCordSegLib.inference.spine.spine_disc_labels`).
+    """
+    from ..measures.levels import LevelSource
+
+    if labels is not None:
+        folder = Path(labels) / Path(scan.relative).parent
+        for kind, suffix in (("discs", discs_suffix), ("labelled", levels_suffix)):
+            path = folder / f"{scan.case}{suffix}.nii.gz"
+            if path.is_file():
+                return LevelSource.read(kind, path)
+    if levels_with == "spine":
+        if spine is None:
+            from ..inference.spine import spine_disc_labels as spine
+        return LevelSource("discs", spine(scan.path), f"TotalSpineSeg disc labels of {scan.path}")
+    return None
+
+
+def write_level_tables(scans: List[Scan], derivatives: Union[str, Path], structures: List[str],
+                       thresholds: Mapping[str, float], labels: Optional[Path], levels_with: str = "labels",
+                       spine: Optional[Callable[[Path], sitk.Image]] = None) -> Dict[str, str]:
+    """Per-level tables (``<case>_levels.csv`` beside the masks) of predicted scans; scan -> what happened.
+
+    The cord's soft map is measured (CSA soft and binary, angle-corrected) and
+    the lesion mask, when the model has one, counted per level (see
+    :func:`SpinalCordSegLib.measures.levels.level_tables`). A scan without
+    levels, or whose levels fail, is reported and skipped, not fatal.
+    """
+    from ..imaging.fileutil import write_csv_atomic
+    from ..measures.levels import level_tables
+    from ..measures.morphometrics import load_image
+
+    cords = [s for s in structures if bids_label(s) == "SC"]
+    lesions = [s for s in structures if bids_label(s) == "lesion"]
+    if not cords:
+        raise SpinalCordSegError(f"per-level tables need a cord model; this one gives {structures}")
+    outcome = {}
+    for scan in scans:
+        folder = scan.derivative_folder(Path(derivatives))
+        try:
+            source = level_source(scan, labels, levels_with, spine)
+            if source is None:
+                outcome[scan.relative] = "no vertebral levels (no disc labels or labelled cord in the labels folder)"
+                continue
+            cord = load_image(folder / output_name(scan.case, cords[0], "probseg"))
+            lesion = load_image(folder / output_name(scan.case, lesions[0], "seg")) if lesions else None
+            tables = level_tables(cord, source, lesion, threshold=thresholds[cords[0]],
+                                  name=str(folder / output_name(scan.case, cords[0], "probseg")))
+            path = write_csv_atomic(tables.per_level, folder / f"{scan.case}{LEVELS_TABLE_SUFFIX}")
+            outcome[scan.relative] = f"levels from {source.kind}: {path}"
+        except SpinalCordSegError as error:
+            logger.error("%s", error)
+            outcome[scan.relative] = f"failed: {error}"
+    return outcome

@@ -49,6 +49,7 @@ import SimpleITK as sitk
 
 from ..errors import InputImageError, SpinalCordSegError
 from ..imaging.naming import SESSION, SUBJECT, output_name
+from .cohort import DISCS_SUFFIX, LEVELS_SUFFIX, LEVELS_WITH, level_source
 
 if TYPE_CHECKING:  # pandas is imported where it is used (Slicer import rule)
     import pandas as pd
@@ -59,12 +60,6 @@ DRIFT_FILES = ("drift.csv", "summary.csv", "scaling.csv", "csa_per_contrast.png"
                "scaling.png", "report.md")
 DEFAULT_VERT = (2, 3)
 TRUTH_SUFFIX = "_label-SC_seg"
-#: sct_label_vertebrae's name for the labelled cord mask of ``<case>_label-SC_seg``.
-LEVELS_SUFFIX = "_label-SC_seg_labeled"
-#: The BIDS name of single-voxel disc labels in SCT's datasets (and of the panel's clicked discs).
-DISCS_SUFFIX = "_label-discs_dlabel"
-#: Where the levels come from: the labels folder only, or TotalSpineSeg where it has none.
-LEVELS_WITH = ("labels", "spine")
 NO_LEVELS_NOTE = "no vertebral levels: every slice with cord"
 
 
@@ -203,23 +198,6 @@ def _range_text(settings: DriftSettings, has_levels: bool) -> str:
     return ", ".join(parts) or "all slices"
 
 
-def level_source(scan: "Scan", settings: DriftSettings, spine: Optional[Callable[[Path], sitk.Image]] = None):
-    """The scan's vertebral levels (a LevelSource), or None: disc labels, a labelled cord, then TotalSpineSeg."""
-    from ..measures.levels import LevelSource
-
-    discs = settings.label_file(scan, settings.discs_suffix)
-    if discs is not None:
-        return LevelSource.read("discs", discs)
-    labelled = settings.label_file(scan, settings.levels_suffix)
-    if labelled is not None:
-        return LevelSource.read("labelled", labelled)
-    if settings.levels_with == "spine":
-        if spine is None:
-            from ..inference.spine import spine_disc_labels as spine
-        return LevelSource("discs", spine(scan.path), f"TotalSpineSeg disc labels of {scan.path}")
-    return None
-
-
 def measure_scan(scan: "Scan", models: Sequence[ModelPredictions], settings: DriftSettings,
                  spine: Optional[Callable[[Path], sitk.Image]] = None
                  ) -> Tuple[List[dict], Dict[str, "pd.DataFrame"]]:
@@ -227,7 +205,8 @@ def measure_scan(scan: "Scan", models: Sequence[ModelPredictions], settings: Dri
     from ..measures.levels import levels_per_slice
     from ..measures.morphometrics import load_image, summarize_cord
 
-    source = level_source(scan, settings, spine)
+    source = level_source(scan, settings.labels, settings.levels_with, spine, settings.discs_suffix,
+                          settings.levels_suffix)
     truth_path = settings.label_file(scan, settings.truth_suffix)
     truth = load_image(truth_path) if truth_path else None
     cords, segs = {}, {}
