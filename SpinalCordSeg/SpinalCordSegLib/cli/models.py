@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import importlib.util
 from typing import List, Sequence, Tuple
 
 from ..imaging.fileutil import format_size
@@ -77,7 +78,11 @@ def run_list(args: argparse.Namespace) -> int:
     notes = []
     for entry in store.catalogue:
         model = installed.pop(entry.id, None)
-        if entry.builtin and entry.path.is_dir():
+        if entry.runner:
+            available = importlib.util.find_spec(entry.runner) is not None
+            rows.append((entry.id, entry.name, "-", "-", f"{entry.runner} package "
+                         + ("installed" if available else f"not installed (pip install {entry.runner})")))
+        elif entry.builtin and entry.path.is_dir():
             size = sum(f.stat().st_size for f in entry.path.rglob("*") if f.is_file())
             rows.append(_row(notes, entry.id, entry.name, size, store.trust_state_of_folder(entry.path, entry),
                              "built-in"))
@@ -152,6 +157,8 @@ def _info_lines(store, model_id: str) -> List[str]:
             lines += [f"  url: {url}" for url in asset.urls]
         if entry.builtin:
             lines += [f"built-in folder: {entry.path}"]
+        if entry.runner:
+            lines += [f"runs through: {entry.runner_note}"]
         lines += [f"citation: {entry.citation or 'none given'}", f"licence: {entry.licence or 'unknown'}",
                   f"homepage: {entry.homepage or 'none'}", f"SCT model: {entry.sct_model or 'none'}"]
     if entry is not None and entry.builtin and entry.path.is_dir():

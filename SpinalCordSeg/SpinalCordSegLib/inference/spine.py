@@ -10,10 +10,10 @@ same output feeds :mod:`SpinalCordSegLib.measures.levels`.
 The package is optional (``pip install totalspineseg``, the ``spine`` extra):
 it is not a dependency, and where it is missing :func:`require_spine` says how
 to get it. Its model folder has TotalSpineSeg's layout,
-``<folder>/nnUNet/results/r<YYYYMMDD>/...`` (the newest release is used); the
-weights are fetched by TotalSpineSeg's own installer
-(``totalspineseg.init_inference``) on first use, as SCT does, never in
-offline mode.
+``<folder>/nnUNet/results/r<YYYYMMDD>/...`` (the newest release is used), in
+``<models dir>/.totalspineseg``; its weights are fetched by TotalSpineSeg's own
+installer (``totalspineseg.init_inference``), as SCT does: the weights' URLs
+come from the package and carry no sha256 the project could pin offline.
 
 Example:
     >>> from SpinalCordSegLib.inference.spine import spine_disc_labels
@@ -61,8 +61,11 @@ def require_spine(find_spec: Callable[[str], object] = importlib.util.find_spec)
 
 
 def spine_model_folder() -> Path:
-    """Where TotalSpineSeg's models live: ``<models dir>/spine`` (its ``data_path``)."""
-    return models_dir() / SPINE_ID
+    """Where TotalSpineSeg's models live (its ``data_path``): ``<models dir>/.totalspineseg``.
+
+    A hidden folder: the model store lists nnU-Net folders, and this is TotalSpineSeg's own layout.
+    """
+    return models_dir() / f".{SPINE_PACKAGE}"
 
 
 def newest_release(folder: Union[str, Path]) -> str:

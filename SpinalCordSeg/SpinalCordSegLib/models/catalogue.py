@@ -42,6 +42,8 @@ from ..resources import resources_dir
 DEMO_MODEL = "demo-sc-lesion"
 
 CATALOGUE_ENV = "SPINALCORDSEG_CATALOGUE"
+#: Packages that run a catalogue model themselves (``"runner"``): TotalSpineSeg, SCT's ``spine`` task.
+RUNNERS = ("totalspineseg",)
 CATALOGUE_FORMAT = 1
 #: What every output of a demo model (``"demo": true``) says: command line, sidecar, overlay, Slicer panel.
 DEMO_NOTE = "demo model: not for clinical use"
@@ -106,6 +108,7 @@ class CatalogueEntry:
     builtin: bool = False
     path: Optional[Path] = None  # absolute folder of a built-in model
     demo: bool = False
+    runner: Optional[str] = None  # a package that runs the model itself (no nnU-Net folder here)
 
     @property
     def note(self) -> Optional[str]:
@@ -114,6 +117,14 @@ class CatalogueEntry:
             return None
         return (f"{self.id} is a {DEMO_NOTE}: trained on a handful of public test scans to try the tools;"
                 " for real scans use the field's models ('spinalcordseg models list')")
+
+    @property
+    def runner_note(self) -> Optional[str]:
+        """How a model run by another package (``runner``) is installed, else None."""
+        if self.runner is None:
+            return None
+        return (f"'{self.id}' runs through the {self.runner} package ({self.licence or 'its licence'}), not as an "
+                f"nnU-Net folder here: pip install {self.runner}; it installs its own weights on first use")
 
     @property
     def assets_pinned(self) -> bool:
@@ -198,6 +209,9 @@ def _parse_entry(data: object, where: str, models_root: Path) -> CatalogueEntry:
     where = f"{where} ({model_id})"
     reader.where = where
     builtin = bool(reader.get("builtin", bool, required=False))
+    runner = reader.get("runner", str, required=False)
+    if runner is not None and runner not in RUNNERS:
+        raise CatalogueError(f"{where}: 'runner' must be one of {RUNNERS}, not {runner!r}")
     if "checkpoint_sha256" in reader.data:
         raise CatalogueError(f"{where}: 'checkpoint_sha256' is replaced by 'files_sha256', which also pins "
                              "dataset.json and plans.json (nnU-Net imports names from plans.json)")
@@ -210,11 +224,13 @@ def _parse_entry(data: object, where: str, models_root: Path) -> CatalogueEntry:
                                  f"fold_*/checkpoint_*.pth (missing: {', '.join(missing) or 'checkpoints'})")
     assets = tuple(
         _parse_asset(item, f"{where} asset {index}")
-        for index, item in enumerate(reader.get("assets", list, required=not builtin) or [])
+        for index, item in enumerate(reader.get("assets", list, required=not (builtin or runner)) or [])
     )
     if builtin and (assets or not pins):
         raise CatalogueError(f"{where}: a built-in model has no 'assets' and needs 'files_sha256'")
-    if not builtin and not assets:
+    if runner and (assets or pins or builtin):
+        raise CatalogueError(f"{where}: a model run by '{runner}' has no 'assets', 'files_sha256' or 'builtin'")
+    if not builtin and not runner and not assets:
         raise CatalogueError(f"{where}: 'assets' is empty")
     folds = reader.strings("folds", required=False)
     per_fold = [asset.fold for asset in assets if asset.fold is not None]
@@ -245,6 +261,7 @@ def _parse_entry(data: object, where: str, models_root: Path) -> CatalogueEntry:
         builtin=builtin,
         path=_builtin_path(reader.get("path", str), models_root, where) if builtin else None,
         demo=bool(reader.get("demo", bool, required=False)),
+        runner=runner,
     )
 
 

@@ -271,6 +271,8 @@ class ModelStore:
         name when there is one of each); pinned sha256 are checked.
         """
         entry = self.catalogue[model_id]
+        if entry.runner:
+            raise ModelInstallError(entry.runner_note)
         if entry.builtin:
             raise ModelInstallError(f"'{model_id}' is built into SpinalCordSeg ({entry.path}); nothing to install")
         existing = self.get_installed(model_id)
@@ -513,6 +515,10 @@ class ModelStore:
                 ) -> Tuple[Path, Optional[CatalogueEntry], Optional[InstalledModel]]:
         """(folder holding the model, catalogue entry, installed model) for ``spec``."""
         entry = self.catalogue.get(spec)
+        if entry is not None and entry.runner:
+            raise ModelInstallError(f"{entry.runner_note}. It gives disc labels, not masks: use it through "
+                                    "'measure --discs', 'drift/batch --levels-with spine' or the Slicer panel's "
+                                    "Vertebral levels section")
         if entry is not None and entry.builtin:
             if not entry.path.is_dir():
                 raise ModelInstallError(

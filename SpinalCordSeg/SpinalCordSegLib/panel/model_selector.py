@@ -105,6 +105,8 @@ def catalogue_model_entries(catalogue: Iterable, installed: Iterable = ()) -> Li
     installed = {model.id: model for model in installed}
     entries = []
     for entry in catalogue:
+        if entry.runner:  # another package's model (TotalSpineSeg): not a segmentation the panel applies
+            continue
         if entry.builtin:
             entries.append(ModelEntry(entry.id, entry.name, entry.path is not None and entry.path.is_dir(), True))
         else:

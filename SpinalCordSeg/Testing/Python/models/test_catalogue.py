@@ -44,7 +44,7 @@ def test_shipped_entries_are_consistent(shipped):
         if entry.crop_with is not None:
             assert shipped[entry.crop_with].task == "spinal cord segmentation"
         # SCT's LPI fallback in SimpleITK letters; the demo models are trained in LAS (SCT's RPI).
-        assert entry.orientation == ("LAS" if entry.builtin else "RAS")
+        assert entry.orientation == ("LAS" if entry.builtin else None if entry.runner else "RAS")
 
 
 def test_ms_lesion_is_five_fold_zips_cropped_with_the_cord_model(shipped):
@@ -125,3 +125,18 @@ def test_unreadable_catalogue(tmp_path):
         load_catalogue(tmp_path / "models.json")
     with pytest.raises(CatalogueError, match="cannot read"):
         load_catalogue(tmp_path / "absent.json")
+
+
+def test_spine_runs_through_totalspineseg_and_is_not_installed_as_nnunet(shipped, tmp_path):
+    from SpinalCordSegLib.errors import ModelInstallError
+    from SpinalCordSegLib.models.model_store import ModelStore
+    from SpinalCordSegLib.panel.model_selector import catalogue_model_entries
+
+    spine = shipped["spine"]
+    assert spine.runner == "totalspineseg" and spine.licence == "LGPL-3.0" and not spine.assets
+    assert "pip install totalspineseg" in spine.runner_note
+    store = ModelStore(models_dir=tmp_path, catalogue=shipped)
+    for action in (lambda: store.install("spine"), lambda: store.resolve("spine")):
+        with pytest.raises(ModelInstallError, match="runs through the totalspineseg package"):
+            action()
+    assert "spine" not in [e.id for e in catalogue_model_entries(shipped)]
