@@ -75,6 +75,7 @@ from scipy.spatial import cKDTree
 
 from ..errors import InputImageError
 from ..imaging.binarization import DEFAULT_THRESHOLD, above
+from ..imaging.grid import check_same_grid
 from .morphometrics import (
     CORD_METRICS,
     DEFAULT_CENTRELINE_DEGREE,
@@ -338,6 +339,8 @@ def level_tables(cord: sitk.Image, source: LevelSource, lesion: Optional[sitk.Im
     """
     from .lesion_metrics import lesions_per_level
 
+    if lesion is not None:
+        check_same_grid(cord, lesion, name, lesion_name)
     per_slice_levels = levels_per_slice(cord, source, threshold, name=name)
     per_slice = cord_morphometrics(cord, threshold=threshold, angle_correction=angle_correction, name=name,
                                    level_per_slice=per_slice_levels)
