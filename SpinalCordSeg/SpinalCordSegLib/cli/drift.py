@@ -25,7 +25,8 @@ from typing import List, Tuple
 
 from ..imaging.binarization import parse_thresholds
 from .segment import add_inference_arguments, mask_options
-from ..rounds.drift import DEFAULT_VERT, DISCS_SUFFIX, LEVELS_SUFFIX, LEVELS_WITH, TRUTH_SUFFIX
+from ..rounds.cohort import DISCS_SUFFIX, LEVELS_SUFFIX, LEVELS_WITH
+from ..rounds.drift import DEFAULT_VERT, TRUTH_SUFFIX
 from ..errors import SpinalCordSegError
 
 PREDICTIONS = "predictions"

@@ -159,7 +159,8 @@ def lesions_per_level(lesion: sitk.Image, level_per_slice: np.ndarray, *, thresh
                      "lesion_volume_mm3": float(found.size * volume.voxel_volume)})
     table = pd.DataFrame(rows, columns=["level", "n_lesions", "lesion_volume_mm3"])
     table["level"] = table["level"].astype("Int64")
-    table.attrs.update(total_lesions=int(labels.max()), total_volume_mm3=float((labels > 0).sum() * volume.voxel_volume))
+    table.attrs.update(total_lesions=int(labels.max()),
+                       total_volume_mm3=float((labels > 0).sum() * volume.voxel_volume))
     return table
 
 

@@ -39,7 +39,7 @@ from ..imaging.naming import bids_label
 from ..imaging.sidecar import Sidecar, manual_entry
 from ..measures.levels import NOT_DISCS, LevelSource, LevelTables, disc_name, level_name, level_tables, point_labels
 from ..rounds.correction import plan_outputs, read_grid
-from ..rounds.drift import DISCS_SUFFIX
+from ..rounds.cohort import DISCS_SUFFIX
 from .slicer_scene import LPS_RAS, SceneParameters, image_from_volume, scan_source_name, volume_file_path
 
 DISC_NODE_NAME = "Discs"

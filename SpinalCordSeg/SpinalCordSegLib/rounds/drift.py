@@ -49,7 +49,7 @@ import SimpleITK as sitk
 
 from ..errors import InputImageError, SpinalCordSegError
 from ..imaging.naming import SESSION, SUBJECT, output_name
-from .cohort import DISCS_SUFFIX, LEVELS_SUFFIX, LEVELS_WITH, level_source
+from .cohort import DISCS_SUFFIX, LEVELS_SUFFIX, level_source
 
 if TYPE_CHECKING:  # pandas is imported where it is used (Slicer import rule)
     import pandas as pd
