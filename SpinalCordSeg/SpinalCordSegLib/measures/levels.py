@@ -32,10 +32,11 @@ SCT's rule for disc labels (``sct_process_segmentation -discfile``, SCT 7.x;
    the labels on the slice, one here). Slices below the lowest disc keep its
    value, as in SCT.
 
-Mid-vertebral labels have no rule in SCT's ``sct_process_segmentation``; here
-(:func:`levels_from_bodies`) each label is projected the same way and a
-slice takes the level of the nearest label along the centreline, the two end
-levels reaching as far beyond their label as the boundary on their other side.
+Mid-vertebral labels have no rule in SCT's ``sct_process_segmentation`` (SCT
+uses them to register to the PAM50 template); here (:func:`levels_from_bodies`)
+each label is projected the same way and the centreline between labels is
+mapped linearly onto the template's axis, so that levels between two labels
+far apart (C2 and T2) follow the template's proportions.
 
 The centreline is the project's (:func:`~SpinalCordSegLib.measures.morphometrics.cord_centreline`,
 SCT's ``polyfit``); SCT's ``-discfile`` uses its ``bspline`` fit, which moves a
@@ -217,9 +218,23 @@ def levels_from_discs(line: CordLine, discs: Sequence[PointLabel], name: str = "
 
 
 def levels_from_bodies(line: CordLine, bodies: Sequence[PointLabel], name: str = "bodies") -> np.ndarray:
-    """Level of each centreline point from mid-vertebral labels (0 beyond the end levels' reach)."""
+    """Level of each centreline point from mid-vertebral labels (0 outside the labelled levels' reach).
+
+    Between two labels the centreline is mapped linearly onto the PAM50
+    template's axis, label centre onto level centre (what a registration to
+    the template with these labels does along the cord), and a point takes
+    the template's level there; beyond the end labels the neighbouring
+    stretch goes on, up to the end levels' extents. Consecutive labels (C3,
+    C4, C5) so split near halfway; two labels far apart (C2 and T2, SCT's
+    usual registration labels) give every level between them in the
+    template's proportions.
+    """
     if len(bodies) < 2:
         raise InputImageError(f"{name}: mid-vertebral labels need at least two vertebrae to bound a level")
+    outside = [b.value for b in bodies if b.value not in PAM50_LEVEL_SLICES]
+    if outside:
+        raise InputImageError(f"{name}: mid-vertebral label(s) {outside} are outside the PAM50 template's levels "
+                              f"(1 = C1 to 20 = L1)")
     indices = line.nearest(bodies)
     order = np.argsort(indices, kind="stable")
     centres = indices[order].astype(float)
@@ -228,15 +243,19 @@ def levels_from_bodies(line: CordLine, bodies: Sequence[PointLabel], name: str =
         listed = ", ".join(f"{v} at slice {line.slices[int(i)]}" for v, i in zip(values, centres))
         raise InputImageError(f"{name}: vertebra numbers must decrease from inferior to superior along the cord, "
                               f"one per position; found (inferior first) {listed}")
-    # Boundaries halfway between neighbours; the end levels reach as far beyond their centre.
-    middles = (centres[1:] + centres[:-1]) / 2
-    bounds = np.concatenate([[2 * centres[0] - middles[0]], middles, [2 * centres[-1] - middles[-1]]])
-    points = np.arange(len(line.slices))
-    # A point on a boundary goes to the level below, as the slice of a disc in SCT's rule.
-    region = np.searchsorted(bounds, points, side="left") - 1
-    region[points == bounds[0]] = 0
-    inside = (region >= 0) & (region < len(values))
-    return np.where(inside, values[np.clip(region, 0, len(values) - 1)], 0)
+    template = np.array([np.mean(PAM50_LEVEL_SLICES[v]) for v in values])
+    points = np.arange(len(line.slices), dtype=float)
+    position = np.interp(points, centres, template)
+    low, high = points < centres[0], points > centres[-1]
+    position[low] = template[0] + (points[low] - centres[0]) * (template[1] - template[0]) / (centres[1] - centres[0])
+    position[high] = template[-1] + (points[high] - centres[-1]) * (template[-1] - template[-2]) / (
+        centres[-1] - centres[-2])
+    # The template's levels from inferior to superior, each from first - 0.5 to last + 0.5.
+    order_up = sorted(range(values.min(), values.max() + 1), key=lambda v: PAM50_LEVEL_SLICES[v][0])
+    edges = [PAM50_LEVEL_SLICES[v][0] - 0.5 for v in order_up] + [PAM50_LEVEL_SLICES[order_up[-1]][1] + 0.5]
+    slot = np.searchsorted(edges, position, side="right") - 1
+    inside = (slot >= 0) & (slot < len(order_up))
+    return np.where(inside, np.array(order_up)[np.clip(slot, 0, len(order_up) - 1)], 0)
 
 
 @dataclass(frozen=True)

@@ -129,13 +129,36 @@ def test_sct_rule_on_a_case_computed_by_hand():
     assert levels.tolist() == expected.tolist()
 
 
-def test_mid_vertebral_labels_split_halfway():
+def test_mid_vertebral_labels_follow_the_template_between_labels():
     cord = cylinder(0.0)
-    bodies = disc_image({5: 10, 4: 30, 3: 50}, 0.0)  # mid-body of C5, C4, C3
+    bodies = disc_image({5: 10, 4: 30, 3: 51}, 0.0)  # mid-body of C5, C4, C3
     levels = levels_per_slice(cord, LevelSource("bodies", bodies))
-    # Boundaries at 20 and 40 (a boundary slice goes to the level below); C5 reaches down to 0, C3 up to 60.
-    expected = [5 if k <= 20 else 4 if k <= 40 else 3 if k <= 60 else 0 for k in range(SIZE[2])]
+    # By hand from PAM50_LEVEL_SLICES: centres C5 817, C4 852, C3 889 (template slices). C5|C4 edge at
+    # 833.5: slice 10 + 16.5 * 20 / 35 = 19.4; C4|C3 edge at 870.5: 30 + 18.5 * 21 / 37 = 40.5; C5 reaches
+    # down to 800.5: 10 - 16.5 * 20 / 35 = 0.57; C3 up to 907.5: 51 + 18.5 * 21 / 37 = 61.5.
+    expected = [0 if k < 1 else 5 if k <= 19 else 4 if k <= 40 else 3 if k <= 61 else 0 for k in range(SIZE[2])]
     assert levels.tolist() == expected
+
+
+def test_two_mid_vertebral_labels_far_apart_give_every_level_between(shared_data):
+    """SCT's 2014 errsm_11 scan: manual cord, mid-vertebral labels C2 (2) and T2 (9) only."""
+    folder = shared_data / "sct_history_errsm" / "errsm_11"
+    cord = sitk.ReadImage(str(folder / "t2_manual_segmentation.nii.gz"))
+    bodies = sitk.ReadImage(str(folder / "t2_landmarks_C2_T2_center.nii.gz"))
+    tables = level_tables(cord, LevelSource("bodies", bodies, "landmarks"))
+    per_level = tables.per_level.dropna(subset=["level"]).set_index("level")
+    assert list(per_level.index) == list(range(2, 10))
+    # The labelled slices lie in their own level.
+    axial = sitk.GetArrayFromImage(sitk.DICOMOrient(bodies, "LAS"))
+    for value in (2, 9):
+        k = int(np.argwhere(axial == value)[0][0])
+        assert tables.slice_levels[k] == value
+    # Level heights follow the template's: C3 to T1 each between 60 % and 160 % of the template's, in mm.
+    for level in range(3, 9):
+        first, last = PAM50_LEVEL_SLICES[level]
+        height = per_level.loc[level, "n_slices"] * 1.0  # 1 mm slices
+        assert 0.6 < height / ((last - first + 1) * 0.5) < 1.6, level
+    assert 50 < per_level.loc[3, "area_mm2_mean"] < 110  # an adult's cord at C3
 
 
 def test_pam50_normalization_stretches_each_level():
