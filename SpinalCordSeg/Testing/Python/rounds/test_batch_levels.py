@@ -79,3 +79,19 @@ def test_levels_with_spine_fills_the_gaps(cohort):
     source = level_source(scans["02"], labels, "spine", stand_in_spine)
     assert source.kind == "discs" and calls == ["sub-02_T2w.nii.gz"]
     assert level_source(scans["02"], labels, "labels", stand_in_spine) is None
+
+
+@pytest.mark.slow
+def test_batch_command_reports_the_levels_of_each_scan(cohort, tiny_model, capsys):
+    """`batch --levels-with labels` end to end with a tiny nnU-Net model (random weights: its cord is noise)."""
+    from SpinalCordSegLib.cli import main
+
+    out = cohort / "derivatives" / "tiny"
+    code = main(["batch", "-i", str(cohort), "-o", str(out), "-m", str(tiny_model), "--device", "cpu", "--no-tta",
+                 "--trust", "--levels-with", "labels"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "sub-02/anat/sub-02_T2w.nii.gz: no vertebral levels" in printed
+    line = next(x for x in printed.splitlines() if x.startswith("sub-01/anat/sub-01_T2w.nii.gz: "))
+    # Disc labels exist for sub-01: a table, or (a noise cord) a failure that names the file.
+    assert "levels from discs" in line or ("failed:" in line and "sub-01_T2w" in line)
