@@ -27,6 +27,16 @@ def web_session(tmp_path, shared_data):
     return make_session(manifest, tmp_path / "session", seed=5, key_path=tmp_path / "private" / "key.json")
 
 
+def _run(server, stopped):
+    try:
+        server.run()
+    except OSError:
+        # Closing waitress from another thread ends its select() with EBADF (as in WebTest's
+        # StopableWSGIServer); only an error before the stop is one.
+        if not stopped.is_set():
+            raise
+
+
 @pytest.fixture
 def serve_session():
     """``serve_session(folder, tokens=None)`` starts the server and returns its base URL (stopped after)."""
@@ -36,16 +46,18 @@ def serve_session():
     from LesionQCLib.session import SessionView
 
     servers = []
+    stopped = threading.Event()
 
     def start(folder, tokens=None):
         review = Review(SessionView.load(folder), tokens)
         server = waitress.create_server(create_app(folder, tokens, review), host="127.0.0.1", port=0, threads=4)
-        thread = threading.Thread(target=server.run, daemon=True)
+        thread = threading.Thread(target=_run, args=(server, stopped), daemon=True)
         thread.start()
         servers.append((server, thread, review))
         return f"http://127.0.0.1:{server.effective_port}"
 
     yield start
+    stopped.set()
     for server, thread, review in servers:
         server.close()
         thread.join(timeout=10)
