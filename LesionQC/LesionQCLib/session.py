@@ -80,8 +80,6 @@ PathLike = Union[str, Path]
 SEGMENT_COLORS: Tuple[Tuple[float, float, float], ...] = (
     (1.0, 0.85, 0.1), (0.95, 0.25, 0.2), (0.2, 0.6, 1.0), (0.3, 0.85, 0.3), (0.8, 0.4, 0.9),
 )
-#: Opacity of an item's fill (its outline is opaque in Slicer).
-FILL_OPACITY = 0.3
 
 
 def segment_color(label_value: int) -> Tuple[float, float, float]:

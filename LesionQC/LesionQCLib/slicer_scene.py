@@ -28,9 +28,10 @@ from typing import Dict, Mapping, Optional
 import slicer
 
 from .errors import SessionError
-from .session import FILL_OPACITY, CaseView, segment_color
+from .session import CaseView, segment_color
 
 #: Display of every item: outline plus a light fill, 2D views only.
+FILL_OPACITY = 0.3
 OUTLINE_OPACITY = 1.0
 
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import secrets
 import threading
 from dataclasses import dataclass
@@ -46,7 +47,9 @@ import numpy as np
 from .errors import LesionQCError, RaterTableError, SessionError
 from .rater_table import MAX_COMMENT_LENGTH, validate_rater_id
 from .review_controller import ReviewController
-from .session import FILL_OPACITY, CaseView, SessionView, segment_color
+from .session import CaseView, SessionView, segment_color
+
+log = logging.getLogger(__name__)
 
 TOKENS_FILE = "serve-tokens.json"
 TOKENS_FORMAT = "lesionqc-serve-tokens"
@@ -63,6 +66,8 @@ WEB_FILES = {
     "niivue.umd.js": "text/javascript; charset=utf-8",
 }
 PathLike = Union[str, Path]
+#: What reading a damaged NIfTI file raises.
+UNREADABLE = (LesionQCError, OSError, ValueError, EOFError, nib.filebasedimages.ImageFileError)
 
 
 def web_folder() -> Path:
@@ -140,6 +145,7 @@ class Volume:
     path: Path
     is_mask: bool
     suffix: str  # ".nii" or ".nii.gz": NiiVue reads the format from the URL
+    case_id: str
 
 
 def _suffix(path: Path) -> str:
@@ -193,7 +199,8 @@ class Review:
             files += [("item " + item.item_id, item.path, True) for item in case.items]
             for kind, path, is_mask in files:
                 if path is not None:
-                    yield self.opaque(rater, "volume", case.case_id, kind), Volume(path, is_mask, _suffix(path))
+                    volume = Volume(path, is_mask, _suffix(path), case.case_id)
+                    yield self.opaque(rater, "volume", case.case_id, kind), volume
 
     def volume_url(self, rater: str, case: CaseView, kind: str, path: Optional[Path]) -> Optional[str]:
         if path is None:
@@ -206,25 +213,40 @@ class Review:
         volume = self._volumes.get(rater, {}).get(volume_id)
         if volume is None or "." + suffix != volume.suffix:
             return None
-        # session.json's paths were checked at load; a link swapped in since must not lead outside cases/.
-        cases = (self.session.folder / "cases").resolve()
-        real = volume.path.resolve()
-        if cases not in real.parents or not real.is_file():
+        real = self._checked(volume.path)
+        if real is None:
             return None
         if not volume.is_mask:
             return real.read_bytes()
         if real not in self._mask_cache:
+            # Every mask of the case is encoded at the first request of one: the time the first
+            # answer takes does not depend on which item was asked for.
             if len(self._mask_cache) > 64:
                 self._mask_cache.clear()
+            for other in self._volumes[rater].values():
+                other_real = self._checked(other.path) if other.is_mask and other.case_id == volume.case_id else None
+                if other_real is not None and other_real != real:
+                    try:
+                        self._mask_cache[other_real] = uniform_mask_bytes(other_real)
+                    except UNREADABLE:
+                        pass  # told when that item is asked for
             self._mask_cache[real] = uniform_mask_bytes(real)
         return self._mask_cache[real]
+
+    def _checked(self, path: Path) -> Optional[Path]:
+        """``path`` resolved if it is a file under ``SESSION/cases``, else None."""
+        # session.json's paths were checked at load; a link swapped in since must not lead outside cases/.
+        cases = (self.session.folder / "cases").resolve()
+        real = path.resolve()
+        return real if cases in real.parents and real.is_file() else None
 
     def state(self, rater: Optional[str], error: str = "") -> Dict[str, Any]:
         """What the page shows: the same keys in every answer, whoever asks."""
         scale = self.session.scale
         answer: Dict[str, Any] = {
             "rater": rater, "error": error, "local": self.tokens is None,
-            "scale": scale.to_dict(), "labels": [{"value": value, "name": name, "color": segment_color(value), "opacity": FILL_OPACITY}
+            "scale": scale.to_dict(),
+            "labels": [{"value": value, "name": name, "color": segment_color(value)}
                        for value, name in sorted(self.session.labels.items())],
             "item": None, "volumes": {"image": None, "image2": None, "mask": None},
         }
@@ -410,7 +432,13 @@ def create_app(session_folder: PathLike, tokens: Optional[TokenStore] = None,
         if rater is not None:
             with review.lock:
                 review.controller(rater)
-                data = review.volume_bytes(rater, name)
+                try:
+                    data = review.volume_bytes(rater, name)
+                except UNREADABLE as error:
+                    # The file's name and problem go to the server's log only: they would tell the item apart.
+                    log.error("cannot serve a volume: %s", error)
+                    return flask.Response("this image cannot be read; the server's log says why\n", status=500,
+                                          mimetype="text/plain")
         if data is None:
             flask.abort(404)
         return flask.Response(data, mimetype="application/octet-stream")

@@ -9,7 +9,7 @@ let shownVolumes = "";     // the volumes in the viewer ("image|mask")
 let savedWindow = null;    // the scan's window/level, kept while the rater stays on one case
 
 const nv = new niivue.Niivue({ backColor: [0, 0, 0, 1], show3Dcrosshair: false, showLegend: false,
-  isColorbar: false, multiplanarShowRender: 0, crosshairColor: [0.3, 0.6, 1, 0.6], crosshairWidth: 1 });
+  isColorbar: false, multiplanarShowRender: 0, crosshairColor: [0.3, 0.6, 1, 0.6], crosshairWidth: 0.3 });
 
 async function api(path, body) {
   const options = body === undefined ? {} : {

@@ -84,6 +84,18 @@ def test_a_link_swapped_in_after_the_start_is_not_followed(web_session, serve_se
         state = client.post(f"{base}/api/action", json={"item": state["item"], "action": "next"}).json()
 
 
+def test_a_damaged_item_file_is_a_plain_error_and_the_server_goes_on(web_session, serve_session):
+    base = serve_session(web_session.folder)
+    client, state = _login(base, "alice")
+    shown = web_session.cases[0].items[0].path
+    shown.write_bytes(shown.read_bytes()[:400])  # cut short after the header
+    response = client.get(base + state["volumes"]["mask"])
+    assert response.status_code == 500 and response.headers["Content-Type"].startswith("text/plain")
+    assert str(web_session.folder) not in response.text and shown.name not in response.text
+    state = client.post(f"{base}/api/action", json={"item": state["item"], "action": "next"}).json()
+    assert client.get(base + state["volumes"]["mask"]).status_code == 200  # the case's other item still shows
+
+
 @pytest.fixture
 def token_server(web_session, serve_session):
     store = TokenStore.load(web_session)
@@ -141,7 +153,8 @@ def test_bad_bodies_are_refused_and_the_table_is_intact(web_session, serve_sessi
     before = _table_bytes(web_session, "alice")
     url, json_type = f"{base}/api/action", {"Content-Type": "application/json"}
     answers = {
-        "10 MB comment": client.post(url, json={"item": state["item"], "action": "comment", "comment": "x" * 10_000_000}),
+        "10 MB comment": client.post(url, json={"item": state["item"], "action": "comment",
+                                                "comment": "x" * 10_000_000}),
         "comment over the limit": client.post(url, json={"item": state["item"], "action": "comment",
                                                          "comment": "y" * 10_001}),
         "malformed JSON": client.post(url, data=b'{"item": "', headers=json_type),
@@ -185,7 +198,8 @@ def test_two_tabs_of_one_rater_scoring_at_once(web_session, serve_session):
     state1 = tab1.post(f"{base}/api/action", json={"item": state1["item"], "action": "next"}).json()
     tab2, state2 = tabs[1]
     stale = tab2.post(f"{base}/api/action", json={"item": state2["item"], "action": "score", "value": 1})
-    assert stale.status_code == 409 and stale.json()["item"] == state1["item"] and "another tab" in stale.json()["error"]
+    assert stale.status_code == 409 and stale.json()["item"] == state1["item"]
+    assert "another tab" in stale.json()["error"]
 
     # Both tabs hammer the server at once, each on what it last saw.
     statuses, errors = [], []
@@ -193,7 +207,8 @@ def test_two_tabs_of_one_rater_scoring_at_once(web_session, serve_session):
     def hammer(client, seen, value):
         try:
             for _ in range(15):
-                answer = client.post(f"{base}/api/action", json={"item": seen["item"], "action": "score", "value": value})
+                answer = client.post(f"{base}/api/action",
+                                     json={"item": seen["item"], "action": "score", "value": value})
                 statuses.append(answer.status_code)
                 seen = answer.json()
                 answer = client.post(f"{base}/api/action", json={"item": seen["item"], "action": "next"})

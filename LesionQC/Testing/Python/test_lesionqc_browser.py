@@ -1,0 +1,147 @@
+"""The rating page in a real headless Chromium (Debian's ``chromium``, driven by Playwright; WebGL by SwiftShader).
+
+A rater opens the page, gives their id, sees NiiVue draw the scan and the mask,
+scores three items with the keyboard, reloads and resumes at the fourth; the
+rater table holds exactly those rows. Screenshots at 1280x800 and 1920x1080 go
+to the test's folder (``LESIONQC_SCREENSHOTS`` names another).
+"""
+
+import io
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from LesionQCLib.rater_table import load_rater_table, rater_table_path
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+playwright_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
+pytestmark = pytest.mark.skipif(CHROMIUM is None,
+                                reason="no Chromium on this machine (Debian: apt-get install chromium)")
+
+#: Software WebGL: no GPU on CI machines.
+CHROMIUM_ARGS = ["--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--ignore-gpu-blocklist"]
+LOAD_TIMEOUT_MS = 90_000
+
+
+@pytest.fixture
+def browser():
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def _open(browser, base, width, height, errors):
+    page = browser.new_page(viewport={"width": width, "height": height})
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(base + "/")
+    return page
+
+
+def _wait_for_item(page, previous=""):
+    """Until NiiVue has drawn an item other than ``previous`` (the page marks what it drew)."""
+    page.wait_for_function("(previous) => document.body.dataset.loaded && document.body.dataset.loaded !== previous",
+                           arg=previous, timeout=LOAD_TIMEOUT_MS)
+    return page.evaluate("document.body.dataset.loaded")
+
+
+def _canvas_pixels(page):
+    return np.asarray(Image.open(io.BytesIO(page.locator("#gl").screenshot())).convert("RGB"), dtype=np.int16)
+
+
+def test_a_rater_scores_three_items_by_keyboard_reloads_and_resumes(web_session, serve_session, browser, tmp_path):
+    base = serve_session(web_session.folder)
+    errors = []
+    page = _open(browser, base, 1280, 800, errors)
+    page.locator("#login").wait_for(state="visible")
+    page.fill("#rater-id", "kb")
+    page.press("#rater-id", "Enter")
+    shown = _wait_for_item(page)
+
+    # The viewer drew: the canvas holds the scan (many grey levels) and the mask (its label colour).
+    pixels = _canvas_pixels(page)
+    assert pixels.shape[0] > 300 and pixels.shape[1] > 500
+    grey = (np.abs(pixels[..., 0] - pixels[..., 1]) < 3) & (np.abs(pixels[..., 1] - pixels[..., 2]) < 3)
+    assert len(np.unique(pixels[grey][:, 0])) > 100  # the scan
+    overlay = (pixels[..., 0] - pixels[..., 2] > 60) & (pixels[..., 1] - pixels[..., 2] > 30)  # yellowish: label 1
+    assert overlay.sum() > 200
+    page.keyboard.press("o")  # overlay off: the mask's colour is gone
+    page.wait_for_timeout(500)
+    assert ((lambda p: (p[..., 0] - p[..., 2] > 60) & (p[..., 1] - p[..., 2] > 30))(_canvas_pixels(page))).sum() \
+        < overlay.sum() / 10
+    page.keyboard.press("o")
+
+    assert page.text_content("#item-label") == "Item A (1 of 2)"
+    for number in range(3):
+        page.keyboard.press(str(3 + number % 2))
+        page.wait_for_function(f"document.getElementById('progress-text').textContent.startsWith('{number + 1} /')")
+        page.keyboard.press("Enter")
+        shown = _wait_for_item(page, shown)
+    assert page.text_content("#case-label") == "Case 2 / 3" and page.text_content("#item-label") == "Item B (2 of 2)"
+
+    page.reload()
+    resumed = _wait_for_item(page)  # the cookie remembers the rater: no id to give again
+    assert resumed == shown
+    assert page.text_content("#case-label") == "Case 2 / 3" and page.text_content("#item-label") == "Item B (2 of 2)"
+    assert page.text_content("#progress-text") == "3 / 6 scored"
+    assert page.get_attribute("#progress", "aria-valuenow") == "3"
+
+    table = load_rater_table(rater_table_path(web_session, "kb"), web_session)
+    order = [(case.case_id, item.item_id) for case in web_session.cases for item in case.items]
+    assert [(r.case, r.item, r.structure, r.score, r.revision) for r in table.ratings] == [
+        (*order[0], "overall", 3, 1), (*order[1], "overall", 4, 1), (*order[2], "overall", 3, 1)]
+    assert all(r.seconds >= 0 and r.flags == () and r.comment == "" for r in table.ratings)
+    assert not errors
+
+
+def test_the_page_at_two_screen_sizes(web_session, serve_session, browser, tmp_path):
+    """Screenshots for a person to look at; the controls are all on screen at both sizes."""
+    folder = Path(os.environ.get("LESIONQC_SCREENSHOTS", tmp_path))
+    base = serve_session(web_session.folder)
+    errors = []
+    for width, height in ((1280, 800), (1920, 1080)):
+        page = _open(browser, base, width, height, errors)
+        page.locator("#login").wait_for(state="visible")
+        page.fill("#rater-id", f"screens{width}")
+        page.press("#rater-id", "Enter")
+        _wait_for_item(page)
+        page.keyboard.press("4")
+        page.wait_for_function("document.getElementById('saved').textContent.startsWith('Saved')")
+        page.screenshot(path=str(folder / f"lesionqc-page-{width}x{height}.png"))
+        for selector in ("#gl", "#structures", "#next-open", "#comment", "#progress", "#overlay-opacity"):
+            box = page.locator(selector).bounding_box()
+            assert box and box["x"] >= 0 and box["y"] >= 0 and box["x"] + box["width"] <= width + 1 \
+                and box["y"] + box["height"] <= height + 1, (selector, box, width)
+        assert page.locator(".points button.chosen").count() == 1
+        page.close()
+    assert not errors
+
+
+def test_a_second_tab_that_fell_behind_is_told_and_catches_up(web_session, serve_session, browser):
+    base = serve_session(web_session.folder)
+    errors = []
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    first, second = context.new_page(), context.new_page()
+    for page in (first, second):
+        page.on("pageerror", lambda error: errors.append(str(error)))
+    first.goto(base + "/")
+    first.fill("#rater-id", "tabs")
+    first.press("#rater-id", "Enter")
+    shown = _wait_for_item(first)
+    second.goto(base + "/")  # same browser, same cookie: no id asked
+    assert _wait_for_item(second) == shown
+    first.keyboard.press("5")
+    first.keyboard.press("Enter")
+    _wait_for_item(first, shown)
+    second.keyboard.press("1")  # still on the first item: refused, and the tab shows the current one
+    second.wait_for_function("document.getElementById('error').textContent.includes('another tab')")
+    _wait_for_item(second, shown)
+    assert second.text_content("#item-label") == first.text_content("#item-label") == "Item B (2 of 2)"
+    table = load_rater_table(rater_table_path(web_session, "tabs"), web_session)
+    assert [r.score for r in table.ratings] == [5]
+    assert not errors
+    context.close()
