@@ -387,8 +387,11 @@ def create_app(session_folder: PathLike, tokens: Optional[TokenStore] = None,
     def get_state():
         rater = rater_of_request()
         with review.lock:
-            if rater is not None:
-                review.controller(rater)
+            try:
+                if rater is not None:
+                    review.controller(rater)
+            except LesionQCError as error:  # the rater's table became unreadable, or was taken by Slicer
+                return json_answer(review.state(None, str(error)), 500)
             return json_answer(review.state(rater))
 
     @app.post("/api/login")
@@ -431,8 +434,8 @@ def create_app(session_folder: PathLike, tokens: Optional[TokenStore] = None,
         data = None
         if rater is not None:
             with review.lock:
-                review.controller(rater)
                 try:
+                    review.controller(rater)
                     data = review.volume_bytes(rater, name)
                 except UNREADABLE as error:
                     # The file's name and problem go to the server's log only: they would tell the item apart.
