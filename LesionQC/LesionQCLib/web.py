@@ -324,8 +324,10 @@ def create_app(session_folder: PathLike, tokens: Optional[TokenStore] = None,
     review = review or Review(session, tokens)
     app = flask.Flask("lesionqc", static_folder=None)
     app.secret_key = secrets.token_bytes(32)
+    # Lax, not Strict: a rater's link opened from a mail (another site) must keep its cookie through the
+    # redirect; other sites' POSTs still go without it, and a POST must be JSON anyway (no form can send that).
     app.config.update(MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES, SESSION_COOKIE_HTTPONLY=True,
-                      SESSION_COOKIE_SAMESITE="Strict", SESSION_COOKIE_NAME="lesionqc")
+                      SESSION_COOKIE_SAMESITE="Lax", SESSION_COOKIE_NAME="lesionqc")
     app.extensions["lesionqc"] = review
 
     def json_answer(body: Dict[str, Any], status: int = 200) -> flask.Response:
@@ -344,10 +346,10 @@ def create_app(session_folder: PathLike, tokens: Optional[TokenStore] = None,
             if host not in (LOOPBACK, "localhost"):
                 return flask.Response("LesionQC serves 127.0.0.1 only\n", status=403, mimetype="text/plain")
             return None
-        if rater_of_request() is not None:
-            return None
         token = flask.request.args.get("token")
-        rater = review.tokens.rater_of(token) if token else None
+        if token is None and rater_of_request() is not None:
+            return None
+        rater = review.tokens.rater_of(token) if token else None  # a link given again decides again
         if rater is None:
             return flask.Response("a rater token is required (the link lesionqc serve printed)\n", status=401,
                                   mimetype="text/plain")

@@ -241,4 +241,7 @@ def test_a_page_on_another_site_cannot_use_the_local_server(web_session, serve_s
     assert _raw_get(base, "/", {"Host": "evil.example"})[0] == 403
     client, state = _login(base, "alice")
     cookie = next(iter(client.cookies))
-    assert cookie.has_nonstandard_attr("HttpOnly") and cookie.get_nonstandard_attr("SameSite") == "Strict"
+    assert cookie.has_nonstandard_attr("HttpOnly") and cookie.get_nonstandard_attr("SameSite") == "Lax"
+    # No form of another site can post JSON: a form's body is refused, cookie or not.
+    form = client.post(f"{base}/api/action", data={"item": state["item"], "action": "score", "value": "1"})
+    assert form.status_code == 400 and not rater_table_path(web_session, "alice").exists()

@@ -145,3 +145,31 @@ def test_a_second_tab_that_fell_behind_is_told_and_catches_up(web_session, serve
     assert [r.score for r in table.ratings] == [5]
     assert not errors
     context.close()
+
+
+def test_a_rater_follows_their_token_link_from_another_site(web_session, serve_session, browser):
+    """The link arrives by e-mail: a page of another site links to the server (token mode)."""
+    from LesionQCLib.web import TokenStore
+
+    store = TokenStore.load(web_session)
+    token = store.issue("remote")
+    base = serve_session(web_session.folder, TokenStore.load(web_session))
+    errors = []
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    # The mail page is served by Chromium's request routing: another site than 127.0.0.1.
+    page.route("http://mail.example/", lambda route: route.fulfill(
+        content_type="text/html", body=f'<a id="link" href="{base}/?token={token}">your LesionQC link</a>'))
+    page.goto("http://mail.example/")
+    page.click("#link")
+    _wait_for_item(page)
+    assert page.url == base + "/"  # the token left the address bar
+    assert page.text_content("#rater-label") == "Rater remote" and not page.locator("#login").is_visible()
+    page.keyboard.press("2")
+    page.wait_for_function("document.getElementById('saved').textContent.startsWith('Saved')")
+    page.reload()
+    _wait_for_item(page)
+    assert page.text_content("#progress-text") == "1 / 6 scored"
+    assert [r.score for r in load_rater_table(rater_table_path(web_session, "remote"), web_session).ratings] == [2]
+    assert not errors
+    page.close()
