@@ -173,3 +173,40 @@ def test_a_rater_follows_their_token_link_from_another_site(web_session, serve_s
     assert [r.score for r in load_rater_table(rater_table_path(web_session, "remote"), web_session).ratings] == [2]
     assert not errors
     page.close()
+
+
+def test_the_viewer_scrolls_windows_and_fades_the_overlay(web_session, serve_session, browser):
+    """Wheel, right-drag, Reset window and the opacity slider act on NiiVue's real state."""
+    base = serve_session(web_session.folder)
+    errors = []
+    page = _open(browser, base, 1280, 800, errors)
+    page.locator("#login").wait_for(state="visible")
+    page.fill("#rater-id", "viewer")
+    page.press("#rater-id", "Enter")
+    _wait_for_item(page)
+    box = page.locator("#gl").bounding_box()
+    centre = (box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.3)  # in the first tile
+    position = page.evaluate("Array.from(nv.scene.crosshairPos)")
+    page.mouse.move(*centre)
+    for _ in range(5):
+        page.mouse.wheel(0, 100)
+    page.wait_for_timeout(300)
+    assert page.evaluate("Array.from(nv.scene.crosshairPos)") != position  # another slice
+
+    window = page.evaluate("[nv.volumes[0].cal_min, nv.volumes[0].cal_max]")
+    page.mouse.move(*centre)
+    page.mouse.down(button="right")
+    page.mouse.move(centre[0] + 60, centre[1] + 40, steps=5)
+    page.mouse.up(button="right")
+    changed = page.evaluate("[nv.volumes[0].cal_min, nv.volumes[0].cal_max]")
+    assert changed != window
+    page.click("#reset-window")
+    robust = page.evaluate("[nv.volumes[0].robust_min, nv.volumes[0].robust_max]")
+    assert page.evaluate("[nv.volumes[0].cal_min, nv.volumes[0].cal_max]") == robust and robust != changed
+
+    page.locator("#overlay-opacity").fill("0.2")
+    assert page.evaluate("nv.volumes[1].opacity") == pytest.approx(0.2)
+    page.keyboard.press("o")
+    assert page.evaluate("nv.volumes[1].opacity") == 0
+    assert not errors
+    page.close()
