@@ -96,6 +96,18 @@ def test_a_rater_scores_three_items_by_keyboard_reloads_and_resumes(web_session,
     assert [(r.case, r.item, r.structure, r.score, r.revision) for r in table.ratings] == [
         (*order[0], "overall", 3, 1), (*order[1], "overall", 4, 1), (*order[2], "overall", 3, 1)]
     assert all(r.seconds >= 0 and r.flags == () and r.comment == "" for r in table.ratings)
+
+    # k / j and the arrows move without scoring; a scored item shows its score.
+    page.keyboard.press("k")
+    page.wait_for_function("document.getElementById('item-label').textContent === 'Item A (1 of 2)'")
+    assert page.text_content(".structure[data-structure=overall] button.chosen b") == "3"
+    page.keyboard.press("ArrowLeft")
+    page.wait_for_function("document.getElementById('case-label').textContent === 'Case 1 / 3'")
+    page.keyboard.press("j")
+    page.keyboard.press("ArrowRight")
+    page.wait_for_function("document.getElementById('case-label').textContent === 'Case 2 / 3'"
+                           " && document.getElementById('item-label').textContent === 'Item B (2 of 2)'")
+    assert len(load_rater_table(rater_table_path(web_session, "kb"), web_session).ratings) == 3
     assert not errors
 
 
