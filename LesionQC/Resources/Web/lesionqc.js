@@ -159,7 +159,8 @@ for (const [id, where] of [["previous", "previous"], ["next", "next"], ["next-op
 }
 $("comment").addEventListener("change", () => act(() => ({ action: "comment", comment: $("comment").value })));
 
-document.addEventListener("keydown", (event) => {
+// Capture phase: the page's keys reach NiiVue's canvas (which moves the cross on j/k/arrows) no further.
+window.addEventListener("keydown", (event) => {
   if (!state || !state.rating_enabled || event.ctrlKey || event.metaKey || event.altKey) return;
   const typing = event.target instanceof HTMLInputElement && event.target.type === "text";
   if (typing) {
@@ -184,7 +185,8 @@ document.addEventListener("keydown", (event) => {
     return;
   }
   event.preventDefault();
-});
+  event.stopPropagation();
+}, true);
 
 // -- start ----------------------------------------------------------------------------------------
 

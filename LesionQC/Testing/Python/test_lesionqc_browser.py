@@ -97,7 +97,9 @@ def test_a_rater_scores_three_items_by_keyboard_reloads_and_resumes(web_session,
         (*order[0], "overall", 3, 1), (*order[1], "overall", 4, 1), (*order[2], "overall", 3, 1)]
     assert all(r.seconds >= 0 and r.flags == () and r.comment == "" for r in table.ratings)
 
-    # k / j and the arrows move without scoring; a scored item shows its score.
+    # k / j and the arrows move without scoring, also with the viewer focused; a scored item shows its score.
+    page.click("#gl")
+    position = page.evaluate("Array.from(nv.scene.crosshairPos)")
     page.keyboard.press("k")
     page.wait_for_function("document.getElementById('item-label').textContent === 'Item A (1 of 2)'")
     assert page.text_content(".structure[data-structure=overall] button.chosen b") == "3"
@@ -108,6 +110,7 @@ def test_a_rater_scores_three_items_by_keyboard_reloads_and_resumes(web_session,
     page.wait_for_function("document.getElementById('case-label').textContent === 'Case 2 / 3'"
                            " && document.getElementById('item-label').textContent === 'Item B (2 of 2)'")
     assert len(load_rater_table(rater_table_path(web_session, "kb"), web_session).ratings) == 3
+    assert page.evaluate("Array.from(nv.scene.crosshairPos)") == position  # the keys did not reach NiiVue
     assert not errors
 
 
