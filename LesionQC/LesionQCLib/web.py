@@ -478,8 +478,12 @@ def serve(session_folder: PathLike, host: str = LOOPBACK, port: int = 8765, rate
     if host != LOOPBACK:
         tokens, new = issue_tokens(session, list(raters), list(renew))
     review = Review(session, tokens)
-    server = waitress.create_server(create_app(session.folder, tokens, review), host=host, port=port,
-                                    threads=threads, ident="")
+    try:
+        server = waitress.create_server(create_app(session.folder, tokens, review), host=host, port=port,
+                                        threads=threads, ident="")
+    except OSError as error:
+        raise LesionQCError(f"cannot listen on {host}:{port} ({error.strerror or error}); is the port in use?"
+                            " Choose another with --port") from None
     address = f"http://{host}:{server.effective_port}/"
     print(f"session {session.session_id}: {len(session.cases)} cases; ratings in {session.ratings_dir}")
     if tokens is None:

@@ -5,6 +5,10 @@ through ``http.client`` so that ``..`` and encoded dots reach the server as sent
 """
 
 import http.client
+import os
+import socket
+import subprocess
+import sys
 import threading
 from urllib.parse import urlsplit
 
@@ -245,3 +249,16 @@ def test_a_page_on_another_site_cannot_use_the_local_server(web_session, serve_s
     # No form of another site can post JSON: a form's body is refused, cookie or not.
     form = client.post(f"{base}/api/action", data={"item": state["item"], "action": "score", "value": "1"})
     assert form.status_code == 400 and not rater_table_path(web_session, "alice").exists()
+
+
+def test_a_busy_port_is_a_clear_error(web_session):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "LesionQCLib.cli", "serve", str(web_session.folder),
+                                 "--port", str(port)], capture_output=True, text=True, timeout=120,
+                                env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"lesionqc: error: cannot listen on 127.0.0.1:{port}"), result.stderr
+    assert "Traceback" not in result.stderr
