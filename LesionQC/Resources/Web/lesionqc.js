@@ -5,7 +5,7 @@
 const $ = (id) => document.getElementById(id);
 let state = null;          // the server's last answer
 let queue = Promise.resolve();  // actions go one after another, each on the state the previous one left
-let shownVolumes = "";     // the volumes in the viewer ("image|mask")
+let shownVolumes = "";     // the volumes in the viewer ("image|image2|mask")
 let savedWindow = null;    // the scan's window/level, kept while the rater stays on one case
 
 const nv = new niivue.Niivue({ backColor: [0, 0, 0, 1], show3Dcrosshair: false, showLegend: false,
@@ -114,7 +114,7 @@ function labelColormap() {
 
 async function showVolumes() {
   const volumes = state.volumes;
-  const wanted = volumes.image ? `${volumes.image}|${volumes.mask}` : "";
+  const wanted = volumes.image ? `${volumes.image}|${volumes.image2}|${volumes.mask}` : "";
   if (wanted === shownVolumes) return;
   const sameScan = shownVolumes.split("|")[0] === volumes.image;
   if (!sameScan) savedWindow = null;
@@ -122,10 +122,15 @@ async function showVolumes() {
   shownVolumes = wanted;
   document.body.dataset.loaded = "";
   if (!wanted) return;
+  // As in Slicer: the second image over the first, faded out until the rater fades it in.
+  $("image2-row").hidden = !volumes.image2;
+  const list = [{ url: volumes.image }];
+  if (volumes.image2) list.push({ url: volumes.image2, opacity: Number($("image2-opacity").value) });
+  list.push({ url: volumes.mask, opacity: overlayOpacity() });
   try {
-    await nv.loadVolumes([{ url: volumes.image }, { url: volumes.mask, opacity: overlayOpacity() }]);
+    await nv.loadVolumes(list);
     if (shownVolumes !== wanted) return;  // the rater moved on while it loaded
-    nv.volumes[1].setColormapLabel(labelColormap());
+    nv.volumes[overlayIndex()].setColormapLabel(labelColormap());
     if (savedWindow) [nv.volumes[0].cal_min, nv.volumes[0].cal_max] = savedWindow;
     nv.setSliceType(nv.sliceTypeMultiplanar);
     nv.updateGLVolume();
@@ -139,12 +144,19 @@ function overlayOpacity() {
   return $("overlay-on").checked ? Number($("overlay-opacity").value) : 0;
 }
 
+function overlayIndex() {
+  return nv.volumes.length - 1;  // the mask is always the last volume
+}
+
 function applyOverlay() {
-  if (nv.volumes.length > 1) nv.setOpacity(1, overlayOpacity());
+  if (nv.volumes.length > 1) nv.setOpacity(overlayIndex(), overlayOpacity());
 }
 
 $("overlay-on").addEventListener("change", applyOverlay);
 $("overlay-opacity").addEventListener("input", () => { $("overlay-on").checked = true; applyOverlay(); });
+$("image2-opacity").addEventListener("input", () => {
+  if (nv.volumes.length > 2) nv.setOpacity(1, Number($("image2-opacity").value));
+});
 $("reset-window").addEventListener("click", () => {
   if (!nv.volumes.length) return;
   nv.volumes[0].cal_min = nv.volumes[0].robust_min;

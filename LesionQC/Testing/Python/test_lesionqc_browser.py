@@ -226,3 +226,29 @@ def test_the_viewer_scrolls_windows_and_fades_the_overlay(web_session, serve_ses
     assert page.evaluate("nv.volumes[1].opacity") == 0
     assert not errors
     page.close()
+
+
+def test_a_second_image_is_faded_in_under_the_mask(tmp_path, shared_data, serve_session, browser):
+    """A case with image2 (here SCT's T2w with a fake lesion): as in Slicer, over the first, faded out at first."""
+    from LesionQCLib.session import make_session
+
+    folder = shared_data / "sct_testing_data/t2"
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("case_id,image,image2,seg:one,seg:two\n"
+                        f"sub-01,{folder / 't2.nii.gz'},{folder / 't2_fake_lesion.nii.gz'},"
+                        f"{folder / 't2_seg-manual.nii.gz'},{folder / 't2_seg-manual.nii.gz'}\n")
+    session = make_session(manifest, tmp_path / "session", seed=1, key_path=tmp_path / "key.json")
+    base = serve_session(session.folder)
+    errors = []
+    page = _open(browser, base, 1280, 800, errors)
+    page.locator("#login").wait_for(state="visible")
+    page.fill("#rater-id", "two")
+    page.press("#rater-id", "Enter")
+    _wait_for_item(page)
+    assert page.evaluate("nv.volumes.length") == 3 and page.locator("#image2-row").is_visible()
+    assert page.evaluate("[nv.volumes[1].opacity, nv.volumes[2].opacity]") == [0, 0.5]
+    page.locator("#image2-opacity").fill("0.7")
+    page.keyboard.press("o")
+    assert page.evaluate("[nv.volumes[1].opacity, nv.volumes[2].opacity]") == [pytest.approx(0.7), 0]
+    assert not errors
+    page.close()
