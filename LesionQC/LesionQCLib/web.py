@@ -279,8 +279,8 @@ class Review:
     def act(self, rater: str, request: Dict[str, Any]) -> Dict[str, Any]:
         """Apply one action of the page to the rater's controller; raise LesionQCError / ValueError if refused."""
         controller = self.controller(rater)
-        current = self.state(rater)["item"]
-        if not isinstance(request.get("item"), str) or not hmac.compare_digest(request["item"].encode(), current.encode()):
+        current = self.state(rater)["item"].encode()
+        if not isinstance(request.get("item"), str) or not hmac.compare_digest(request["item"].encode(), current):
             raise StaleItem("this item is no longer the one shown (another tab or window moved on): showing the"
                             " current one; nothing was saved")
         action, comment = request.get("action"), request.get("comment")
