@@ -365,6 +365,11 @@ def create_app(session_folder: PathLike, tokens: Optional[TokenStore] = None,
         response.headers["Referrer-Policy"] = "no-referrer"
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["X-Frame-Options"] = "DENY"
+        # Nothing but the page's own files, even if a session's texts held markup.
+        response.headers["Content-Security-Policy"] = (
+            "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self' 'unsafe-inline';"
+            " img-src 'self' data: blob:; worker-src 'self' blob:; connect-src 'self' data: blob:;"
+            " frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
         return response
 
     @app.errorhandler(413)

@@ -8,6 +8,7 @@ to the test's folder (``LESIONQC_SCREENSHOTS`` names another).
 
 import io
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -39,15 +40,22 @@ def browser():
 def _open(browser, base, width, height, errors):
     page = browser.new_page(viewport={"width": width, "height": height})
     page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
     page.goto(base + "/")
     return page
 
 
 def _wait_for_item(page, previous=""):
     """Until NiiVue has drawn an item other than ``previous`` (the page marks what it drew)."""
-    page.wait_for_function("(previous) => document.body.dataset.loaded && document.body.dataset.loaded !== previous",
-                           arg=previous, timeout=LOAD_TIMEOUT_MS)
+    # Selectors, not wait_for_function: the page's Content-Security-Policy forbids the eval that one needs.
+    page.locator(f"body[data-loaded]:not([data-loaded='']):not([data-loaded='{previous}'])").wait_for(
+        state="attached", timeout=LOAD_TIMEOUT_MS)
     return page.evaluate("document.body.dataset.loaded")
+
+
+def _expect_text(page, selector, text):
+    """Until the element's text is ``text`` (a string, or a regular expression it must match)."""
+    playwright_api.expect(page.locator(selector)).to_have_text(text, timeout=LOAD_TIMEOUT_MS)
 
 
 def _canvas_pixels(page):
@@ -79,7 +87,7 @@ def test_a_rater_scores_three_items_by_keyboard_reloads_and_resumes(web_session,
     assert page.text_content("#item-label") == "Item A (1 of 2)"
     for number in range(3):
         page.keyboard.press(str(3 + number % 2))
-        page.wait_for_function(f"document.getElementById('progress-text').textContent.startsWith('{number + 1} /')")
+        _expect_text(page, "#progress-text", f"{number + 1} / 6 scored")
         page.keyboard.press("Enter")
         shown = _wait_for_item(page, shown)
     assert page.text_content("#case-label") == "Case 2 / 3" and page.text_content("#item-label") == "Item B (2 of 2)"
@@ -101,14 +109,14 @@ def test_a_rater_scores_three_items_by_keyboard_reloads_and_resumes(web_session,
     page.click("#gl")
     position = page.evaluate("Array.from(nv.scene.crosshairPos)")
     page.keyboard.press("k")
-    page.wait_for_function("document.getElementById('item-label').textContent === 'Item A (1 of 2)'")
+    _expect_text(page, "#item-label", "Item A (1 of 2)")
     assert page.text_content(".structure[data-structure=overall] button.chosen b") == "3"
     page.keyboard.press("ArrowLeft")
-    page.wait_for_function("document.getElementById('case-label').textContent === 'Case 1 / 3'")
+    _expect_text(page, "#case-label", "Case 1 / 3")
     page.keyboard.press("j")
     page.keyboard.press("ArrowRight")
-    page.wait_for_function("document.getElementById('case-label').textContent === 'Case 2 / 3'"
-                           " && document.getElementById('item-label').textContent === 'Item B (2 of 2)'")
+    _expect_text(page, "#item-label", "Item B (2 of 2)")
+    _expect_text(page, "#case-label", "Case 2 / 3")
     assert len(load_rater_table(rater_table_path(web_session, "kb"), web_session).ratings) == 3
     assert page.evaluate("Array.from(nv.scene.crosshairPos)") == position  # the keys did not reach NiiVue
     assert not errors
@@ -126,7 +134,7 @@ def test_the_page_at_two_screen_sizes(web_session, serve_session, browser, tmp_p
         page.press("#rater-id", "Enter")
         _wait_for_item(page)
         page.keyboard.press("4")
-        page.wait_for_function("document.getElementById('saved').textContent.startsWith('Saved')")
+        _expect_text(page, "#saved", re.compile(r"^Saved"))
         page.screenshot(path=str(folder / f"lesionqc-page-{width}x{height}.png"))
         for selector in ("#gl", "#structures", "#next-open", "#comment", "#progress", "#overlay-opacity"):
             box = page.locator(selector).bounding_box()
@@ -154,7 +162,7 @@ def test_a_second_tab_that_fell_behind_is_told_and_catches_up(web_session, serve
     first.keyboard.press("Enter")
     _wait_for_item(first, shown)
     second.keyboard.press("1")  # still on the first item: refused, and the tab shows the current one
-    second.wait_for_function("document.getElementById('error').textContent.includes('another tab')")
+    _expect_text(second, "#error", re.compile("another tab"))
     _wait_for_item(second, shown)
     assert second.text_content("#item-label") == first.text_content("#item-label") == "Item B (2 of 2)"
     table = load_rater_table(rater_table_path(web_session, "tabs"), web_session)
@@ -182,7 +190,7 @@ def test_a_rater_follows_their_token_link_from_another_site(web_session, serve_s
     assert page.url == base + "/"  # the token left the address bar
     assert page.text_content("#rater-label") == "Rater remote" and not page.locator("#login").is_visible()
     page.keyboard.press("2")
-    page.wait_for_function("document.getElementById('saved').textContent.startsWith('Saved')")
+    _expect_text(page, "#saved", re.compile(r"^Saved"))
     page.reload()
     _wait_for_item(page)
     assert page.text_content("#progress-text") == "1 / 6 scored"

@@ -114,7 +114,7 @@ def test_the_wire_tells_nothing_of_the_source(web_session, serve_session, tmp_pa
         assert response.status_code == 200
         assert {k.lower() for k in response.headers} <= {
             "content-type", "content-length", "cache-control", "referrer-policy", "x-content-type-options",
-            "x-frame-options", "date", "server", "vary"}
+            "x-frame-options", "content-security-policy", "date", "server", "vary"}
         assert response.headers["Content-Type"] == "application/octet-stream"
         seen[key.items[web_session.cases[0].case_id][state["item_label"].split()[1]]] = response
         state = _act(client, base, answer.json(), action="next").json()
