@@ -78,8 +78,8 @@ def web_folder() -> Path:
 # --------------------------------------------------------------------------- tokens
 
 
-def _scrypt(token: str, salt: bytes) -> bytes:
-    return hashlib.scrypt(token.encode("utf-8"), salt=salt, dklen=32, maxmem=64 * 1024 * 1024, **SCRYPT)
+def _scrypt(token: str, salt: bytes, cost: Dict[str, int]) -> bytes:
+    return hashlib.scrypt(token.encode("utf-8"), salt=salt, dklen=32, maxmem=64 * 1024 * 1024, **cost)
 
 
 class TokenStore:
@@ -92,9 +92,9 @@ class TokenStore:
         'alice'
     """
 
-    def __init__(self, path: Path, hashes: Dict[str, Tuple[bytes, bytes]]) -> None:
+    def __init__(self, path: Path, hashes: Dict[str, Tuple[bytes, bytes, Dict[str, int]]]) -> None:
         self.path = path
-        self.hashes = hashes  # rater -> (salt, scrypt hash)
+        self.hashes = hashes  # rater -> (salt, scrypt hash, scrypt cost it was made with)
 
     @classmethod
     def load(cls, session: SessionView) -> "TokenStore":
@@ -105,10 +105,12 @@ class TokenStore:
             data = json.loads(path.read_text(encoding="utf-8"))
             if data.get("format") != TOKENS_FORMAT:
                 raise ValueError("not a token file")
-            hashes = {validate_rater_id(rater): (bytes.fromhex(entry["salt"]), bytes.fromhex(entry["scrypt"]))
+            hashes = {validate_rater_id(rater): (bytes.fromhex(entry["salt"]), bytes.fromhex(entry["scrypt"]),
+                                                 {name: int(entry[name]) for name in SCRYPT})
                       for rater, entry in data["raters"].items()}
         except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError, RaterTableError) as error:
-            raise SessionError(f"{path}: cannot read the raters' tokens ({error}); delete it to issue new ones")
+            raise SessionError(f"{path}: cannot read the raters' tokens ({error}); delete it to issue new ones"
+                               ) from None
         return cls(path, hashes)
 
     def issue(self, rater: str) -> str:
@@ -117,9 +119,9 @@ class TokenStore:
 
         token = secrets.token_urlsafe(24)
         salt = secrets.token_bytes(16)
-        self.hashes[validate_rater_id(rater)] = (salt, _scrypt(token, salt))
-        data = {"format": TOKENS_FORMAT, "raters": {r: {"salt": s.hex(), "scrypt": h.hex(), **SCRYPT}
-                                                    for r, (s, h) in sorted(self.hashes.items())}}
+        self.hashes[validate_rater_id(rater)] = (salt, _scrypt(token, salt, SCRYPT), dict(SCRYPT))
+        data = {"format": TOKENS_FORMAT, "raters": {r: {"salt": s.hex(), "scrypt": h.hex(), **cost}
+                                                    for r, (s, h, cost) in sorted(self.hashes.items())}}
         try:
             write_text_atomic(json.dumps(data, indent=2) + "\n", self.path)
         except OSError as error:
@@ -129,8 +131,8 @@ class TokenStore:
     def rater_of(self, token: str) -> Optional[str]:
         """The rater whose token this is, else None; every stored hash is checked, in constant time each."""
         found = None
-        for rater, (salt, digest) in self.hashes.items():
-            if hmac.compare_digest(_scrypt(token, salt), digest):
+        for rater, (salt, digest, cost) in self.hashes.items():
+            if hmac.compare_digest(_scrypt(token, salt, cost), digest):
                 found = rater
         return found
 

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
+from LesionQCLib.errors import SessionError
 from LesionQCLib.rater_table import load_rater_table, rater_table_path
 from LesionQCLib.session import SessionView
 from LesionQCLib.web import TokenStore
@@ -125,6 +126,21 @@ def test_without_a_valid_token_nothing_is_served(token_server):
     assert client.get(f"{base}/api/state").json()["rater"] == "bob"
     # The page cannot name another rater: the token decided.
     assert client.post(f"{base}/api/login", json={"rater": "alice"}).json()["rater"] == "bob"
+
+
+def test_a_damaged_token_file_is_named_and_no_token_is_reissued_over_it(web_session):
+    store = TokenStore.load(web_session)
+    token = store.issue("alice")
+    path = web_session.folder / "serve-tokens.json"
+    good = path.read_text()
+    for damage in (good[:40], good.replace('"alice"', '"../alice"'), "[]", good.replace('"n": 16384', '"n": "x"')):
+        path.write_text(damage)
+        with pytest.raises(SessionError, match="serve-tokens.json: cannot read the raters' tokens"):
+            TokenStore.load(web_session)
+        assert path.read_text() == damage  # left for the user to look at
+    path.write_text(good)
+    assert TokenStore.load(web_session).rater_of(token) == "alice"
+    assert TokenStore.load(web_session).rater_of(token + "x") is None
 
 
 def test_scores_for_items_outside_the_raters_view_are_refused(web_session, serve_session):
