@@ -254,8 +254,13 @@ class Review:
         }
         controller = self.controllers.get(rater) if rater else None
         panel = controller.panel() if controller is not None else None
+        status = panel.session_status if panel else ""
+        if self.tokens is not None and controller is not None and controller.state is not None:
+            # Raters elsewhere learn where their table is in the session, not the server's folders.
+            table = controller.state.table_path
+            status = status.replace(str(table), f"{table.parent.name}/{table.name}")
         answer.update({
-            "session_status": panel.session_status if panel else "",
+            "session_status": status,
             "saved": panel.saved if panel else "",
             "rating_enabled": bool(panel and panel.rating_enabled),
             "case_label": panel.case_label if panel else "",

@@ -189,6 +189,8 @@ def test_a_rater_follows_their_token_link_from_another_site(web_session, serve_s
     _wait_for_item(page)
     assert page.url == base + "/"  # the token left the address bar
     assert page.text_content("#rater-label") == "Rater remote" and not page.locator("#login").is_visible()
+    assert "ratings/remote.csv" in page.text_content("#status")
+    assert str(web_session.folder) not in page.content()  # the server's folders stay on the server
     page.keyboard.press("2")
     _expect_text(page, "#saved", re.compile(r"^Saved"))
     page.reload()
