@@ -9,7 +9,8 @@ Plain Python (no ``qt``, no ``ctk``): the LesionQC Slicer module and the
 - ``review_state``: the rating panel's state (position, scores, what comes next).
 - ``analysis``: per-source scores, Wilcoxon tests, kappa, ICC, Krippendorff's alpha, intra-rater agreement, plots.
 - ``rounds``: sessions from a batch's worklist; failed cases back to the worklist and to SCT's qc_fail.yml.
-- ``cli``: the ``lesionqc`` command (make-session, status, analyze, to-worklist, qc-fail).
+- ``cli``: the ``lesionqc`` command (make-session, status, analyze, to-worklist, qc-fail, serve).
+- ``web``: ``lesionqc serve``, the rating page in a web browser (Flask; imported by that command only).
 - ``slicer_scene``: the only module importing ``slicer``: a case in the MRML scene.
 """
 

@@ -7,6 +7,7 @@ Sub-commands:
 - ``analyze``: rater tables + key -> CSV tables and PNG plots.
 - ``to-worklist``: cases whose model item scored <= 2 go first in the round's worklist.
 - ``qc-fail``: the same cases as the Spinal Cord Toolbox's ``qc_fail.yml``.
+- ``serve``: the rating page in a web browser (127.0.0.1, or a lab server with per-rater tokens).
 
 Example:
     $ lesionqc make-session manifest.csv -o qc-session --seed 2025 --sample 40 --stratify-by contrast
@@ -14,6 +15,8 @@ Example:
     $ lesionqc status qc-session
     $ lesionqc analyze qc-session -o qc-results --by contrast
     $ lesionqc to-worklist qc-round2 -w derivatives/spinalcordseg/worklist.csv
+    $ lesionqc serve qc-session                      # http://127.0.0.1:8765/
+    $ lesionqc serve qc-session --host 0.0.0.0 --rater alice --rater bob
 """
 
 from __future__ import annotations
@@ -100,6 +103,18 @@ def build_parser() -> argparse.ArgumentParser:
         failed.add_argument("--structure", action="append", metavar="ID",
                             help="only these structures' scores (repeatable; default: all of the scale's)")
         failed.set_defaults(func=_failed)
+
+    serve = commands.add_parser("serve", help="serve the blinded rating page to web browsers")
+    serve.add_argument("session", type=Path, help="session folder")
+    serve.add_argument("--port", type=int, default=8765, help="TCP port (default 8765; 0: any free port)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1: this machine only, raters give their id);"
+                            " any other needs a token per rater (--rater)")
+    serve.add_argument("--rater", action="append", default=[], metavar="ID",
+                       help="with --host: a rater to give a token (printed once); repeatable")
+    serve.add_argument("--new-token", action="append", default=[], metavar="ID",
+                       help="with --host: replace this rater's token (a lost link); repeatable")
+    serve.set_defaults(func=_serve)
     return parser
 
 
@@ -185,6 +200,17 @@ def _failed(args: argparse.Namespace) -> int:
     for what in ("not waiting", "not in worklist"):
         if outcome[what]:
             print(f"  left as they are ({what}): {', '.join(outcome[what])}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        from .web import serve
+    except ImportError as error:
+        raise LesionQCError(f"lesionqc serve needs Flask and waitress ({error}): pip install flask waitress") from None
+    if args.host == "127.0.0.1" and (args.rater or args.new_token):
+        raise LesionQCError("--rater and --new-token are for --host: on 127.0.0.1 raters give their id on the page")
+    serve(args.session, host=args.host, port=args.port, raters=args.rater, renew=args.new_token)
     return 0
 
 

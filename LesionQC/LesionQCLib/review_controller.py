@@ -4,6 +4,8 @@ The widget forwards each user action to one method of
 :class:`ReviewController` and shows the :class:`ReviewPanel` it returns; the
 controller keeps the current case loaded in the MRML scene (through
 ``slicer_scene``) and every score saved at once (through ``review_state``).
+The browser page of ``lesionqc serve`` (``web.py``) is a second view of the
+same controller, built without a scene: the page draws the case itself.
 
 Example:
     >>> from LesionQCLib.review_controller import ReviewController
@@ -22,7 +24,6 @@ from typing import Callable, Dict, List, Optional, Tuple, Union
 
 from .review_state import ReviewState
 from .session import SessionView
-from .slicer_scene import CaseNodes, load_case, remove_case, show_in_slice_views, show_item
 
 
 def score_keys(scale) -> List[int]:
@@ -64,15 +65,16 @@ class ReviewController:
     """One rater's review in one MRML scene.
 
     Args:
-        scene: the MRML scene the cases are loaded into.
+        scene: the MRML scene the cases are loaded into; None where another view draws
+            them (the browser page of ``lesionqc serve``).
         reset_views: called after a new case is loaded (Slicer: ``slicer.util.resetSliceViews``).
     """
 
-    def __init__(self, scene, reset_views: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, scene=None, reset_views: Callable[[], None] = lambda: None) -> None:
         self.scene = scene
         self.reset_views = reset_views
         self.state: Optional[ReviewState] = None
-        self.case_nodes: Optional[CaseNodes] = None
+        self.case_nodes = None  # slicer_scene.CaseNodes of the loaded case
         self._status = ""
         self._saved = ""
 
@@ -99,6 +101,8 @@ class ReviewController:
     def close(self) -> None:
         """Remove the loaded case and close the rater table."""
         if self.case_nodes is not None:
+            from .slicer_scene import remove_case  # imports slicer: only where a scene exists
+
             remove_case(self.scene, self.case_nodes)
             self.case_nodes = None
         if self.state is not None:
@@ -107,6 +111,10 @@ class ReviewController:
 
     def show_current_item(self) -> None:
         """Load the current case if it is not loaded yet, and show only the current item."""
+        if self.scene is None:
+            return  # the browser page loads the case itself
+        from .slicer_scene import load_case, remove_case, show_in_slice_views, show_item
+
         case = self.state.case
         if self.case_nodes is None or self.case_nodes.case_id != case.case_id:
             if self.case_nodes is not None:

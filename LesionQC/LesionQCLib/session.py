@@ -76,6 +76,20 @@ RESERVED_NAMES = frozenset(["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"]
                            + [f"{port}{n}" for port in ("COM", "LPT") for n in "0123456789"])
 
 PathLike = Union[str, Path]
+#: Colour of a label value (1 = first colour...), the same for every item and case, in Slicer and in the browser.
+SEGMENT_COLORS: Tuple[Tuple[float, float, float], ...] = (
+    (1.0, 0.85, 0.1), (0.95, 0.25, 0.2), (0.2, 0.6, 1.0), (0.3, 0.85, 0.3), (0.8, 0.4, 0.9),
+)
+
+
+def segment_color(label_value: int) -> Tuple[float, float, float]:
+    """The display colour of a label value (red, green, blue in 0-1).
+
+    Example:
+        >>> segment_color(1)
+        (1.0, 0.85, 0.1)
+    """
+    return SEGMENT_COLORS[(label_value - 1) % len(SEGMENT_COLORS)]
 
 
 def is_portable_name(name: str) -> bool:

@@ -23,17 +23,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Dict, Mapping, Optional
 
 import slicer
 
 from .errors import SessionError
-from .session import CaseView
+from .session import CaseView, segment_color
 
-#: Segment colour by label value (1 = first colour...): the same for every item and case.
-SEGMENT_COLORS: Tuple[Tuple[float, float, float], ...] = (
-    (1.0, 0.85, 0.1), (0.95, 0.25, 0.2), (0.2, 0.6, 1.0), (0.3, 0.85, 0.3), (0.8, 0.4, 0.9),
-)
 #: Display of every item: outline plus a light fill, 2D views only.
 FILL_OPACITY = 0.3
 OUTLINE_OPACITY = 1.0
@@ -47,10 +43,6 @@ class CaseNodes:
     volume: object
     volume2: Optional[object]
     segmentations: Dict[str, object] = field(default_factory=dict)  # item id -> segmentation node
-
-
-def segment_color(label_value: int) -> Tuple[float, float, float]:
-    return SEGMENT_COLORS[(label_value - 1) % len(SEGMENT_COLORS)]
 
 
 def _read_volume(scene, path: Path, name: str, class_name: str, displayed: bool = True):
