@@ -13,7 +13,7 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -41,8 +41,9 @@ class PlannedJob:
     Attributes:
         model: the spec given to ``resolve_model``.
         purpose: ``"crop"`` (cord model whose mask crops the next job) or ``"segment"``.
-        crop: where the crop mask comes from: ``"segment"`` (the cord segment
-            already in the scene), ``"previous"`` (the crop job's cord map) or None.
+        crop: where the crop comes from: ``"segment"`` (the cord segment
+            already in the scene), ``"previous"`` (the crop job's cord map),
+            ``"box"`` (the user's box, predicted in as it is) or None.
     """
 
     model: str
@@ -51,15 +52,18 @@ class PlannedJob:
 
 
 def plan_jobs(
-    model: str, crop_enabled: bool, crop_with: Optional[str], has_cord_segment: bool
+    model: str, crop_enabled: bool, crop_with: Optional[str], has_cord_segment: bool, user_box: bool = False
 ) -> Tuple[List[PlannedJob], Optional[str]]:
     """Jobs for one Apply, and a warning for the user (or None).
 
-    With cropping on, the cord segment already in the scene is used when
+    A box the user drew or moved (``user_box``) is predicted in as it is,
+    whether cropping is on or off. Otherwise, with cropping on, the cord segment already in the scene is used when
     there is one; otherwise the catalogue's cord model (``crop_with``) runs
     first. Without either, the engine crops around the box of its own
     localizer pass (pass ``{"crop": crop_enabled}`` in the job options).
     """
+    if user_box:
+        return [PlannedJob(model, "segment", "box")], None
     if not crop_enabled:
         return [PlannedJob(model, "segment", None)], None
     if has_cord_segment:
@@ -86,6 +90,8 @@ class RunUpdate:
         soft_maps: structure -> float32 NIfTI written by the worker (when finished).
         provenance: structure -> ``GeneratedBy`` entry of the job that made it.
         warnings: messages for the user (device fallback, crop box touched...).
+        crop_box: the box the last job predicted in (``CropBox.to_dict()``,
+            with its ``source``), None for the whole field of view.
     """
 
     fraction: float
@@ -94,6 +100,7 @@ class RunUpdate:
     soft_maps: Dict[str, str] = field(default_factory=dict)
     provenance: Dict[str, dict] = field(default_factory=dict)
     warnings: List[str] = field(default_factory=list)
+    crop_box: Optional[dict] = None
 
 
 class ApplyRun:
@@ -109,6 +116,7 @@ class ApplyRun:
             without ``orientation`` gets its model's catalogue orientation.
         work_dir: where the worker writes soft maps and the crop mask.
         segment_crop_mask: the cord mask file for jobs cropping with ``"segment"``.
+        crop_box: the user's box (``CropBox.to_dict()``) for jobs cropping with ``"box"``.
 
     A crop job's cord map becomes the next job's crop mask (probability >=
     the default threshold of :mod:`.binarization`) and, when the segmenting model has no cord of its
@@ -117,11 +125,13 @@ class ApplyRun:
 
     def __init__(self, client, scan: Union[str, Path], jobs: Sequence[PlannedJob], models: Sequence,
                  options: Mapping, work_dir: Union[str, Path],
-                 segment_crop_mask: Optional[Union[str, Path]] = None) -> None:
+                 segment_crop_mask: Optional[Union[str, Path]] = None, crop_box: Optional[dict] = None) -> None:
         if len(jobs) != len(models) or not jobs:
             raise ValueError("one resolved model per job is needed")
         if any(job.crop == "segment" for job in jobs) and segment_crop_mask is None:
             raise ValueError("a job crops with the cord segment but no cord mask file was given")
+        if any(job.crop == "box" for job in jobs) and crop_box is None:
+            raise ValueError("a job crops with the user's box but no box was given")
         self.client = client
         self.scan = str(scan)
         self.jobs = list(jobs)
@@ -129,6 +139,7 @@ class ApplyRun:
         self.options = dict(options)
         self.work_dir = Path(work_dir)
         self.segment_crop_mask = segment_crop_mask
+        self.crop_box = crop_box
         self.detail = ""  # traceback of the last error, for the log
         self._index = 0
         self._job_id: Optional[str] = None
@@ -149,7 +160,8 @@ class ApplyRun:
         self._index = index
         self.running = True
         self._job_id = self.client.submit(self.scan, model.folder, options, self.work_dir / f"job{index}",
-                                          crop_mask=crop_mask, model_id=model.model_id)
+                                          crop_mask=crop_mask, model_id=model.model_id,
+                                          crop_box=self.crop_box if job.crop == "box" else None)
         self._update.message = f"{job.model}: starting"
 
     def poll(self) -> RunUpdate:
@@ -193,6 +205,7 @@ class ApplyRun:
             cord, path, cord_provenance = self._crop_cord
             update.soft_maps = {cord: path, **maps}
             update.provenance = {cord: cord_provenance, **update.provenance}
+        update.crop_box = event.get("crop_box")
         update.fraction, update.message, update.finished = 1.0, "done", True
         self.running = False
 
@@ -204,3 +217,30 @@ class ApplyRun:
         if self.running:
             self.client.cancel()
             self.running = False
+
+
+class LocateRun(ApplyRun):
+    """A "locate only" job: the crop box the model would predict in, without predicting (polled likewise).
+
+    When finished, the update's ``crop_box`` is the box (None: the whole
+    field of view) and its ``warnings`` say why, when there is no box.
+    """
+
+    def __init__(self, client, scan: Union[str, Path], job: PlannedJob, model, options: Mapping) -> None:
+        super().__init__(client, scan, [replace(job, crop=None)], [model], options, ".")
+
+    def _submit(self, index: int, crop_mask: Optional[Union[str, Path]]) -> None:
+        job, model = self.jobs[index], self.models[index]
+        options = dict(self.options, crop=True)  # locating is cropping's first step, whatever the box says
+        options["orientation"] = options.get("orientation") or model.orientation
+        self._index = index
+        self.running = True
+        self._job_id = self.client.submit_locate(self.scan, model.folder, options, model_id=model.model_id)
+        self._update.message = f"{job.model}: locating the cord"
+
+    def _job_done(self, job: PlannedJob, event: Mapping) -> None:
+        update = self._update
+        update.warnings += list(event.get("warnings") or [])
+        update.crop_box = event.get("crop_box")
+        update.fraction, update.message, update.finished = 1.0, "located", True
+        self.running = False

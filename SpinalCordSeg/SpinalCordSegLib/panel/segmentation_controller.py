@@ -22,9 +22,10 @@ import importlib.util
 import logging
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Union
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Union
 
 from ..models.catalogue import load_catalogue
 from ..rounds.correction import SavedCorrection, plan_outputs
@@ -35,10 +36,10 @@ from ..errors import CancelledError, SpinalCordSegError
 from ..imaging.image_io import write_image_atomic
 from ..models.install_plan import InstallOutcome, dependency_status, install_plan, install_question, missing_packages, \
     run_install
-from ..inference.job_runner import ApplyRun, parse_folds, plan_jobs
+from ..inference.job_runner import ApplyRun, LocateRun, PlannedJob, parse_folds, plan_jobs
 from .model_selector import ModelItem, ModelSelectorState, catalogue_model_entries
-from .slicer_scene import ResultScene, SceneParameters, image_from_volume, mask_image, scan_source_name, \
-    segment_look, segment_mask_array, volume_file_path
+from .slicer_scene import PROBABILITY_MAP_ATTRIBUTE, ResultScene, SceneParameters, image_from_volume, mask_image, \
+    scan_source_name, segment_look, segment_mask_array, volume_file_path
 from ..imaging.binarization import SLIDER_RANGE
 from ..imaging.thresholds import format_volume
 
@@ -70,6 +71,7 @@ class Controls:
     save: bool
     keep_largest_cord: bool
     restrict_lesions: bool
+    locate: bool = False  # "Locate only": show the crop box before predicting
 
 
 @dataclass
@@ -131,6 +133,9 @@ class SegmentationController:
             called once, on the first Apply.
         resolve_model: ``model_store.resolve_model`` (may download; asks to trust).
         temp_root: where each Apply's work folder is made (Slicer's temporary folder).
+        save_undo_state: called before an automatic update overwrites manual
+            edits (Slicer: ``qMRMLSegmentEditorWidget.saveStateForUndo``), so
+            that the segment editor's Undo brings the edits back.
     """
 
     #: The threshold sliders' (minimum, maximum).
@@ -138,7 +143,8 @@ class SegmentationController:
 
     def __init__(self, parameter_node: Callable[[], object], load_volume: Callable[[str], object],
                  worker_client: Optional[Callable[[], object]] = None,
-                 resolve_model: Optional[Callable] = None, temp_root: Optional[Union[str, Path]] = None) -> None:
+                 resolve_model: Optional[Callable] = None, temp_root: Optional[Union[str, Path]] = None,
+                 save_undo_state: Optional[Callable[[], None]] = None) -> None:
         self._parameter_node = parameter_node
         self._load_volume = load_volume
         self._make_client = worker_client or _default_worker_client
@@ -151,6 +157,7 @@ class SegmentationController:
         self.run: Optional[ApplyRun] = None
         self.run_dir: Optional[str] = None  # the Apply's work folder, owned (and removed) here
         self._run_volume = None
+        self.save_undo_state = save_undo_state or (lambda: None)
 
     # -- scene ------------------------------------------------------------------------------
 
@@ -162,6 +169,7 @@ class SegmentationController:
             if self._results is not None:
                 self._results.close()
             self._results = ResultScene(node)
+            self._results.before_overwrite = lambda: self.save_undo_state()
         return self._results
 
     @property
@@ -171,10 +179,24 @@ class SegmentationController:
     def option(self, key: str):
         return self.params.get(key, DEFAULTS[key])
 
-    def scene_opened(self, first_volume) -> None:
-        """A scene (re)opened: pick its first volume when none is chosen."""
+    def scene_opened(self, scene) -> None:
+        """A scene (re)opened: pick its first scan (never one of the module's probability maps) when none is chosen."""
         if self.params.input_volume is None:
-            self.params.input_volume = first_volume
+            for index in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")):
+                node = scene.GetNthNodeByClass(index, "vtkMRMLScalarVolumeNode")
+                if node.GetAttribute(PROBABILITY_MAP_ATTRIBUTE) is None and not node.IsA("vtkMRMLLabelMapVolumeNode"):
+                    self.params.input_volume = node
+                    return
+
+    def scene_imported(self) -> None:
+        """A scene file was loaded into the scene: MRML copied its parameters into the module's node.
+
+        The results are rebuilt from the node as loaded: its edited
+        structures, its segmentation (observed from now on), its crop box.
+        """
+        if self._results is not None:
+            self._results.close()
+            self._results = None
 
     def scene_closing(self) -> None:
         """The scene closes: stop any run and forget the scene's results."""
@@ -315,7 +337,7 @@ class SegmentationController:
         if volume is None:
             raise SpinalCordSegError("choose an input volume first")
         same_case = results.has_results and self.params.result_volume is volume
-        if same_case and results.tracker.edited and not confirm(REPLACE_EDITS_QUESTION):
+        if same_case and results.edited and not confirm(REPLACE_EDITS_QUESTION):
             return None
         try:
             options = self.inference_options()
@@ -326,26 +348,62 @@ class SegmentationController:
             raise SpinalCordSegError("choose a model first")
         resolve = self._resolve_model or _default_resolve_model
         main = resolve(model, confirm=confirm)
-        has_cord = same_case and results.state.cord is not None
-        jobs, warning = plan_jobs(model, self.option("Crop"), main.crop_with, has_cord)
+        user_box = results.user_crop_box(volume)
+        has_cord = same_case and results.state.cord is not None and user_box is None
+        jobs, warning = plan_jobs(model, self.option("Crop"), main.crop_with, has_cord, user_box is not None)
         models = [main if job.model == model else resolve(job.model, confirm=confirm) for job in jobs]
-        self.run_dir = tempfile.mkdtemp(prefix="SpinalCordSeg-", dir=self.temp_root)
-        try:
-            work = Path(self.run_dir)
+        with self._new_run(volume) as work:
             scan = write_image_atomic(image_from_volume(volume), work / f"{scan_source_name(volume)}.nii.gz")
             crop_mask = None
-            if has_cord:
+            if has_cord and any(job.crop == "segment" for job in jobs):
                 mask = segment_mask_array(self.params.segmentation, results.state.cord, volume)
                 crop_mask = write_image_atomic(mask_image(mask, volume), work / "cord_mask.nii.gz")
-            if self._client is None:
-                self._client = self._make_client()
-            self.run = ApplyRun(self._client, scan, jobs, models, options, work, segment_crop_mask=crop_mask)
+            self.run = ApplyRun(self._worker(), scan, jobs, models, options, work, segment_crop_mask=crop_mask,
+                                crop_box=user_box)
             self.run.start()
+        if user_box is not None:
+            return warning or f"{model}: starting, inside your crop box"
+        return warning or f"{model}: starting"
+
+    def start_locate(self, confirm: Confirm) -> Optional[str]:
+        """"Locate only": find the crop box the model would predict in and show it, without predicting.
+
+        The user may then move or resize the box before Apply.
+        """
+        if self.run is not None:
+            return None
+        volume = self.params.input_volume
+        if volume is None:
+            raise SpinalCordSegError("choose an input volume first")
+        model = self.params.get("Model")
+        if not model:
+            raise SpinalCordSegError("choose a model first")
+        try:
+            options = self.inference_options()
+        except ValueError as error:
+            raise SpinalCordSegError(str(error)) from error
+        resolved = (self._resolve_model or _default_resolve_model)(model, confirm=confirm)
+        with self._new_run(volume) as work:
+            scan = write_image_atomic(image_from_volume(volume), work / f"{scan_source_name(volume)}.nii.gz")
+            self.run = LocateRun(self._worker(), scan, PlannedJob(model, "segment", None), resolved, options)
+            self.run.start()
+        return f"{model}: locating the cord"
+
+    def _worker(self):
+        if self._client is None:
+            self._client = self._make_client()
+        return self._client
+
+    @contextmanager
+    def _new_run(self, volume) -> Iterator[Path]:
+        """The run's work folder; anything failing inside removes it and ends the run."""
+        self.run_dir = tempfile.mkdtemp(prefix="SpinalCordSeg-", dir=self.temp_root)
+        try:
+            yield Path(self.run_dir)
         except BaseException:
             self.end_run()
             raise
         self._run_volume = volume
-        return warning or f"{model}: starting"
 
     def poll(self, opacity: float = 0.5) -> PollResult:
         """One timer tick: handle the worker's events; show the results once they are ready."""
@@ -367,8 +425,10 @@ class SegmentationController:
         try:
             import SimpleITK as sitk
 
-            soft_maps = {s: sitk.ReadImage(path) for s, path in update.soft_maps.items()}
-            self.results.show(self._run_volume, soft_maps, update.provenance, opacity=opacity)
+            if update.soft_maps:
+                soft_maps = {s: sitk.ReadImage(path) for s, path in update.soft_maps.items()}
+                self.results.show(self._run_volume, soft_maps, update.provenance, opacity=opacity)
+            self.results.show_crop_box(update.crop_box, self._run_volume)
         except Exception as error:  # shown to the user; the detail goes to the log
             import traceback
 
@@ -377,6 +437,10 @@ class SegmentationController:
             return PollResult(100, "Failed.", finished=True, error=f"Cannot show the results: {error}", detail=detail)
         finally:
             self.end_run()
+        if not update.soft_maps:  # "locate only"
+            found = "Crop box shown: move or resize it, then Apply." if update.crop_box else \
+                "No crop box: the model would predict on the whole field of view."
+            return PollResult(100, " ".join([found] + update.warnings), finished=True)
         return PollResult(100, " ".join(["Done."] + update.warnings), finished=True)
 
     def cancel(self) -> str:
@@ -401,15 +465,24 @@ class SegmentationController:
     def move_slider(self, structure: str, value: float, confirm: Confirm, settled: bool = True) -> bool:
         """A threshold slider moved (``settled`` False while dragged); asks before overwriting edits.
 
-        False: the slider must go back.
+        The question comes on release only: a dialog opened during a drag
+        would take the mouse release (the slider would stay "changing" and
+        the settled update never run). While dragging over edited
+        structures, only their overlay follows the slider. Accepted: the
+        state before the overwrite is saved for Undo. False: the slider must
+        go back.
         """
         results = self.results
         blocked = results.set_threshold(structure, value, settled=settled)
         if not blocked:
             return True
+        if not settled:
+            results.preview_threshold(structure, value)
+            return True
         if confirm(overwrite_question(blocked)):
             results.set_threshold(structure, value, overwrite_edits=True, settled=settled)
             return True
+        results.preview_threshold(structure)
         return False
 
     def set_mask_options(self, keep_largest_cord: bool, restrict_lesions: bool, confirm: Confirm) -> None:
@@ -446,7 +519,7 @@ class SegmentationController:
         rows = []
         for index, structure in enumerate(state.structures):
             name, _, _ = segment_look(structure, index)
-            edited = " (edited)" if structure in results.tracker.edited else ""
+            edited = " (edited)" if structure in results.edited else ""
             rows.append(StructureRow(structure, name, state.thresholds[structure],
                                      format_volume(volumes.get(structure, 0.0)) + edited,
                                      overlay.get("structure") == structure))
@@ -468,6 +541,7 @@ class SegmentationController:
             save=has_results and not running,
             keep_largest_cord=has_cord,
             restrict_lesions=has_cord and bool(state.lesions),
+            locate=self.params.input_volume is not None and not running,
         )
 
     def panel(self, worklist: str, output_folder: str) -> PanelState:
@@ -520,7 +594,7 @@ class SegmentationController:
         Returns the worklist line, or None when the user kept the current case.
         """
         results = self.results
-        if results.has_results and results.tracker.edited and not confirm(NEXT_CASE_QUESTION):
+        if results.has_results and results.edited and not confirm(NEXT_CASE_QUESTION):
             return None
         from ..rounds.worklist import Worklist  # pandas: installed by the set-up
 

@@ -121,7 +121,7 @@ def test_a_whole_session_apply_sliders_edit_save_next_case(mrml_scene, dataset, 
         # Pick the scan and the embedded model.
         scan_path = dataset / "sub-01/anat/sub-01_T2w.nii.gz"
         volume = load_volume(mrml_scene, scan_path)
-        controller.scene_opened(volume)
+        controller.scene_opened(mrml_scene)
         assert controller.params.input_volume is volume
         keys = [item.key for item in controller.model_items()]
         assert DEMO_MODEL in keys and keys[-1] == "custom-folder"
@@ -238,7 +238,8 @@ def test_apply_refuses_missing_input_model_and_bad_folds(mrml_scene, tmp_path):
     controller = _controller(mrml_scene, tmp_path)
     with pytest.raises(SpinalCordSegError, match="choose an input volume"):
         controller.start_apply(never)
-    controller.scene_opened(load_volume(mrml_scene, sample_scan_path()))
+    load_volume(mrml_scene, sample_scan_path())
+    controller.scene_opened(mrml_scene)
     controller.set_options({"Folds": "0 first"})
     with pytest.raises(SpinalCordSegError, match="folds must be numbers"):
         controller.start_apply(never)
