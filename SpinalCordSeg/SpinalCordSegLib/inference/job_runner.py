@@ -13,9 +13,11 @@ Example:
 
 from __future__ import annotations
 
+import queue
+import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Generic, List, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 
 import SimpleITK as sitk
 
@@ -244,3 +246,95 @@ class LocateRun(ApplyRun):
         update.crop_box = event.get("crop_box")
         update.fraction, update.message, update.finished = 1.0, "located", True
         self.running = False
+
+
+T = TypeVar("T")
+
+
+class BackgroundTask(Generic[T]):
+    """``work(confirm, progress)`` in a thread, so that the GUI never waits for it (first-use download, hashing).
+
+    ``work`` asks the user through ``confirm(question) -> bool``; the
+    question waits for the next :meth:`poll`, which asks it on the polling
+    (GUI) thread, where dialogs may open. ``progress(done, total)`` (a
+    download's bytes) sets :attr:`fraction` and :attr:`message`. After
+    :meth:`cancel`, ``confirm`` and ``progress`` raise CancelledError in the
+    thread, so a download stops at its next chunk; a file being hashed is
+    finished first, and its result is dropped.
+
+    Example:
+        >>> task = BackgroundTask(lambda confirm, progress: 6 * 7)
+        >>> while not task.poll(confirm=lambda question: True): pass
+        >>> task.result
+        42
+    """
+
+    def __init__(self, work: Callable[[Callable[[str], bool], Callable[[int, Optional[int]], None]], T],
+                 message: str = "checking the model") -> None:
+        self._work = work
+        self._questions: "queue.Queue[Tuple[str, dict, threading.Event]]" = queue.Queue()
+        self._cancelled = threading.Event()
+        self._done = threading.Event()
+        self._error: Optional[BaseException] = None
+        self.result: Optional[T] = None
+        self.fraction = 0.0
+        self.message = message
+        threading.Thread(target=self._run, name="SpinalCordSeg background task", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            self.result = self._work(self._confirm, self._progress)
+        except BaseException as error:  # handed to the polling thread, which raises it
+            self._error = error
+        finally:
+            self._done.set()
+
+    def _check(self) -> None:
+        if self._cancelled.is_set():
+            raise CancelledError("cancelled by the user")
+
+    def _confirm(self, question: str) -> bool:
+        self._check()
+        answer: dict = {}
+        answered = threading.Event()
+        self._questions.put((question, answer, answered))
+        while not answered.wait(0.1):
+            self._check()
+        self._check()
+        return answer["value"]
+
+    def _progress(self, done: int, total: Optional[int] = None) -> None:
+        self._check()
+        megabytes = done / 1e6
+        if total:
+            self.fraction = min(1.0, done / total)
+            self.message = f"downloading the model: {megabytes:.0f} of {total / 1e6:.0f} MB"
+        else:
+            self.message = f"downloading the model: {megabytes:.0f} MB"
+
+    def poll(self, confirm: Callable[[str], bool]) -> bool:
+        """Ask a waiting question with ``confirm`` (here, on the caller's thread); True once the work ended.
+
+        Raises the work's error (CancelledError after :meth:`cancel`).
+        """
+        try:
+            question, answer, answered = self._questions.get_nowait()
+        except queue.Empty:
+            pass
+        else:
+            answer["value"] = False  # a failing dialog declines
+            try:
+                answer["value"] = bool(confirm(question))
+            finally:
+                answered.set()
+        if not self._done.is_set():
+            return False
+        if self._cancelled.is_set():
+            raise CancelledError("cancelled by the user")
+        if self._error is not None:
+            raise self._error
+        return True
+
+    def cancel(self) -> None:
+        """Stop at the next question or downloaded chunk; the result, if any, is dropped."""
+        self._cancelled.set()

@@ -36,7 +36,7 @@ from ..errors import CancelledError, SpinalCordSegError
 from ..imaging.image_io import write_image_atomic
 from ..models.install_plan import InstallOutcome, dependency_status, install_plan, install_question, missing_packages, \
     run_install
-from ..inference.job_runner import ApplyRun, LocateRun, PlannedJob, parse_folds, plan_jobs
+from ..inference.job_runner import ApplyRun, BackgroundTask, LocateRun, PlannedJob, parse_folds, plan_jobs
 from .model_selector import ModelItem, ModelSelectorState, catalogue_model_entries
 from .slicer_scene import PROBABILITY_MAP_ATTRIBUTE, ResultScene, SceneParameters, image_from_volume, mask_image, \
     scan_source_name, segment_look, segment_mask_array, volume_file_path
@@ -131,7 +131,8 @@ class SegmentationController:
             (Slicer: ``slicer.util.loadVolume``).
         worker_client: makes the warm worker's client (``worker.WorkerClient``);
             called once, on the first Apply.
-        resolve_model: ``model_store.resolve_model`` (may download; asks to trust).
+        resolve_model: ``model_store.resolve_model`` (may download; asks to trust); run in a
+            background task (:class:`~..inference.job_runner.BackgroundTask`).
         temp_root: where each Apply's work folder is made (Slicer's temporary folder).
         save_undo_state: called before an automatic update overwrites manual
             edits (Slicer: ``qMRMLSegmentEditorWidget.saveStateForUndo``), so
@@ -157,6 +158,9 @@ class SegmentationController:
         self.run: Optional[ApplyRun] = None
         self.run_dir: Optional[str] = None  # the Apply's work folder, owned (and removed) here
         self._run_volume = None
+        self._preparing: Optional[BackgroundTask] = None  # the model's resolution, before the worker jobs
+        self._start_run: Optional[Callable] = None
+        self._run_confirm: Confirm = lambda question: False
         self.save_undo_state = save_undo_state or (lambda: None)
 
     # -- scene ------------------------------------------------------------------------------
@@ -326,11 +330,16 @@ class SegmentationController:
         }
 
     def start_apply(self, confirm: Confirm) -> Optional[str]:
-        """Plan and start the worker jobs; return a message for the status line (None: nothing started).
+        """Start an Apply; return a message for the status line (None: nothing started).
 
-        Raises SpinalCordSegError (no volume, no model, bad folds, a model that cannot be resolved).
+        The model is resolved (downloaded on first use, its files checked)
+        in a background task, so the GUI never waits: questions (download,
+        trust) come through :meth:`poll`, which asks them with ``confirm``
+        and then starts the worker jobs. Raises SpinalCordSegError at once
+        for what needs no model (no volume, no model chosen, bad folds); a
+        model that cannot be resolved fails the run (``poll``'s error).
         """
-        if self.run is not None:
+        if self.busy:
             return None
         results = self.results
         volume = self.params.input_volume
@@ -346,31 +355,43 @@ class SegmentationController:
         model = self.params.get("Model")
         if not model:
             raise SpinalCordSegError("choose a model first")
-        resolve = self._resolve_model or _default_resolve_model
-        main = resolve(model, confirm=confirm)
         user_box = results.user_crop_box(volume)
         has_cord = same_case and results.state.cord is not None and user_box is None
-        jobs, warning = plan_jobs(model, self.option("Crop"), main.crop_with, has_cord, user_box is not None)
-        models = [main if job.model == model else resolve(job.model, confirm=confirm) for job in jobs]
-        with self._new_run(volume) as work:
-            scan = write_image_atomic(image_from_volume(volume), work / f"{scan_source_name(volume)}.nii.gz")
-            crop_mask = None
-            if has_cord and any(job.crop == "segment" for job in jobs):
-                mask = segment_mask_array(self.params.segmentation, results.state.cord, volume)
-                crop_mask = write_image_atomic(mask_image(mask, volume), work / "cord_mask.nii.gz")
-            self.run = ApplyRun(self._worker(), scan, jobs, models, options, work, segment_crop_mask=crop_mask,
-                                crop_box=user_box)
-            self.run.start()
-        if user_box is not None:
-            return warning or f"{model}: starting, inside your crop box"
-        return warning or f"{model}: starting"
+        crop = self.option("Crop")
+        resolve = self._resolve_model or _default_resolve_model
+
+        def prepare(ask: Confirm, progress) -> tuple:  # in the background: no MRML here
+            main = resolve(model, confirm=ask, progress=progress)
+            jobs, warning = plan_jobs(model, crop, main.crop_with, has_cord, user_box is not None)
+            models = [main if job.model == model else resolve(job.model, confirm=ask, progress=progress)
+                      for job in jobs]
+            return jobs, models, warning
+
+        def start(prepared: tuple) -> str:
+            jobs, models, warning = prepared
+            with self._new_run(volume) as work:
+                scan = write_image_atomic(image_from_volume(volume), work / f"{scan_source_name(volume)}.nii.gz")
+                crop_mask = None
+                if any(job.crop == "segment" for job in jobs):
+                    mask = segment_mask_array(self.params.segmentation, results.state.cord, volume)
+                    crop_mask = write_image_atomic(mask_image(mask, volume), work / "cord_mask.nii.gz")
+                self.run = ApplyRun(self._worker(), scan, jobs, models, options, work, segment_crop_mask=crop_mask,
+                                    crop_box=user_box)
+                self.run.start()
+            if user_box is not None:
+                return warning or f"{model}: starting, inside your crop box"
+            return warning or f"{model}: starting"
+
+        self._preparing = BackgroundTask(prepare)
+        self._start_run, self._run_confirm, self._run_volume = start, confirm, volume
+        return f"{model}: checking the model"
 
     def start_locate(self, confirm: Confirm) -> Optional[str]:
         """"Locate only": find the crop box the model would predict in and show it, without predicting.
 
-        The user may then move or resize the box before Apply.
+        The user may then move or resize the box before Apply. Runs like :meth:`start_apply`.
         """
-        if self.run is not None:
+        if self.busy:
             return None
         volume = self.params.input_volume
         if volume is None:
@@ -382,12 +403,42 @@ class SegmentationController:
             options = self.inference_options()
         except ValueError as error:
             raise SpinalCordSegError(str(error)) from error
-        resolved = (self._resolve_model or _default_resolve_model)(model, confirm=confirm)
-        with self._new_run(volume) as work:
-            scan = write_image_atomic(image_from_volume(volume), work / f"{scan_source_name(volume)}.nii.gz")
-            self.run = LocateRun(self._worker(), scan, PlannedJob(model, "segment", None), resolved, options)
-            self.run.start()
-        return f"{model}: locating the cord"
+        resolve = self._resolve_model or _default_resolve_model
+
+        def start(resolved) -> str:
+            with self._new_run(volume) as work:
+                scan = write_image_atomic(image_from_volume(volume), work / f"{scan_source_name(volume)}.nii.gz")
+                self.run = LocateRun(self._worker(), scan, PlannedJob(model, "segment", None), resolved, options)
+                self.run.start()
+            return f"{model}: locating the cord"
+
+        self._preparing = BackgroundTask(lambda ask, progress: resolve(model, confirm=ask, progress=progress))
+        self._start_run, self._run_confirm, self._run_volume = start, confirm, volume
+        return f"{model}: checking the model"
+
+    @property
+    def busy(self) -> bool:
+        """A run is being prepared (model resolution) or runs in the worker."""
+        return self.run is not None or self._preparing is not None
+
+    def _poll_preparing(self) -> PollResult:
+        """The background model resolution: ask its questions, then start the worker jobs."""
+        task = self._preparing
+        try:
+            if not task.poll(self._run_confirm):
+                return PollResult(int(round(100 * task.fraction)), task.message)
+            self._preparing = None
+            return PollResult(0, self._start_run(task.result))
+        except CancelledError:
+            self.end_run()
+            return PollResult(0, "Cancelled.", finished=True)
+        except Exception as error:  # shown to the user; the detail goes to the log
+            import traceback
+
+            detail = traceback.format_exc()
+            logging.error("SpinalCordSeg: cannot use the model\n%s", detail)
+            self.end_run()
+            return PollResult(0, "Failed.", finished=True, error=f"Cannot use the model: {error}", detail=detail)
 
     def _worker(self):
         if self._client is None:
@@ -406,7 +457,9 @@ class SegmentationController:
         self._run_volume = volume
 
     def poll(self, opacity: float = 0.5) -> PollResult:
-        """One timer tick: handle the worker's events; show the results once they are ready."""
+        """One timer tick: handle the background task or the worker's events; show the results once ready."""
+        if self._preparing is not None:
+            return self._poll_preparing()
         run = self.run
         if run is None:
             return PollResult(0, "", finished=True)
@@ -445,13 +498,16 @@ class SegmentationController:
 
     def cancel(self) -> str:
         """Stop the run (the worker is killed and restarts on the next Apply)."""
-        if self.run is None:
+        if not self.busy:
             return ""
         self.end_run()
         return "Cancelled."
 
     def end_run(self) -> None:
-        """Kill a running job and remove the Apply's work folder."""
+        """Stop the model's resolution, kill a running job and remove the Apply's work folder."""
+        if self._preparing is not None:
+            self._preparing.cancel()
+            self._preparing = None
         if self.run is not None:
             self.run.cancel()
         self.run = None
@@ -528,7 +584,7 @@ class SegmentationController:
     def controls(self, worklist: str) -> Controls:
         """The enable rules of the panel."""
         results = self.results
-        running = self.run is not None
+        running = self.busy
         has_results = results.has_results
         state = results.state
         has_cord = has_results and state.cord is not None
@@ -622,7 +678,7 @@ def _default_worker_client():
     return WorkerClient()
 
 
-def _default_resolve_model(spec: str, confirm: Optional[Confirm] = None):
+def _default_resolve_model(spec: str, confirm: Optional[Confirm] = None, progress=None):
     from ..models.model_store import resolve_model  # platformdirs, tqdm: installed by the set-up
 
-    return resolve_model(spec, confirm=confirm)
+    return resolve_model(spec, confirm=confirm, progress=progress)

@@ -328,3 +328,43 @@ def test_locate_only_then_apply_inside_the_moved_box(mrml_scene, tmp_path):
         assert sidecar["GeneratedBy"][0]["Crop"]["Source"] == "user"
     finally:
         controller.close()
+
+
+# ------------------------------------------------------------------ a GUI that never blocks
+
+def _poll_until(controller, condition, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = controller.poll()
+        if condition(result):
+            return result
+        assert time.monotonic() < deadline, result.message
+        time.sleep(0.02)
+
+
+def test_apply_checks_the_model_in_the_background_and_asks_on_the_polling_thread(mrml_scene, tmp_path, tiny_model):
+    """A model folder never trusted: the trust question comes from poll (the GUI timer), not from Apply."""
+    import threading
+
+    controller, _ = _session(mrml_scene, tmp_path)
+    controller.params.set("Model", str(tiny_model))
+    asked = []
+
+    def decline(question):
+        asked.append((threading.current_thread(), question))
+        return False
+
+    try:
+        assert controller.start_apply(decline) == f"{tiny_model}: checking the model"
+        assert asked == [] and controller.controls("").cancel and not controller.controls("").apply
+        result = _poll_until(controller, lambda r: r.finished)
+        assert [thread for thread, _ in asked] == [threading.main_thread()] and "Trust" in asked[0][1]
+        assert result.error.startswith("Cannot use the model:") and "not trusted" in result.error
+        assert not controller.busy and not list((tmp_path / "temp").iterdir())
+
+        # Cancel while the model is being checked: nothing starts, nothing is left.
+        controller.start_apply(never)
+        assert controller.cancel() == "Cancelled." and not controller.busy
+        assert controller.poll().finished and controller.run is None
+    finally:
+        controller.close()
