@@ -479,8 +479,10 @@ class SpinalCordSegLogic(ScriptedLoadableModuleLogic):
 
         moduleDir = os.path.dirname(os.path.abspath(__file__))
         pythonPath = os.pathsep.join([moduleDir] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+        # Its stderr goes to a log file (a GUI's stderr is read by nobody); errors show the log's end.
         return WorkerClient(python_executable=shutil.which("PythonSlicer") or sys.executable,
-                            env={"PYTHONPATH": pythonPath})
+                            env={"PYTHONPATH": pythonPath},
+                            log_path=os.path.join(slicer.app.temporaryPath, "SpinalCordSeg-worker.log"))
 
     @staticmethod
     def installers() -> dict:

@@ -178,7 +178,9 @@ class ApplyRun:
                 self._update.message = f"{job.model}: {event.get('message', '')}"
             elif kind == "error":
                 self.running = False
-                self.detail = event.get("detail", "")
+                log = self.client.log_tail() if hasattr(self.client, "log_tail") else ""
+                self.detail = "\n".join(part for part in (event.get("detail", ""), log and f"Worker log:\n{log}")
+                                        if part)
                 error = CancelledError if event.get("cancelled") else SpinalCordSegError
                 raise error(f"{job.model}: {event.get('message')}")
             elif kind == "done":
