@@ -307,7 +307,7 @@ def test_locate_only_then_apply_inside_the_moved_box(mrml_scene, tmp_path):
         controller.params.set("Model", DEMO_MODEL)
         controller.set_options({"UseTTA": False, "Crop": False})
         assert controller.controls("").locate
-        assert controller.start_locate(never) == f"{DEMO_MODEL}: locating the cord"
+        assert controller.start_locate(never) == f"{DEMO_MODEL}: checking the model"
         located = _wait(controller)
         assert located.error is None, located.detail
         assert located.message.startswith("Crop box shown"), located.message
@@ -317,7 +317,9 @@ def test_locate_only_then_apply_inside_the_moved_box(mrml_scene, tmp_path):
         roi.SetSize([s * 0.8 for s in geometry["size"]])  # the user shrinks it
         user_box = controller.results.user_crop_box(volume)
 
-        assert controller.start_apply(never).endswith("inside your crop box")
+        assert controller.start_apply(never) == f"{DEMO_MODEL}: checking the model"
+        started = _poll_until(controller, lambda result: controller.run is not None or result.finished)
+        assert started.message.endswith("inside your crop box"), started.message
         done = _wait(controller)
         assert done.error is None, done.detail
         crop = controller.results.provenance["sc"]["Crop"]
