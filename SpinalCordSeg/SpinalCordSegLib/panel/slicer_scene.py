@@ -473,7 +473,11 @@ def roi_geometry(roi_node) -> Dict[str, List[float]]:
                               "axes: reset its orientation (Markups module) or remove it")
     center = [0.0, 0.0, 0.0]
     roi_node.GetCenter(center)
-    return {"center": [float(v) for v in center], "size": [float(v) for v in roi_node.GetSize()]}
+    geometry = {"center": [float(v) for v in center], "size": [float(v) for v in roi_node.GetSize()]}
+    if not np.isfinite(geometry["center"] + geometry["size"]).all():
+        raise InputImageError(f"crop box '{roi_node.GetName()}': its centre or size is not a number "
+                              f"({geometry}); delete it and press Locate only")
+    return geometry
 
 
 def set_roi_geometry(roi_node, box: CropBox, volume_node) -> Dict[str, List[float]]:
