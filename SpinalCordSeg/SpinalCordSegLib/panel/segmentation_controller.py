@@ -427,6 +427,8 @@ class SegmentationController:
         try:
             if not task.poll(self._run_confirm):
                 return PollResult(int(round(100 * task.fraction)), task.message)
+            if self._preparing is not task:  # a tick during the question's dialog handled it already
+                return PollResult(0, task.message)
             self._preparing = None
             return PollResult(0, self._start_run(task.result))
         except CancelledError:

@@ -8,7 +8,11 @@ so it runs both in Slicer and, for tests, with ``slicer-core``:
 - soft maps as scalar volumes shown with a perceptual colour map, window
   0 to 1 and the threshold as lower display threshold;
 - one segmentation node with a segment per structure, named and coloured
-  after standard terminology, updated from thresholded arrays;
+  after standard terminology, updated from thresholded arrays; manual
+  edits seen as they happen, Undo and Redo included (:class:`SegmentEditObserver`);
+- the crop box as a Markups ROI, and the user's moved box read back;
+- nothing temporary left in the scene (exports, replaced volumes' display
+  and storage nodes);
 - the module's parameters in the scene (:class:`SceneParameters`) and
   :class:`ResultScene`, which ties them to the panel state so that a saved
   scene reopens where it was.
