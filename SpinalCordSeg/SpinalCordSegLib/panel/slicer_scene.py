@@ -29,7 +29,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -364,23 +363,8 @@ def _source_stamps(segmentation) -> Dict[str, int]:
     return stamps
 
 
-def _segment_digest(segmentation, segment_id: str) -> str:
-    """A digest of where a segment's voxels are (independent of its labelmap layer and extent)."""
-    segment = segmentation.GetSegment(segment_id)
-    labelmap = segment.GetRepresentation(segmentation.GetSourceRepresentationName()) if segment else None
-    scalars = labelmap.GetPointData().GetScalars() if labelmap is not None else None
-    digest = hashlib.blake2b(digest_size=16)
-    if scalars is not None:
-        extent = labelmap.GetExtent()
-        shape = (extent[5] - extent[4] + 1, extent[3] - extent[2] + 1, extent[1] - extent[0] + 1)
-        voxels = numpy_support.vtk_to_numpy(scalars).reshape(shape) == segment.GetLabelValue()
-        where = np.argwhere(voxels) + np.array([extent[4], extent[2], extent[0]])
-        digest.update(np.ascontiguousarray(where, dtype=np.int64).tobytes())
-    return digest.hexdigest()
-
-
 class SegmentEditObserver:
-    """Calls ``callback(segment_id or None)`` whenever a segment's voxels change.
+    """Calls ``callback(segment_id or None)`` whenever a segment's voxels change; collects Undo's changes.
 
     The segment editor and :func:`set_segment_mask` modify the source
     representation (``SourceRepresentationModified``): the segments whose
@@ -391,12 +375,12 @@ class SegmentEditObserver:
     (``vtkSegmentationHistory.RestoreState``) copy whole segments back,
     which fires only ``SegmentModified``; so do a new name or colour and
     saving (the writer merges the labelmap layers, through intermediate
-    states). Those segments are checked by :meth:`settle`: one counts as
-    changed only when its voxels differ from before (a digest of where they are).
+    states). Those segments are only collected (:meth:`take_pending`): the
+    owner decides whether their voxels really changed, when it needs to know.
 
     Example:
         >>> observer = SegmentEditObserver(segmentation_node, print)  # doctest: +SKIP
-        >>> observer.settle(); observer.stop()  # doctest: +SKIP
+        >>> observer.take_pending(); observer.stop()  # doctest: +SKIP
     """
 
     def __init__(self, segmentation_node, callback: Callable[[Optional[str]], None]) -> None:
@@ -404,8 +388,7 @@ class SegmentEditObserver:
         self._callback = callback
         self._segmentation = segmentation_node.GetSegmentation()
         self._stamps = _source_stamps(self._segmentation)
-        self._digests = {segment_id: _segment_digest(self._segmentation, segment_id) for segment_id in self._stamps}
-        self._pending: set = set()
+        self._pending: Set[str] = set()
         self._tags = [segmentation_node.AddObserver(slicer.vtkSegmentation.SourceRepresentationModified,
                                                     self._source_modified),
                       segmentation_node.AddObserver(slicer.vtkSegmentation.SegmentModified, self._segment_modified)]
@@ -418,27 +401,17 @@ class SegmentEditObserver:
 
     def _source_modified(self, caller, event) -> None:
         changed = self._moved()
-        self.resync(changed)
+        self._pending.difference_update(changed)
         for segment_id in changed or [None]:
             self._callback(segment_id)
 
     def _segment_modified(self, caller, event) -> None:
         self._pending.update(self._moved())
 
-    def resync(self, segment_ids: Sequence[str]) -> None:
-        """Take these segments' voxels as they are now as the reference (after the module's own update)."""
-        for segment_id in segment_ids:
-            self._digests[segment_id] = _segment_digest(self._segmentation, segment_id)
-            self._pending.discard(segment_id)
-
-    def settle(self) -> None:
-        """Report the segments whose voxels a ``SegmentModified`` change (Undo, Redo) really changed."""
+    def take_pending(self) -> Set[str]:
+        """The segments a ``SegmentModified`` touched since the last call (Undo, Redo, renaming, saving)."""
         pending, self._pending = self._pending, set()
-        for segment_id in sorted(pending):
-            digest = _segment_digest(self._segmentation, segment_id)
-            if self._digests.get(segment_id) != digest:
-                self._digests[segment_id] = digest
-                self._callback(segment_id)
+        return pending
 
     def stop(self) -> None:
         for tag in self._tags:
@@ -788,7 +761,7 @@ class ResultScene:
             for structure, mask in masks.items():
                 set_segment_mask(segmentation, structure, mask, volume)
             if self._observer is not None:
-                self._observer.resync(list(masks))
+                self._observer.take_pending()  # the module's own update (pending changes were settled before it)
         self.tracker.discard_edits(structures)
         self._store_tracker()
         spacing = volume.GetSpacing()
@@ -813,8 +786,24 @@ class ResultScene:
             self._observer = SegmentEditObserver(segmentation, self._segment_modified)
 
     def _settle_edits(self) -> None:
-        if self._observer is not None:
-            self._observer.settle()
+        """Segments that Undo or Redo touched count as edited when they differ from their automatic mask.
+
+        Compared only when asked, so the module's own updates (every slider
+        move) cost nothing more; a segment restored exactly as the
+        thresholds give it is not an edit.
+        """
+        pending = self._observer.take_pending() if self._observer is not None else set()
+        state = self.state
+        if not pending or state is None or not self.has_results:
+            return
+        candidates = [s for s in sorted(pending) if s in state.structures and s not in self.tracker.edited]
+        if not candidates:
+            return
+        volume, segmentation = self.params.result_volume, self.params.segmentation
+        automatic = state.masks(self._soft_arrays(state), candidates)
+        for structure in candidates:
+            if not np.array_equal(segment_mask_array(segmentation, structure, volume), automatic[structure]):
+                self._segment_modified(structure)
 
     @property
     def edited(self) -> Set[str]:
