@@ -97,6 +97,7 @@ class SpinalCordSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._structureRows = {}
         self._mapButtons = None
         self._pollTimer = None  # made in setup(): Qt objects belong to the panel, not to the class
+        self.ui = None
 
     @property
     def controller(self) -> SegmentationController:
@@ -127,9 +128,14 @@ class SpinalCordSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         editor.setEffectNameOrder(EDITOR_EFFECTS)
         editor.unorderedEffectsVisible = False
         editor.setMaximumNumberOfUndoStates(20)
+        # Before a threshold overwrites manual edits, their state is saved so that Undo brings them back.
+        self.controller.save_undo_state = editor.saveStateForUndo
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        # A scene file loaded into the open scene is copied into the module's parameter node (as
+        # Slicer's own SegmentEditor.py, the panel rebuilds from it on EndImportEvent).
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneEndImport)
 
         self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onInputVolumeChanged)
         self.ui.modelComboBox.connect("activated(int)", self.onModelActivated)
@@ -138,6 +144,7 @@ class SpinalCordSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             getattr(self.ui, widgetName).connect(signal, self.updateParameterNodeFromGUI)
         self.ui.installButton.connect("clicked(bool)", self.ensureDependencies)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.locateButton.connect("clicked(bool)", self.onLocateButton)  # issue 30: crop box
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.ui.keepLargestCordCheckBox.connect("toggled(bool)", self.onMaskOptionsChanged)
         self.ui.restrictLesionsCheckBox.connect("toggled(bool)", self.onMaskOptionsChanged)
@@ -152,10 +159,24 @@ class SpinalCordSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        self._pollTimer.stop()
+        """Called on Reload and at exit; setup() may have failed half-way, so each part checks it exists."""
+        if self._pollTimer is not None:
+            self._pollTimer.stop()
         self.removeObservers()
+        if self.ui is not None and hasattr(self.ui, "segmentEditorWidget"):
+            # The hidden editor's shortcuts (1-0, Space, Esc) would otherwise stay installed application-wide.
+            editor = self.ui.segmentEditorWidget
+            editor.setActiveEffect(None)
+            editor.uninstallKeyboardShortcuts()
+            editor.removeViewObservations()
         if self.logic:
             self.logic.close()
+
+    def onReload(self) -> None:
+        """Developer mode's Reload: the Lib's modules are imported afresh too (else Lib changes need a restart)."""
+        for name in [n for n in sys.modules if n == "SpinalCordSegLib" or n.startswith("SpinalCordSegLib.")]:
+            del sys.modules[name]
+        ScriptedLoadableModuleWidget.onReload(self)
 
     def enter(self) -> None:
         self.initializeParameterNode()
@@ -174,11 +195,16 @@ class SpinalCordSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.parent.isEntered:
             self.initializeParameterNode()
 
+    def onSceneEndImport(self, caller, event) -> None:
+        self.controller.scene_imported()
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
         self.ui.segmentEditorWidget.setMRMLSegmentEditorNode(segment_editor_node(slicer.mrmlScene))
         self.connectEditor()
-        self.controller.scene_opened(slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode"))
+        self.controller.scene_opened(slicer.mrmlScene)
 
     def connectEditor(self) -> None:
         """Point the segment editor at the results (None before any result)."""
@@ -222,6 +248,7 @@ class SpinalCordSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.restrictLesionsCheckBox.checked = panel.restrict_lesions
             controls = panel.controls
             self.ui.applyButton.enabled = controls.apply
+            self.ui.locateButton.enabled = controls.locate
             self.ui.nextCaseButton.enabled = controls.next_case
             self.ui.cancelButton.enabled = controls.cancel
             self.ui.resultsCollapsibleButton.enabled = controls.results
@@ -308,6 +335,18 @@ class SpinalCordSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.progressBar.value = 0
                 self._pollTimer.start()  # a tick without a run stops it again
         finally:  # tryWithErrorDisplay shows the error, then re-raises it
+            self.updateGUIFromParameterNode()
+
+    def onLocateButton(self) -> None:
+        """Issue 30: "Locate only" shows the crop box as an ROI; the user may move it before Apply."""
+        if not self.ensureDependencies():
+            return
+        try:
+            with slicer.util.tryWithErrorDisplay("Failed to locate the cord.", waitCursor=True):
+                self.ui.statusLabel.text = self.controller.start_locate(self._confirm) or self.ui.statusLabel.text
+                self.ui.progressBar.value = 0
+                self._pollTimer.start()
+        finally:
             self.updateGUIFromParameterNode()
 
     def onPollWorker(self) -> None:
@@ -505,8 +544,10 @@ class SpinalCordSegLogic(ScriptedLoadableModuleLogic):
 
         moduleDir = os.path.dirname(os.path.abspath(__file__))
         pythonPath = os.pathsep.join([moduleDir] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+        # Its stderr goes to a log file (a GUI's stderr is read by nobody); errors show the log's end.
         return WorkerClient(python_executable=shutil.which("PythonSlicer") or sys.executable,
-                            env={"PYTHONPATH": pythonPath})
+                            env={"PYTHONPATH": pythonPath},
+                            log_path=os.path.join(slicer.app.temporaryPath, "SpinalCordSeg-worker.log"))
 
     @staticmethod
     def installers() -> dict:
@@ -566,6 +607,7 @@ class SpinalCordSegTest(ScriptedLoadableModuleTest):
         import time
 
         import numpy as np
+        import SimpleITK as sitk
 
         from SpinalCordSegLib.models.catalogue import DEMO_MODEL
         from SpinalCordSegLib.models.install_plan import missing_packages
@@ -604,9 +646,10 @@ class SpinalCordSegTest(ScriptedLoadableModuleTest):
             self.delayDisplay("Moving the sliders")
             self.assertTrue(controller.move_slider("sc", 0.3, confirm=lambda question: False))
             results = controller.results
-            soft = slicer.util.arrayFromVolume(results.soft_map_node("sc"))
             segmentation = results.params.segmentation
-            np.testing.assert_array_equal(segment_mask_array(segmentation, "sc", volume), soft >= np.float32(0.3))
+            # The controller's masks (the default keeps the largest cord component), not a plain threshold.
+            expected = sitk.GetArrayFromImage(results.automatic_masks()["sc"]) != 0
+            np.testing.assert_array_equal(segment_mask_array(segmentation, "sc", volume), expected)
 
             self.delayDisplay("Editing the cord and saving")
             automatic = segment_mask_array(segmentation, "sc", volume)

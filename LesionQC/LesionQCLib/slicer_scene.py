@@ -119,9 +119,9 @@ def show_item(nodes: CaseNodes, item_id: str) -> None:
 
 def show_in_slice_views(scene, nodes: CaseNodes) -> None:
     """Every slice view shows the case's image as background (the second image, if any, as foreground, hidden)."""
-    composites = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
-    for index in range(composites.GetNumberOfItems()):
-        composite = composites.GetItemAsObject(index)
+    # GetNth... rather than GetNodesByClass, whose new collection Python's wrapping never releases.
+    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):
+        composite = scene.GetNthNodeByClass(index, "vtkMRMLSliceCompositeNode")
         composite.SetBackgroundVolumeID(nodes.volume.GetID())
         composite.SetForegroundVolumeID(nodes.volume2.GetID() if nodes.volume2 is not None else None)
         composite.SetForegroundOpacity(0.0)

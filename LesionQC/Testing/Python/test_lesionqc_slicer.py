@@ -56,6 +56,41 @@ def _display(node):
             display.GetVisibility2DOutline(), display.GetVisibility3D(), display.GetOpacity())
 
 
+class _CollectionWatch:
+    """The scene, keeping the collections ``GetNodesByClass`` hands out: the caller must release them.
+
+    Python's wrapping adds its own reference to the new collection, so one
+    that is still held twice after the call is leaked (its C++ reference was
+    never released).
+    """
+
+    def __init__(self, scene):
+        self._scene = scene
+        self.collections = []
+
+    def __getattr__(self, name):
+        return getattr(self._scene, name)
+
+    def GetNodesByClass(self, class_name):  # noqa: N802 (MRML's name)
+        collection = self._scene.GetNodesByClass(class_name)
+        self.collections.append(collection)
+        return collection
+
+    def leaked(self):
+        return [c for c in self.collections if c.GetReferenceCount() > 1]
+
+
+def test_slice_views_are_set_without_leaking_a_node_collection(mrml_scene):
+    from LesionQCLib.slicer_scene import CaseNodes, show_in_slice_views
+
+    composite = mrml_scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
+    volume = mrml_scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "case")
+    watched = _CollectionWatch(mrml_scene)
+    show_in_slice_views(watched, CaseNodes("case", volume, None))
+    assert composite.GetBackgroundVolumeID() == volume.GetID()
+    assert watched.leaked() == []
+
+
 def test_a_case_loads_with_every_item_displayed_alike(mrml_scene, session):
     import slicer
     import vtk

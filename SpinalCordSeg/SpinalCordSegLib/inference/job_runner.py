@@ -13,9 +13,11 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import queue
+import threading
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Generic, List, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 
 import SimpleITK as sitk
 
@@ -41,8 +43,9 @@ class PlannedJob:
     Attributes:
         model: the spec given to ``resolve_model``.
         purpose: ``"crop"`` (cord model whose mask crops the next job) or ``"segment"``.
-        crop: where the crop mask comes from: ``"segment"`` (the cord segment
-            already in the scene), ``"previous"`` (the crop job's cord map) or None.
+        crop: where the crop comes from: ``"segment"`` (the cord segment
+            already in the scene), ``"previous"`` (the crop job's cord map),
+            ``"box"`` (the user's box, predicted in as it is) or None.
     """
 
     model: str
@@ -51,15 +54,18 @@ class PlannedJob:
 
 
 def plan_jobs(
-    model: str, crop_enabled: bool, crop_with: Optional[str], has_cord_segment: bool
+    model: str, crop_enabled: bool, crop_with: Optional[str], has_cord_segment: bool, user_box: bool = False
 ) -> Tuple[List[PlannedJob], Optional[str]]:
     """Jobs for one Apply, and a warning for the user (or None).
 
-    With cropping on, the cord segment already in the scene is used when
+    A box the user drew or moved (``user_box``) is predicted in as it is,
+    whether cropping is on or off. Otherwise, with cropping on, the cord segment already in the scene is used when
     there is one; otherwise the catalogue's cord model (``crop_with``) runs
     first. Without either, the engine crops around the box of its own
     localizer pass (pass ``{"crop": crop_enabled}`` in the job options).
     """
+    if user_box:
+        return [PlannedJob(model, "segment", "box")], None
     if not crop_enabled:
         return [PlannedJob(model, "segment", None)], None
     if has_cord_segment:
@@ -86,6 +92,8 @@ class RunUpdate:
         soft_maps: structure -> float32 NIfTI written by the worker (when finished).
         provenance: structure -> ``GeneratedBy`` entry of the job that made it.
         warnings: messages for the user (device fallback, crop box touched...).
+        crop_box: the box the last job predicted in (``CropBox.to_dict()``,
+            with its ``source``), None for the whole field of view.
     """
 
     fraction: float
@@ -94,6 +102,7 @@ class RunUpdate:
     soft_maps: Dict[str, str] = field(default_factory=dict)
     provenance: Dict[str, dict] = field(default_factory=dict)
     warnings: List[str] = field(default_factory=list)
+    crop_box: Optional[dict] = None
 
 
 class ApplyRun:
@@ -109,6 +118,7 @@ class ApplyRun:
             without ``orientation`` gets its model's catalogue orientation.
         work_dir: where the worker writes soft maps and the crop mask.
         segment_crop_mask: the cord mask file for jobs cropping with ``"segment"``.
+        crop_box: the user's box (``CropBox.to_dict()``) for jobs cropping with ``"box"``.
 
     A crop job's cord map becomes the next job's crop mask (probability >=
     the default threshold of :mod:`.binarization`) and, when the segmenting model has no cord of its
@@ -117,11 +127,13 @@ class ApplyRun:
 
     def __init__(self, client, scan: Union[str, Path], jobs: Sequence[PlannedJob], models: Sequence,
                  options: Mapping, work_dir: Union[str, Path],
-                 segment_crop_mask: Optional[Union[str, Path]] = None) -> None:
+                 segment_crop_mask: Optional[Union[str, Path]] = None, crop_box: Optional[dict] = None) -> None:
         if len(jobs) != len(models) or not jobs:
             raise ValueError("one resolved model per job is needed")
         if any(job.crop == "segment" for job in jobs) and segment_crop_mask is None:
             raise ValueError("a job crops with the cord segment but no cord mask file was given")
+        if any(job.crop == "box" for job in jobs) and crop_box is None:
+            raise ValueError("a job crops with the user's box but no box was given")
         self.client = client
         self.scan = str(scan)
         self.jobs = list(jobs)
@@ -129,6 +141,7 @@ class ApplyRun:
         self.options = dict(options)
         self.work_dir = Path(work_dir)
         self.segment_crop_mask = segment_crop_mask
+        self.crop_box = crop_box
         self.detail = ""  # traceback of the last error, for the log
         self._index = 0
         self._job_id: Optional[str] = None
@@ -149,7 +162,8 @@ class ApplyRun:
         self._index = index
         self.running = True
         self._job_id = self.client.submit(self.scan, model.folder, options, self.work_dir / f"job{index}",
-                                          crop_mask=crop_mask, model_id=model.model_id)
+                                          crop_mask=crop_mask, model_id=model.model_id,
+                                          crop_box=self.crop_box if job.crop == "box" else None)
         self._update.message = f"{job.model}: starting"
 
     def poll(self) -> RunUpdate:
@@ -164,7 +178,9 @@ class ApplyRun:
                 self._update.message = f"{job.model}: {event.get('message', '')}"
             elif kind == "error":
                 self.running = False
-                self.detail = event.get("detail", "")
+                log = self.client.log_tail() if hasattr(self.client, "log_tail") else ""
+                self.detail = "\n".join(part for part in (event.get("detail", ""), log and f"Worker log:\n{log}")
+                                        if part)
                 error = CancelledError if event.get("cancelled") else SpinalCordSegError
                 raise error(f"{job.model}: {event.get('message')}")
             elif kind == "done":
@@ -193,6 +209,7 @@ class ApplyRun:
             cord, path, cord_provenance = self._crop_cord
             update.soft_maps = {cord: path, **maps}
             update.provenance = {cord: cord_provenance, **update.provenance}
+        update.crop_box = event.get("crop_box")
         update.fraction, update.message, update.finished = 1.0, "done", True
         self.running = False
 
@@ -204,3 +221,122 @@ class ApplyRun:
         if self.running:
             self.client.cancel()
             self.running = False
+
+
+class LocateRun(ApplyRun):
+    """A "locate only" job: the crop box the model would predict in, without predicting (polled likewise).
+
+    When finished, the update's ``crop_box`` is the box (None: the whole
+    field of view) and its ``warnings`` say why, when there is no box.
+    """
+
+    def __init__(self, client, scan: Union[str, Path], job: PlannedJob, model, options: Mapping) -> None:
+        super().__init__(client, scan, [replace(job, crop=None)], [model], options, ".")
+
+    def _submit(self, index: int, crop_mask: Optional[Union[str, Path]]) -> None:
+        job, model = self.jobs[index], self.models[index]
+        options = dict(self.options, crop=True)  # locating is cropping's first step, whatever the box says
+        options["orientation"] = options.get("orientation") or model.orientation
+        self._index = index
+        self.running = True
+        self._job_id = self.client.submit_locate(self.scan, model.folder, options, model_id=model.model_id)
+        self._update.message = f"{job.model}: locating the cord"
+
+    def _job_done(self, job: PlannedJob, event: Mapping) -> None:
+        update = self._update
+        update.warnings += list(event.get("warnings") or [])
+        update.crop_box = event.get("crop_box")
+        update.fraction, update.message, update.finished = 1.0, "located", True
+        self.running = False
+
+
+T = TypeVar("T")
+
+
+class BackgroundTask(Generic[T]):
+    """``work(confirm, progress)`` in a thread, so that the GUI never waits for it (first-use download, hashing).
+
+    ``work`` asks the user through ``confirm(question) -> bool``; the
+    question waits for the next :meth:`poll`, which asks it on the polling
+    (GUI) thread, where dialogs may open. ``progress(done, total)`` (a
+    download's bytes) sets :attr:`fraction` and :attr:`message`. After
+    :meth:`cancel`, ``confirm`` and ``progress`` raise CancelledError in the
+    thread, so a download stops at its next chunk; a file being hashed is
+    finished first, and its result is dropped.
+
+    Example:
+        >>> task = BackgroundTask(lambda confirm, progress: 6 * 7)
+        >>> while not task.poll(confirm=lambda question: True): pass
+        >>> task.result
+        42
+    """
+
+    def __init__(self, work: Callable[[Callable[[str], bool], Callable[[int, Optional[int]], None]], T],
+                 message: str = "checking the model") -> None:
+        self._work = work
+        self._questions: "queue.Queue[Tuple[str, dict, threading.Event]]" = queue.Queue()
+        self._cancelled = threading.Event()
+        self._done = threading.Event()
+        self._error: Optional[BaseException] = None
+        self.result: Optional[T] = None
+        self.fraction = 0.0
+        self.message = message
+        threading.Thread(target=self._run, name="SpinalCordSeg background task", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            self.result = self._work(self._confirm, self._progress)
+        except BaseException as error:  # handed to the polling thread, which raises it
+            self._error = error
+        finally:
+            self._done.set()
+
+    def _check(self) -> None:
+        if self._cancelled.is_set():
+            raise CancelledError("cancelled by the user")
+
+    def _confirm(self, question: str) -> bool:
+        self._check()
+        answer: dict = {}
+        answered = threading.Event()
+        self._questions.put((question, answer, answered))
+        while not answered.wait(0.1):
+            self._check()
+        self._check()
+        return answer["value"]
+
+    def _progress(self, done: int, total: Optional[int] = None) -> None:
+        self._check()
+        megabytes = done / 1e6
+        if total:
+            self.fraction = min(1.0, done / total)
+            self.message = f"downloading the model: {megabytes:.0f} of {total / 1e6:.0f} MB"
+        else:
+            self.message = f"downloading the model: {megabytes:.0f} MB"
+
+    def poll(self, confirm: Callable[[str], bool]) -> bool:
+        """Ask a waiting question with ``confirm`` (here, on the caller's thread); True once the work ended.
+
+        Raises the work's error (CancelledError after :meth:`cancel`).
+        """
+        try:
+            question, answer, answered = self._questions.get_nowait()
+        except queue.Empty:
+            pass
+        else:
+            answer["value"] = False  # a failing dialog declines
+            try:
+                answer["value"] = bool(confirm(question))
+            finally:
+                answered.set()
+        if not self._done.is_set():
+            return False
+        if self._cancelled.is_set():
+            raise CancelledError("cancelled by the user")
+        if self._error is not None:
+            raise self._error
+        return True
+
+    def cancel(self) -> None:
+        """Stop at the next question or downloaded chunk; the result, if any, is dropped."""
+        self._cancelled.set()

@@ -153,11 +153,30 @@ def main() -> int:
     # The protocol owns the real stdout; anything printed (nnU-Net prints) goes to stderr.
     events = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    print(f"SpinalCordSeg worker {os.getpid()} started ({sys.executable})", file=sys.stderr, flush=True)
     _Worker(events).serve(sys.stdin)
     return 0
 
 
 # ---------------------------------------------------------------- client side
+
+#: Windows' CREATE_NO_WINDOW (``subprocess.CREATE_NO_WINDOW`` exists only on Windows).
+CREATE_NO_WINDOW = 0x08000000
+#: How much of the worker's log an error shows.
+LOG_TAIL_CHARS = 4000
+
+
+def console_options(platform: str = sys.platform) -> dict:
+    """``Popen`` options that start the worker without a console window (Windows), as Slicer's
+    ``launchConsoleProcess`` hides its window; none elsewhere.
+
+    >>> console_options("win32")
+    {'creationflags': 134217728}
+    >>> console_options("linux")
+    {}
+    """
+    return {"creationflags": CREATE_NO_WINDOW} if platform == "win32" else {}
+
 
 class WorkerClient:
     """Starts and talks to the worker process.
@@ -166,11 +185,19 @@ class WorkerClient:
         python_executable: the Python that runs the worker; in Slicer, the
             ``PythonSlicer`` executable. Defaults to ``sys.executable``.
         env: extra environment variables for the worker.
+        log_path: where the worker's stderr (nnU-Net's prints, warnings, a
+            crash's traceback) goes, from each start of the worker (an
+            earlier run's log was shown with its error); None: this
+            process's stderr. The
+            panel passes a file, since nobody reads a GUI's stderr, and shows
+            its end when the worker fails (:meth:`log_tail`).
     """
 
-    def __init__(self, python_executable: Optional[str] = None, env: Optional[Dict[str, str]] = None) -> None:
+    def __init__(self, python_executable: Optional[str] = None, env: Optional[Dict[str, str]] = None,
+                 log_path: Optional[Union[str, Path]] = None) -> None:
         self.python_executable = python_executable or sys.executable
         self.env = dict(os.environ, **(env or {}))
+        self.log_path = Path(log_path) if log_path is not None else None
         self._process: Optional[subprocess.Popen] = None
         self._events: "queue.Queue[dict]" = queue.Queue()
         self._pending: List[str] = []
@@ -185,11 +212,19 @@ class WorkerClient:
         return self._process is not None and self._process.poll() is None
 
     def _start(self) -> None:
-        self._process = subprocess.Popen(
-            [self.python_executable, "-m", "SpinalCordSegLib.inference.worker"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=self.env,
-            text=True, encoding="utf-8", bufsize=1,
-        )
+        log = None
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            log = open(self.log_path, "wb")  # the child keeps its own handle; ours closes below
+        try:
+            self._process = subprocess.Popen(
+                [self.python_executable, "-m", "SpinalCordSegLib.inference.worker"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=self.env,
+                text=True, encoding="utf-8", bufsize=1, **console_options(),
+            )
+        finally:
+            if log is not None:
+                log.close()
         threading.Thread(target=self._read_events, args=(self._process,), daemon=True).start()
 
     def _read_events(self, process: subprocess.Popen) -> None:
@@ -243,6 +278,14 @@ class WorkerClient:
         self._process.stdin.write(json.dumps(request) + "\n")
         self._process.stdin.flush()
         return job
+
+    def log_tail(self, chars: int = LOG_TAIL_CHARS) -> str:
+        """The end of the worker's log file ('' without one)."""
+        if self.log_path is None or not self.log_path.is_file():
+            return ""
+        with open(self.log_path, "rb") as stream:
+            stream.seek(max(0, self.log_path.stat().st_size - chars))
+            return stream.read().decode("utf-8", errors="replace")
 
     def poll(self) -> List[dict]:
         """Events received since the last call (never blocks)."""

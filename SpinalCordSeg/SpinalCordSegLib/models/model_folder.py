@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
@@ -81,6 +83,41 @@ def sha256_of_file(path: Union[str, Path], chunk_size: int = 1 << 20) -> str:
         for chunk in iter(lambda: stream.read(chunk_size), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+#: (real path, device, inode, size, mtime_ns, ctime_ns) -> sha256, for this process.
+_DIGESTS: Dict[tuple, str] = {}
+_DIGESTS_LOCK = threading.Lock()
+
+
+def _file_key(path: Path) -> tuple:
+    real = os.path.realpath(path)
+    info = os.stat(real)
+    return real, info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns
+
+
+def cached_sha256(path: Union[str, Path]) -> str:
+    """The sha256 of a file, read again only when the file changed since this process last read it.
+
+    "Changed" is any difference in the file's real path, inode, size,
+    modification time or status-change time: writing to a file (even one
+    whose size and modification time are then put back) moves its
+    ``ctime``, which no user can set, so the trust check still re-hashes
+    a file anything changed. Kept in memory only: a new Slicer session
+    hashes each model once.
+
+    >>> cached_sha256(__file__) == sha256_of_file(__file__)
+    True
+    """
+    key = _file_key(Path(path))
+    with _DIGESTS_LOCK:
+        digest = _DIGESTS.get(key)
+    if digest is None:
+        digest = sha256_of_file(key[0])
+        if _file_key(Path(path)) == key:  # not changed while it was read
+            with _DIGESTS_LOCK:
+                _DIGESTS[key] = digest
+    return digest
 
 
 @dataclass(frozen=True)
@@ -186,7 +223,7 @@ class ModelFolder:
 
     def checkpoint_sha256(self, folds: Optional[Sequence[Union[int, str]]] = None) -> Dict[str, str]:
         """sha256 of each selected fold's checkpoint, fold name to hex digest."""
-        return {f: sha256_of_file(self.checkpoint_path(f)) for f in self.select_folds(folds)}
+        return {f: cached_sha256(self.checkpoint_path(f)) for f in self.select_folds(folds)}
 
     def checkpoint_file(self, fold: str) -> str:
         """The checkpoint of ``fold`` as a path relative to the folder (a key of :meth:`file_sha256`)."""
@@ -197,7 +234,9 @@ class ModelFolder:
 
         ``dataset.json``, ``plans.json`` and each fold's checkpoint: what trust
         and pinned checksums must cover (a trusted checkpoint beside another
-        plans file is another model).
+        plans file is another model). Unchanged files are not read again
+        (:func:`cached_sha256`): each Apply checks the model without
+        re-reading gigabytes of checkpoints.
         """
         names = ["dataset.json", "plans.json"] + [self.checkpoint_file(f) for f in self.folds]
-        return {name: sha256_of_file(self.path / name) for name in names}
+        return {name: cached_sha256(self.path / name) for name in names}

@@ -482,7 +482,8 @@ class ModelStore:
 
     # -- resolving -------------------------------------------------------
 
-    def _install_on_first_use(self, entry: CatalogueEntry, confirm: Optional[Confirm]) -> InstalledModel:
+    def _install_on_first_use(self, entry: CatalogueEntry, confirm: Optional[Confirm],
+                              progress: Optional[Progress] = None) -> InstalledModel:
         if self.offline:
             raise ModelInstallError(self._offline_message(entry))
         if confirm is None:
@@ -497,7 +498,7 @@ class ModelStore:
         )
         if not confirm(question):
             raise ModelInstallError(f"model '{entry.id}' is not installed: download declined")
-        return self.install(entry.id)
+        return self.install(entry.id, progress=progress)
 
     def _installed_zip(self, archive: Path) -> InstalledModel:
         """The installed copy of a custom zip (same sha256), installing it when there is none."""
@@ -511,7 +512,7 @@ class ModelStore:
             model_id = f"{model_id}-{digest[:8]}"
         return self.install_from(archive, model_id)
 
-    def _locate(self, spec: str, confirm: Optional[Confirm]
+    def _locate(self, spec: str, confirm: Optional[Confirm], progress: Optional[Progress] = None
                 ) -> Tuple[Path, Optional[CatalogueEntry], Optional[InstalledModel]]:
         """(folder holding the model, catalogue entry, installed model) for ``spec``."""
         entry = self.catalogue.get(spec)
@@ -526,7 +527,7 @@ class ModelStore:
                 )
             return entry.path, entry, None
         if entry is not None:
-            installed = self.get_installed(spec) or self._install_on_first_use(entry, confirm)
+            installed = self.get_installed(spec) or self._install_on_first_use(entry, confirm, progress)
             if installed.version != entry.version:
                 logger.warning("model '%s': version %s is installed, the catalogue has %s; update it with "
                                "'spinalcordseg models install %s --force'", spec, installed.version,
@@ -562,9 +563,10 @@ class ModelStore:
             return "pinned"  # verified archives at install, every file unchanged since
         return None
 
-    def resolve(self, spec: str, *, trust: bool = False, confirm: Optional[Confirm] = None) -> ResolvedModel:
+    def resolve(self, spec: str, *, trust: bool = False, confirm: Optional[Confirm] = None,
+                progress: Optional[Progress] = None) -> ResolvedModel:
         """See :func:`resolve_model`."""
-        location, entry, installed = self._locate(spec, confirm)
+        location, entry, installed = self._locate(spec, confirm, progress)
         model = ModelFolder.open(location)
         state = self._trust_state(model, entry, installed)
         reason = state.status
@@ -614,6 +616,7 @@ def resolve_model(
     trust: bool = False,
     confirm: Optional[Callable[[str], bool]] = None,
     offline: Optional[bool] = None,
+    progress: Optional[Progress] = None,
 ) -> ResolvedModel:
     """Return a trusted, validated model for ``spec``, installing it first when needed.
 
@@ -628,6 +631,8 @@ def resolve_model(
             Slicer, a prompt on a terminal). None: never ask; a missing
             catalogue model raises ModelInstallError saying how to install it.
         offline: never touch the network (default: ``SPINALCORDSEG_OFFLINE``).
+        progress: called with (bytes done, total or None) while a first use
+            downloads the model; it may raise (CancelledError) to stop.
 
     Raises:
         ModelInstallError: unknown spec; not installed and not confirmed or
@@ -637,4 +642,4 @@ def resolve_model(
             confirmed; the message says which file changed (when one did),
             what to do and whether weights-only loading works.
     """
-    return ModelStore(offline=offline).resolve(spec, trust=trust, confirm=confirm)
+    return ModelStore(offline=offline).resolve(spec, trust=trust, confirm=confirm, progress=progress)

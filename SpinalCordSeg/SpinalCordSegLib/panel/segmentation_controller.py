@@ -22,9 +22,10 @@ import importlib.util
 import logging
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Union
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Union
 
 from ..models.catalogue import load_catalogue
 from ..rounds.correction import SavedCorrection, plan_outputs
@@ -35,10 +36,10 @@ from ..errors import CancelledError, SpinalCordSegError
 from ..imaging.image_io import write_image_atomic
 from ..models.install_plan import InstallOutcome, dependency_status, install_plan, install_question, missing_packages, \
     run_install
-from ..inference.job_runner import ApplyRun, parse_folds, plan_jobs
+from ..inference.job_runner import ApplyRun, BackgroundTask, LocateRun, PlannedJob, parse_folds, plan_jobs
 from .model_selector import ModelItem, ModelSelectorState, catalogue_model_entries
-from .slicer_scene import ResultScene, SceneParameters, image_from_volume, mask_image, scan_source_name, \
-    segment_look, segment_mask_array, volume_file_path
+from .slicer_scene import PROBABILITY_MAP_ATTRIBUTE, ResultScene, SceneParameters, image_from_volume, mask_image, \
+    scan_source_name, segment_look, segment_mask_array, volume_file_path
 from ..imaging.binarization import SLIDER_RANGE
 from ..imaging.thresholds import format_volume
 
@@ -70,6 +71,7 @@ class Controls:
     save: bool
     keep_largest_cord: bool
     restrict_lesions: bool
+    locate: bool = False  # "Locate only": show the crop box before predicting
 
 
 @dataclass
@@ -129,8 +131,12 @@ class SegmentationController:
             (Slicer: ``slicer.util.loadVolume``).
         worker_client: makes the warm worker's client (``worker.WorkerClient``);
             called once, on the first Apply.
-        resolve_model: ``model_store.resolve_model`` (may download; asks to trust).
+        resolve_model: ``model_store.resolve_model`` (may download; asks to trust); run in a
+            background task (:class:`~..inference.job_runner.BackgroundTask`).
         temp_root: where each Apply's work folder is made (Slicer's temporary folder).
+        save_undo_state: called before an automatic update overwrites manual
+            edits (Slicer: ``qMRMLSegmentEditorWidget.saveStateForUndo``), so
+            that the segment editor's Undo brings the edits back.
     """
 
     #: The threshold sliders' (minimum, maximum).
@@ -138,7 +144,8 @@ class SegmentationController:
 
     def __init__(self, parameter_node: Callable[[], object], load_volume: Callable[[str], object],
                  worker_client: Optional[Callable[[], object]] = None,
-                 resolve_model: Optional[Callable] = None, temp_root: Optional[Union[str, Path]] = None) -> None:
+                 resolve_model: Optional[Callable] = None, temp_root: Optional[Union[str, Path]] = None,
+                 save_undo_state: Optional[Callable[[], None]] = None) -> None:
         self._parameter_node = parameter_node
         self._load_volume = load_volume
         self._make_client = worker_client or _default_worker_client
@@ -151,6 +158,10 @@ class SegmentationController:
         self.run: Optional[ApplyRun] = None
         self.run_dir: Optional[str] = None  # the Apply's work folder, owned (and removed) here
         self._run_volume = None
+        self._preparing: Optional[BackgroundTask] = None  # the model's resolution, before the worker jobs
+        self._start_run: Optional[Callable] = None
+        self._run_confirm: Confirm = lambda question: False
+        self.save_undo_state = save_undo_state or (lambda: None)
 
     # -- scene ------------------------------------------------------------------------------
 
@@ -162,6 +173,7 @@ class SegmentationController:
             if self._results is not None:
                 self._results.close()
             self._results = ResultScene(node)
+            self._results.before_overwrite = lambda: self.save_undo_state()
         return self._results
 
     @property
@@ -171,10 +183,24 @@ class SegmentationController:
     def option(self, key: str):
         return self.params.get(key, DEFAULTS[key])
 
-    def scene_opened(self, first_volume) -> None:
-        """A scene (re)opened: pick its first volume when none is chosen."""
+    def scene_opened(self, scene) -> None:
+        """A scene (re)opened: pick its first scan (never one of the module's probability maps) when none is chosen."""
         if self.params.input_volume is None:
-            self.params.input_volume = first_volume
+            for index in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")):
+                node = scene.GetNthNodeByClass(index, "vtkMRMLScalarVolumeNode")
+                if node.GetAttribute(PROBABILITY_MAP_ATTRIBUTE) is None and not node.IsA("vtkMRMLLabelMapVolumeNode"):
+                    self.params.input_volume = node
+                    return
+
+    def scene_imported(self) -> None:
+        """A scene file was loaded into the scene: MRML copied its parameters into the module's node.
+
+        The results are rebuilt from the node as loaded: its edited
+        structures, its segmentation (observed from now on), its crop box.
+        """
+        if self._results is not None:
+            self._results.close()
+            self._results = None
 
     def scene_closing(self) -> None:
         """The scene closes: stop any run and forget the scene's results."""
@@ -304,18 +330,23 @@ class SegmentationController:
         }
 
     def start_apply(self, confirm: Confirm) -> Optional[str]:
-        """Plan and start the worker jobs; return a message for the status line (None: nothing started).
+        """Start an Apply; return a message for the status line (None: nothing started).
 
-        Raises SpinalCordSegError (no volume, no model, bad folds, a model that cannot be resolved).
+        The model is resolved (downloaded on first use, its files checked)
+        in a background task, so the GUI never waits: questions (download,
+        trust) come through :meth:`poll`, which asks them with ``confirm``
+        and then starts the worker jobs. Raises SpinalCordSegError at once
+        for what needs no model (no volume, no model chosen, bad folds); a
+        model that cannot be resolved fails the run (``poll``'s error).
         """
-        if self.run is not None:
+        if self.busy:
             return None
         results = self.results
         volume = self.params.input_volume
         if volume is None:
             raise SpinalCordSegError("choose an input volume first")
         same_case = results.has_results and self.params.result_volume is volume
-        if same_case and results.tracker.edited and not confirm(REPLACE_EDITS_QUESTION):
+        if same_case and results.edited and not confirm(REPLACE_EDITS_QUESTION):
             return None
         try:
             options = self.inference_options()
@@ -324,31 +355,113 @@ class SegmentationController:
         model = self.params.get("Model")
         if not model:
             raise SpinalCordSegError("choose a model first")
+        user_box = results.user_crop_box(volume)
+        has_cord = same_case and results.state.cord is not None and user_box is None
+        crop = self.option("Crop")
         resolve = self._resolve_model or _default_resolve_model
-        main = resolve(model, confirm=confirm)
-        has_cord = same_case and results.state.cord is not None
-        jobs, warning = plan_jobs(model, self.option("Crop"), main.crop_with, has_cord)
-        models = [main if job.model == model else resolve(job.model, confirm=confirm) for job in jobs]
+
+        def prepare(ask: Confirm, progress) -> tuple:  # in the background: no MRML here
+            main = resolve(model, confirm=ask, progress=progress)
+            jobs, warning = plan_jobs(model, crop, main.crop_with, has_cord, user_box is not None)
+            models = [main if job.model == model else resolve(job.model, confirm=ask, progress=progress)
+                      for job in jobs]
+            return jobs, models, warning
+
+        def start(prepared: tuple) -> str:
+            jobs, models, warning = prepared
+            with self._new_run(volume) as work:
+                scan = write_image_atomic(image_from_volume(volume), work / f"{scan_source_name(volume)}.nii.gz")
+                crop_mask = None
+                if any(job.crop == "segment" for job in jobs):
+                    mask = segment_mask_array(self.params.segmentation, results.state.cord, volume)
+                    crop_mask = write_image_atomic(mask_image(mask, volume), work / "cord_mask.nii.gz")
+                self.run = ApplyRun(self._worker(), scan, jobs, models, options, work, segment_crop_mask=crop_mask,
+                                    crop_box=user_box)
+                self.run.start()
+            if user_box is not None:
+                return warning or f"{model}: starting, inside your crop box"
+            return warning or f"{model}: starting"
+
+        self._preparing = BackgroundTask(prepare)
+        self._start_run, self._run_confirm, self._run_volume = start, confirm, volume
+        return f"{model}: checking the model"
+
+    def start_locate(self, confirm: Confirm) -> Optional[str]:
+        """"Locate only": find the crop box the model would predict in and show it, without predicting.
+
+        The user may then move or resize the box before Apply. Runs like :meth:`start_apply`.
+        """
+        if self.busy:
+            return None
+        volume = self.params.input_volume
+        if volume is None:
+            raise SpinalCordSegError("choose an input volume first")
+        model = self.params.get("Model")
+        if not model:
+            raise SpinalCordSegError("choose a model first")
+        try:
+            options = self.inference_options()
+        except ValueError as error:
+            raise SpinalCordSegError(str(error)) from error
+        resolve = self._resolve_model or _default_resolve_model
+
+        def start(resolved) -> str:
+            with self._new_run(volume) as work:
+                scan = write_image_atomic(image_from_volume(volume), work / f"{scan_source_name(volume)}.nii.gz")
+                self.run = LocateRun(self._worker(), scan, PlannedJob(model, "segment", None), resolved, options)
+                self.run.start()
+            return f"{model}: locating the cord"
+
+        self._preparing = BackgroundTask(lambda ask, progress: resolve(model, confirm=ask, progress=progress))
+        self._start_run, self._run_confirm, self._run_volume = start, confirm, volume
+        return f"{model}: checking the model"
+
+    @property
+    def busy(self) -> bool:
+        """A run is being prepared (model resolution) or runs in the worker."""
+        return self.run is not None or self._preparing is not None
+
+    def _poll_preparing(self) -> PollResult:
+        """The background model resolution: ask its questions, then start the worker jobs."""
+        task = self._preparing
+        try:
+            if not task.poll(self._run_confirm):
+                return PollResult(int(round(100 * task.fraction)), task.message)
+            if self._preparing is not task:  # a tick during the question's dialog handled it already
+                return PollResult(0, task.message)
+            self._preparing = None
+            return PollResult(0, self._start_run(task.result))
+        except CancelledError:
+            self.end_run()
+            return PollResult(0, "Cancelled.", finished=True)
+        except Exception as error:  # shown to the user; the detail goes to the log
+            import traceback
+
+            detail = traceback.format_exc()
+            logging.error("SpinalCordSeg: cannot use the model\n%s", detail)
+            self.end_run()
+            return PollResult(0, "Failed.", finished=True, error=f"Cannot use the model: {error}", detail=detail)
+
+    def _worker(self):
+        if self._client is None:
+            self._client = self._make_client()
+        return self._client
+
+    @contextmanager
+    def _new_run(self, volume) -> Iterator[Path]:
+        """The run's work folder; anything failing inside removes it and ends the run."""
         self.run_dir = tempfile.mkdtemp(prefix="SpinalCordSeg-", dir=self.temp_root)
         try:
-            work = Path(self.run_dir)
-            scan = write_image_atomic(image_from_volume(volume), work / f"{scan_source_name(volume)}.nii.gz")
-            crop_mask = None
-            if has_cord:
-                mask = segment_mask_array(self.params.segmentation, results.state.cord, volume)
-                crop_mask = write_image_atomic(mask_image(mask, volume), work / "cord_mask.nii.gz")
-            if self._client is None:
-                self._client = self._make_client()
-            self.run = ApplyRun(self._client, scan, jobs, models, options, work, segment_crop_mask=crop_mask)
-            self.run.start()
+            yield Path(self.run_dir)
         except BaseException:
             self.end_run()
             raise
         self._run_volume = volume
-        return warning or f"{model}: starting"
 
     def poll(self, opacity: float = 0.5) -> PollResult:
-        """One timer tick: handle the worker's events; show the results once they are ready."""
+        """One timer tick: handle the background task or the worker's events; show the results once ready."""
+        if self._preparing is not None:
+            return self._poll_preparing()
         run = self.run
         if run is None:
             return PollResult(0, "", finished=True)
@@ -367,8 +480,10 @@ class SegmentationController:
         try:
             import SimpleITK as sitk
 
-            soft_maps = {s: sitk.ReadImage(path) for s, path in update.soft_maps.items()}
-            self.results.show(self._run_volume, soft_maps, update.provenance, opacity=opacity)
+            if update.soft_maps:
+                soft_maps = {s: sitk.ReadImage(path) for s, path in update.soft_maps.items()}
+                self.results.show(self._run_volume, soft_maps, update.provenance, opacity=opacity)
+            self.results.show_crop_box(update.crop_box, self._run_volume)
         except Exception as error:  # shown to the user; the detail goes to the log
             import traceback
 
@@ -377,17 +492,24 @@ class SegmentationController:
             return PollResult(100, "Failed.", finished=True, error=f"Cannot show the results: {error}", detail=detail)
         finally:
             self.end_run()
+        if not update.soft_maps:  # "locate only"
+            found = "Crop box shown: move or resize it, then Apply." if update.crop_box else \
+                "No crop box: the model would predict on the whole field of view."
+            return PollResult(100, " ".join([found] + update.warnings), finished=True)
         return PollResult(100, " ".join(["Done."] + update.warnings), finished=True)
 
     def cancel(self) -> str:
         """Stop the run (the worker is killed and restarts on the next Apply)."""
-        if self.run is None:
+        if not self.busy:
             return ""
         self.end_run()
         return "Cancelled."
 
     def end_run(self) -> None:
-        """Kill a running job and remove the Apply's work folder."""
+        """Stop the model's resolution, kill a running job and remove the Apply's work folder."""
+        if self._preparing is not None:
+            self._preparing.cancel()
+            self._preparing = None
         if self.run is not None:
             self.run.cancel()
         self.run = None
@@ -401,15 +523,24 @@ class SegmentationController:
     def move_slider(self, structure: str, value: float, confirm: Confirm, settled: bool = True) -> bool:
         """A threshold slider moved (``settled`` False while dragged); asks before overwriting edits.
 
-        False: the slider must go back.
+        The question comes on release only: a dialog opened during a drag
+        would take the mouse release (the slider would stay "changing" and
+        the settled update never run). While dragging over edited
+        structures, only their overlay follows the slider. Accepted: the
+        state before the overwrite is saved for Undo. False: the slider must
+        go back.
         """
         results = self.results
         blocked = results.set_threshold(structure, value, settled=settled)
         if not blocked:
             return True
+        if not settled:
+            results.preview_threshold(structure, value)
+            return True
         if confirm(overwrite_question(blocked)):
             results.set_threshold(structure, value, overwrite_edits=True, settled=settled)
             return True
+        results.preview_threshold(structure)
         return False
 
     def set_mask_options(self, keep_largest_cord: bool, restrict_lesions: bool, confirm: Confirm) -> None:
@@ -446,7 +577,7 @@ class SegmentationController:
         rows = []
         for index, structure in enumerate(state.structures):
             name, _, _ = segment_look(structure, index)
-            edited = " (edited)" if structure in results.tracker.edited else ""
+            edited = " (edited)" if structure in results.edited else ""
             rows.append(StructureRow(structure, name, state.thresholds[structure],
                                      format_volume(volumes.get(structure, 0.0)) + edited,
                                      overlay.get("structure") == structure))
@@ -455,7 +586,7 @@ class SegmentationController:
     def controls(self, worklist: str) -> Controls:
         """The enable rules of the panel."""
         results = self.results
-        running = self.run is not None
+        running = self.busy
         has_results = results.has_results
         state = results.state
         has_cord = has_results and state.cord is not None
@@ -468,6 +599,7 @@ class SegmentationController:
             save=has_results and not running,
             keep_largest_cord=has_cord,
             restrict_lesions=has_cord and bool(state.lesions),
+            locate=self.params.input_volume is not None and not running,
         )
 
     def panel(self, worklist: str, output_folder: str) -> PanelState:
@@ -520,7 +652,7 @@ class SegmentationController:
         Returns the worklist line, or None when the user kept the current case.
         """
         results = self.results
-        if results.has_results and results.tracker.edited and not confirm(NEXT_CASE_QUESTION):
+        if results.has_results and results.edited and not confirm(NEXT_CASE_QUESTION):
             return None
         from ..rounds.worklist import Worklist  # pandas: installed by the set-up
 
@@ -548,7 +680,7 @@ def _default_worker_client():
     return WorkerClient()
 
 
-def _default_resolve_model(spec: str, confirm: Optional[Confirm] = None):
+def _default_resolve_model(spec: str, confirm: Optional[Confirm] = None, progress=None):
     from ..models.model_store import resolve_model  # platformdirs, tqdm: installed by the set-up
 
-    return resolve_model(spec, confirm=confirm)
+    return resolve_model(spec, confirm=confirm, progress=progress)

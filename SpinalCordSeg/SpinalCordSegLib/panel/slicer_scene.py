@@ -8,7 +8,11 @@ so it runs both in Slicer and, for tests, with ``slicer-core``:
 - soft maps as scalar volumes shown with a perceptual colour map, window
   0 to 1 and the threshold as lower display threshold;
 - one segmentation node with a segment per structure, named and coloured
-  after standard terminology, updated from thresholded arrays;
+  after standard terminology, updated from thresholded arrays; manual
+  edits seen as they happen, Undo and Redo included (:class:`SegmentEditObserver`);
+- the crop box as a Markups ROI, and the user's moved box read back;
+- nothing temporary left in the scene (exports, replaced volumes' display
+  and storage nodes);
 - the module's parameters in the scene (:class:`SceneParameters`) and
   :class:`ResultScene`, which ties them to the panel state so that a saved
   scene reopens where it was.
@@ -30,7 +34,7 @@ import os
 import re
 import time
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Set
 
 import numpy as np
 import SimpleITK as sitk
@@ -48,6 +52,7 @@ from ..resources import resources_dir
 from .edit_tracking import EditTracker
 from ..imaging.binarization import MaskOptions
 from ..imaging.thresholds import ThresholdState, volume_mm3
+from ..inference.cropping import CropBox, box_from_roi, box_to_roi
 
 if TYPE_CHECKING:  # worklist needs pandas, which Slicer does not ship: imported where a case is opened
     from ..rounds.worklist import WorklistCase
@@ -55,6 +60,11 @@ if TYPE_CHECKING:  # worklist needs pandas, which Slicer does not ship: imported
 MODULE_NAME = "SpinalCordSeg"
 # ITK (LPS) and Slicer (RAS) differ by the signs of x and y; the matrix is its own inverse.
 LPS_RAS = np.diag([-1.0, -1.0, 1.0])
+
+#: Marks the module's probability-map volumes (never a default input).
+PROBABILITY_MAP_ATTRIBUTE = "SpinalCordSeg.ProbabilityMap"
+#: How close (mm) an ROI must stay to the box shown to count as unmoved.
+ROI_TOLERANCE_MM = 1e-3
 
 #: Perceptual colour maps Slicer ships (node ID, node name), first found wins.
 SOFT_MAP_COLOURS = (("vtkMRMLColorTableNodeFileViridis.txt", "Viridis"),
@@ -284,21 +294,57 @@ def set_segment_mask(segmentation_node, segment_id: str, mask: np.ndarray, refer
 
 
 def segment_mask_array(segmentation_node, segment_id: str, reference_volume) -> np.ndarray:
-    """A segment as a boolean array (z, y, x) on the reference volume's grid."""
+    """A segment as a boolean array (z, y, x) on the reference volume's grid.
+
+    The export goes through a temporary label map; it and everything the
+    export adds with it (its display node, its colour table) leave the
+    scene again, as Slicer's ``arrayFromSegmentBinaryLabelmap`` does.
+    """
     if segmentation_node.GetSegmentation().GetSegment(segment_id) is None:
         raise SpinalCordSegError(
             f"segmentation '{segmentation_node.GetName()}' has no segment '{segment_id}' (was it deleted?)")
     scene = segmentation_node.GetScene()
-    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__SpinalCordSeg_export__")
-    try:
+    with _temporary_nodes(scene):
+        labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__SpinalCordSeg_export__")
         ids = vtk.vtkStringArray()
         ids.InsertNextValue(segment_id)
         if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
                 segmentation_node, ids, labelmap, reference_volume):
             raise SpinalCordSegError(f"cannot export segment '{segment_id}' of '{segmentation_node.GetName()}'")
         return slicer.util.arrayFromVolume(labelmap) != 0
+
+
+def _node_ids(scene) -> List[str]:
+    return [scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())]
+
+
+@contextmanager
+def _temporary_nodes(scene) -> Iterator[None]:
+    """Remove every node added inside the block (singletons excepted: Slicer shares them), newest first."""
+    before = set(_node_ids(scene))
+    try:
+        yield
     finally:
-        scene.RemoveNode(labelmap)
+        for node_id in reversed(_node_ids(scene)):
+            node = scene.GetNodeByID(node_id)
+            if node_id not in before and node is not None and not node.GetSingletonTag():
+                scene.RemoveNode(node)
+
+
+def remove_data_node(node) -> None:
+    """Remove a volume with its own display and storage nodes (``RemoveNode`` leaves them in the scene).
+
+    Shared nodes it points to (its colour map) stay.
+    """
+    scene = node.GetScene()
+    if scene is None:
+        return
+    helpers = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
+    helpers.append(node.GetStorageNode())
+    scene.RemoveNode(node)
+    for helper in helpers:
+        if helper is not None and helper.GetScene() is scene:
+            scene.RemoveNode(helper)
 
 
 def mask_image(mask: np.ndarray, reference_volume) -> sitk.Image:
@@ -317,29 +363,60 @@ def _source_stamps(segmentation) -> Dict[str, int]:
     return stamps
 
 
-def observe_segment_edits(segmentation_node, callback: Callable[[Optional[str]], None]) -> int:
-    """Call ``callback(segment_id or None)`` whenever a segment's voxels change; return the observer tag.
+class SegmentEditObserver:
+    """Calls ``callback(segment_id or None)`` whenever a segment's voxels change; collects Undo's changes.
 
-    The segment editor, undo and :func:`set_segment_mask` all modify the
-    source representation; remove with ``segmentation_node.RemoveObserver(tag)``.
-    The event's call data is a segment ID (a string) for some changes and an
-    object pointer (the segmentation, a labelmap) for others, so it is not
-    read: the segments whose voxels' modification time moved are the ones
-    changed (segments sharing one labelmap layer change together), and
-    ``None`` (unknown) when none moved.
+    The segment editor and :func:`set_segment_mask` modify the source
+    representation (``SourceRepresentationModified``): the segments whose
+    voxels' modification time moved are the ones changed (segments sharing
+    one labelmap layer change together); the event's call data (a segment ID
+    or an object pointer) is not read, and when no stamp moved the change is
+    reported as ``None`` (unknown). The editor's Undo and Redo
+    (``vtkSegmentationHistory.RestoreState``) copy whole segments back,
+    which fires only ``SegmentModified``; so do a new name or colour and
+    saving (the writer merges the labelmap layers, through intermediate
+    states). Those segments are only collected (:meth:`take_pending`): the
+    owner decides whether their voxels really changed, when it needs to know.
+
+    Example:
+        >>> observer = SegmentEditObserver(segmentation_node, print)  # doctest: +SKIP
+        >>> observer.take_pending(); observer.stop()  # doctest: +SKIP
     """
-    segmentation = segmentation_node.GetSegmentation()
-    seen = _source_stamps(segmentation)
 
-    def on_modified(caller, event):
-        now = _source_stamps(segmentation)
-        changed = [segment_id for segment_id, stamp in now.items() if seen.get(segment_id) != stamp]
-        seen.clear()
-        seen.update(now)
+    def __init__(self, segmentation_node, callback: Callable[[Optional[str]], None]) -> None:
+        self.node = segmentation_node
+        self._callback = callback
+        self._segmentation = segmentation_node.GetSegmentation()
+        self._stamps = _source_stamps(self._segmentation)
+        self._pending: Set[str] = set()
+        self._tags = [segmentation_node.AddObserver(slicer.vtkSegmentation.SourceRepresentationModified,
+                                                    self._source_modified),
+                      segmentation_node.AddObserver(slicer.vtkSegmentation.SegmentModified, self._segment_modified)]
+
+    def _moved(self) -> List[str]:
+        now = _source_stamps(self._segmentation)
+        changed = [segment_id for segment_id, stamp in now.items() if self._stamps.get(segment_id) != stamp]
+        self._stamps = now
+        return changed
+
+    def _source_modified(self, caller, event) -> None:
+        changed = self._moved()
+        self._pending.difference_update(changed)
         for segment_id in changed or [None]:
-            callback(segment_id)
+            self._callback(segment_id)
 
-    return segmentation_node.AddObserver(slicer.vtkSegmentation.SourceRepresentationModified, on_modified)
+    def _segment_modified(self, caller, event) -> None:
+        self._pending.update(self._moved())
+
+    def take_pending(self) -> Set[str]:
+        """The segments a ``SegmentModified`` touched since the last call (Undo, Redo, renaming, saving)."""
+        pending, self._pending = self._pending, set()
+        return pending
+
+    def stop(self) -> None:
+        for tag in self._tags:
+            self.node.RemoveObserver(tag)
+        self._tags = []
 
 
 def segment_editor_node(scene, tag: str = MODULE_NAME):
@@ -351,6 +428,41 @@ def segment_editor_node(scene, tag: str = MODULE_NAME):
         node = scene.AddNode(node)
     node.SetOverwriteMode(node.OverwriteNone)
     return node
+
+
+# ------------------------------------------------------------------ crop box
+
+def grid_image(volume_node) -> sitk.Image:
+    """An empty image on the volume's grid (size and LPS geometry), for index <-> RAS conversions."""
+    _check_untransformed(volume_node)
+    if volume_node.GetImageData() is None:
+        raise InputImageError(f"volume '{volume_node.GetName()}' has no voxels")
+    return _with_geometry(sitk.Image(list(volume_node.GetImageData().GetDimensions()), sitk.sitkUInt8), volume_node)
+
+
+def roi_geometry(roi_node) -> Dict[str, List[float]]:
+    """``{"center": [R, A, S], "size": [mm x3]}`` of a Markups ROI; refuses transformed or rotated ROIs."""
+    if roi_node.GetParentTransformNode() is not None:
+        raise InputImageError(f"crop box '{roi_node.GetName()}' is under a transform; harden it or remove it")
+    rotation = slicer.util.arrayFromVTKMatrix(roi_node.GetObjectToNodeMatrix())[:3, :3]
+    if not np.allclose(rotation, np.eye(3), atol=1e-6):
+        raise InputImageError(f"crop box '{roi_node.GetName()}' is rotated; the crop box follows the scan's "
+                              "axes: reset its orientation (Markups module) or remove it")
+    center = [0.0, 0.0, 0.0]
+    roi_node.GetCenter(center)
+    geometry = {"center": [float(v) for v in center], "size": [float(v) for v in roi_node.GetSize()]}
+    if not np.isfinite(geometry["center"] + geometry["size"]).all():
+        raise InputImageError(f"crop box '{roi_node.GetName()}': its centre or size is not a number "
+                              f"({geometry}); delete it and press Locate only")
+    return geometry
+
+
+def set_roi_geometry(roi_node, box: CropBox, volume_node) -> Dict[str, List[float]]:
+    """Place a Markups ROI around ``box`` (voxels of ``volume_node``); return its geometry."""
+    center, size = box_to_roi(box, grid_image(volume_node))
+    roi_node.SetCenter(center)
+    roi_node.SetSize(size)
+    return roi_geometry(roi_node)
 
 
 # ------------------------------------------------------------------ parameters
@@ -379,6 +491,8 @@ class SceneParameters:
     RESULT_VOLUME = "ResultVolume"
     SEGMENTATION = "Segmentation"
     SOFT_MAP = "SoftMap_"
+    CROP_ROI = "CropROI"
+    CROP_VOLUME = "CropVolume"
 
     def __init__(self, node) -> None:
         self.node = node
@@ -450,8 +564,10 @@ class ResultScene:
         self.tracker = EditTracker(clock)
         self.tracker.edited.update(self.params.get("EditedStructures", []))
         self.tracker.started_at = self.params.get("ResultsShownAt")
-        self._observed = None
-        self._observer_tag = None
+        self._observer: Optional[SegmentEditObserver] = None
+        #: Called before an automatic update overwrites manual edits (Slicer: the segment editor's
+        #: ``saveStateForUndo``), so that Undo brings the edits back.
+        self.before_overwrite: Callable[[], None] = lambda: None
         self._observe()
 
     # -- state ------------------------------------------------------------
@@ -522,7 +638,7 @@ class ResultScene:
                     continue  # its volume is reused below
                 node = self.params.soft_map(structure)
                 if same_case and node is not None:
-                    scene.RemoveNode(node)  # a structure the new model does not give
+                    remove_data_node(node)  # a structure the new model does not give
                 self.params.set_soft_map(structure, None)
             if not same_case:
                 self.params.segmentation = None
@@ -532,6 +648,7 @@ class ResultScene:
                     name, _, _ = segment_look(structure, 0)
                     node = scene.AddNewNodeByClass(
                         "vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(f"{volume_node.GetName()} {name} probability"))
+                    node.SetAttribute(PROBABILITY_MAP_ATTRIBUTE, structure)
                     self.params.set_soft_map(structure, node)
                 slicer.util.updateVolumeFromArray(node, sitk.GetArrayFromImage(sitk.Cast(soft, sitk.sitkFloat32)))
                 node.CopyOrientation(volume_node)  # exactly the scan node's grid, without float noise
@@ -582,7 +699,8 @@ class ResultScene:
     # -- thresholds ---------------------------------------------------------
 
     def edited_among(self, structures: Sequence[str]) -> List[str]:
-        """Structures among ``structures`` the user edited by hand."""
+        """Structures among ``structures`` the user edited by hand (Undo and Redo included)."""
+        self._settle_edits()
         return self.tracker.needs_confirmation(structures)
 
     def set_threshold(self, structure: str, value: float, overwrite_edits: bool = False,
@@ -598,12 +716,20 @@ class ResultScene:
         blocked = self.edited_among(state.dependents(structure))
         if blocked and not overwrite_edits:
             return blocked
+        if blocked:
+            self.before_overwrite()
         affected = state.set_threshold(structure, value)
         with self._batch():
             self._store_state(state)
             set_soft_map_threshold(self.params.soft_map(structure), state.thresholds[structure])
             self._update_masks(state, affected, settled)
         return []
+
+    def preview_threshold(self, structure: str, value: Optional[float] = None) -> None:
+        """Show ``value`` on the structure's overlay only (None: the threshold in use); no segment changes."""
+        state = self._require_state()
+        set_soft_map_threshold(self.params.soft_map(structure),
+                               state.thresholds[structure] if value is None else value)
 
     def set_options(self, keep_largest_cord: bool, restrict_lesions_to_cord: bool,
                     overwrite_edits: bool = False) -> List[str]:
@@ -613,6 +739,8 @@ class ResultScene:
         blocked = self.edited_among(trial.set_options(keep_largest_cord, restrict_lesions_to_cord))
         if blocked and not overwrite_edits:
             return blocked
+        if blocked:
+            self.before_overwrite()
         affected = state.set_options(keep_largest_cord, restrict_lesions_to_cord)
         with self._batch():
             self._store_state(state)
@@ -632,6 +760,8 @@ class ResultScene:
         with self.tracker.automatic():
             for structure, mask in masks.items():
                 set_segment_mask(segmentation, structure, mask, volume)
+            if self._observer is not None:
+                self._observer.take_pending()  # the module's own update (pending changes were settled before it)
         self.tracker.discard_edits(structures)
         self._store_tracker()
         spacing = volume.GetSpacing()
@@ -649,12 +779,37 @@ class ResultScene:
 
     def _observe(self) -> None:
         segmentation = self.params.segmentation
-        if segmentation is self._observed:
+        if segmentation is (self._observer.node if self._observer else None):
             return
         self.close()
         if segmentation is not None:
-            self._observer_tag = observe_segment_edits(segmentation, self._segment_modified)
-            self._observed = segmentation
+            self._observer = SegmentEditObserver(segmentation, self._segment_modified)
+
+    def _settle_edits(self) -> None:
+        """Segments that Undo or Redo touched count as edited when they differ from their automatic mask.
+
+        Compared only when asked, so the module's own updates (every slider
+        move) cost nothing more; a segment restored exactly as the
+        thresholds give it is not an edit.
+        """
+        pending = self._observer.take_pending() if self._observer is not None else set()
+        state = self.state
+        if not pending or state is None or not self.has_results:
+            return
+        candidates = [s for s in sorted(pending) if s in state.structures and s not in self.tracker.edited]
+        if not candidates:
+            return
+        volume, segmentation = self.params.result_volume, self.params.segmentation
+        automatic = state.masks(self._soft_arrays(state), candidates)
+        for structure in candidates:
+            if not np.array_equal(segment_mask_array(segmentation, structure, volume), automatic[structure]):
+                self._segment_modified(structure)
+
+    @property
+    def edited(self) -> Set[str]:
+        """The structures edited by hand, Undo and Redo included."""
+        self._settle_edits()
+        return self.tracker.edited
 
     def _segment_modified(self, segment_id: Optional[str]) -> None:
         state = self.state
@@ -671,9 +826,57 @@ class ResultScene:
 
     def close(self) -> None:
         """Stop observing the segmentation (the widget calls it when the scene closes)."""
-        if self._observed is not None:
-            self._observed.RemoveObserver(self._observer_tag)
-        self._observed = self._observer_tag = None
+        if self._observer is not None:
+            self._observer.stop()
+        self._observer = None
+
+    # -- crop box ---------------------------------------------------------------
+
+    @property
+    def crop_roi(self):
+        """The Markups ROI showing the crop box (None before any box)."""
+        return self.params.reference(SceneParameters.CROP_ROI)
+
+    def show_crop_box(self, box: Optional[Mapping], volume_node) -> Optional[object]:
+        """Show the box a run predicted in (``CropBox.to_dict()``) as a Markups ROI; None removes the ROI.
+
+        The ROI is reused from run to run; what was shown is kept, so that a
+        moved or resized ROI is recognised (:meth:`user_crop_box`).
+        """
+        roi = self.crop_roi
+        if box is None:
+            if roi is not None:
+                remove_data_node(roi)
+            self.params.set_reference(SceneParameters.CROP_ROI, None)
+            self.params.set("CropBox", None)
+            return None
+        crop_box = CropBox.from_dict(box)
+        scene = volume_node.GetScene()
+        if roi is None:
+            roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode",
+                                          scene.GenerateUniqueName(f"{volume_node.GetName()} crop box"))
+            roi.CreateDefaultDisplayNodes()
+        with self._batch():
+            geometry = set_roi_geometry(roi, crop_box, volume_node)
+            self.params.set_reference(SceneParameters.CROP_ROI, roi)
+            self.params.set_reference(SceneParameters.CROP_VOLUME, volume_node)
+            self.params.set("CropBox", dict(geometry, box=crop_box.to_dict()))
+        return roi
+
+    def user_crop_box(self, volume_node) -> Optional[dict]:
+        """The box to predict in when the user moved or resized the ROI (``source`` ``"user"``), else None.
+
+        Once the user's box was used, it stays in use until the ROI is
+        deleted; a box on another volume is ignored.
+        """
+        roi, shown = self.crop_roi, self.params.get("CropBox")
+        if roi is None or shown is None or self.params.reference(SceneParameters.CROP_VOLUME) is not volume_node:
+            return None
+        geometry = roi_geometry(roi)
+        moved = any(not np.allclose(geometry[key], shown[key], atol=ROI_TOLERANCE_MM) for key in ("center", "size"))
+        if not moved and shown["box"].get("source") != "user":
+            return None
+        return box_from_roi(geometry["center"], geometry["size"], grid_image(volume_node), "user").to_dict()
 
     # -- masks and saving -----------------------------------------------------
 

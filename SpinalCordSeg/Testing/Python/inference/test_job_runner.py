@@ -107,3 +107,30 @@ def test_apply_crops_with_the_cord_model_then_segments(shared_data, tiny_model, 
         cancelled.cancel()
         with pytest.raises(CancelledError, match="cancelled by the user"):
             cancelled.poll()
+
+
+@pytest.mark.slow
+def test_the_workers_stderr_goes_to_a_log_file_that_a_failure_shows(tmp_path, tiny_model):
+    """The panel's worker: stderr to a file (nobody reads a GUI's stderr); a failed job's detail ends with it."""
+    broken = tmp_path / "copy" / tiny_model.name
+    shutil.copytree(tiny_model, broken)
+    shutil.rmtree(broken / "fold_0")
+    scan = tmp_path / "scan.nii.gz"
+    sitk.WriteImage(sitk.Image([8, 8, 8], sitk.sitkFloat32), str(scan))
+    log = tmp_path / "logs" / "worker.log"
+    with WorkerClient(log_path=log) as client:
+        failing = ApplyRun(client, scan, [PlannedJob("broken", "segment", None)], [_resolved(broken, None)],
+                           {"device": "cpu"}, tmp_path / "failing")
+        with pytest.raises(SpinalCordSegError, match="^broken: "):
+            _run_until_done(failing, timeout=120)
+        pid = client.pid
+    assert f"SpinalCordSeg worker {pid} started" in log.read_text()
+    assert "Traceback" in failing.detail and f"Worker log:\nSpinalCordSeg worker {pid} started" in failing.detail
+
+
+def test_the_worker_starts_without_a_console_window_on_windows():
+    """Only the options can be checked here (no Windows): CREATE_NO_WINDOW, as launchConsoleProcess hides it."""
+    from SpinalCordSegLib.inference.worker import console_options
+
+    assert console_options("win32") == {"creationflags": 0x08000000}
+    assert console_options("linux") == {} and console_options("darwin") == {}

@@ -379,3 +379,57 @@ def test_cli_install_downloads_the_model(server, catalogue, tiny_model, capsys):
     assert cli.main(["models", "install", "spinalcord"]) == 0
     assert "already installed" in capsys.readouterr().out
     assert [path for path, _ in server.requests] == [CORD_ZIP]
+
+
+# -- in the background (the Slicer panel's Apply) -------------------------------------------------------
+
+
+def _poll_until_done(task, confirm, timeout=120.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not task.poll(confirm):
+        assert time.monotonic() < deadline, task.message
+        time.sleep(0.01)
+    return task.result
+
+
+def test_a_first_use_download_runs_in_the_background_and_asks_on_the_polling_thread(server, catalogue, tiny_model):
+    from SpinalCordSegLib.inference.job_runner import BackgroundTask
+
+    data = _zip_bytes(_model_members(tiny_model))
+    server.files[CORD_ZIP] = data
+    catalogue(sha256={CORD_ZIP[1:]: _sha256(data)})
+    asked_on = []
+    task = BackgroundTask(lambda ask, progress: resolve_model("spinalcord", confirm=ask, progress=progress))
+    resolved = _poll_until_done(task, lambda question: asked_on.append(threading.current_thread()) or True)
+    assert asked_on == [threading.main_thread()]  # the download question: a dialog on the GUI thread
+    assert task.fraction == 1.0 and task.message.startswith("downloading the model")
+    assert resolved.model_id == "spinalcord" and resolved.trusted_because == "pinned"
+
+
+def test_cancel_stops_a_download_at_its_next_chunk_and_keeps_the_part_for_resuming(server):
+    from SpinalCordSegLib.errors import CancelledError
+    from SpinalCordSegLib.inference.job_runner import BackgroundTask
+    from SpinalCordSegLib.models.download import CHUNK_SIZE
+
+    data = random.Random(3).randbytes(8 * CHUNK_SIZE)
+    server.files["/big.zip"] = data
+    url = server.url("/big.zip")
+    tasks = []
+    started = threading.Event()
+
+    def work(ask, progress):
+        def on_chunk(done, total):
+            progress(done, total)
+            tasks[0].cancel()  # the user presses Cancel while the first chunk arrives
+
+        started.wait()
+        return download([url], progress=on_chunk)
+
+    tasks.append(BackgroundTask(work))
+    task = tasks[0]
+    started.set()
+    with pytest.raises(CancelledError):
+        _poll_until_done(task, lambda question: True)
+    assert 0 < partial_path(url).stat().st_size < len(data)

@@ -101,6 +101,14 @@ def _wait(controller, timeout=900.0):
     raise AssertionError(f"the Apply did not finish in {timeout} s: {messages[-3:]}")
 
 
+def _until_running(controller, timeout=120.0):
+    """Poll until the model is checked and the worker job started."""
+    deadline = time.monotonic() + timeout
+    while controller.run is None:
+        assert time.monotonic() < deadline and not controller.poll().finished
+        time.sleep(0.05)
+
+
 def _assert_segments_follow_thresholds(controller, volume):
     results = controller.results
     state = results.state
@@ -121,7 +129,7 @@ def test_a_whole_session_apply_sliders_edit_save_next_case(mrml_scene, dataset, 
         # Pick the scan and the embedded model.
         scan_path = dataset / "sub-01/anat/sub-01_T2w.nii.gz"
         volume = load_volume(mrml_scene, scan_path)
-        controller.scene_opened(volume)
+        controller.scene_opened(mrml_scene)
         assert controller.params.input_volume is volume
         keys = [item.key for item in controller.model_items()]
         assert DEMO_MODEL in keys and keys[-1] == "custom-folder"
@@ -132,8 +140,11 @@ def test_a_whole_session_apply_sliders_edit_save_next_case(mrml_scene, dataset, 
                                                   "folds": None, "crop": False, "crop_margin_mm": 20.0}
         assert controller.controls("").apply
 
-        # Apply in the real worker; the run's work folder lives under the temp root until it ends.
-        assert controller.start_apply(never) == f"{DEMO_MODEL}: starting"
+        # Apply: the model is checked in the background, then the real worker runs; the run's work
+        # folder lives under the temp root until it ends.
+        assert controller.start_apply(never) == f"{DEMO_MODEL}: checking the model"
+        assert controller.controls("").cancel and controller.start_apply(never) is None
+        _until_running(controller)
         run_dir = controller.run_dir
         assert run_dir.startswith(str(tmp_path / "temp")) and (tmp_path / "temp").joinpath(run_dir).is_dir()
         running = controller.controls("")
@@ -224,6 +235,7 @@ def test_a_whole_session_apply_sliders_edit_save_next_case(mrml_scene, dataset, 
 
         # Cancel: the run stops and its work folder goes.
         controller.start_apply(Answers(True))  # the lesion edit of sub-02: "replace the results?" yes
+        _until_running(controller)
         assert controller.run_dir is not None
         assert controller.cancel() == "Cancelled."
         assert controller.run is None and not list((tmp_path / "temp").iterdir())
@@ -238,7 +250,8 @@ def test_apply_refuses_missing_input_model_and_bad_folds(mrml_scene, tmp_path):
     controller = _controller(mrml_scene, tmp_path)
     with pytest.raises(SpinalCordSegError, match="choose an input volume"):
         controller.start_apply(never)
-    controller.scene_opened(load_volume(mrml_scene, sample_scan_path()))
+    load_volume(mrml_scene, sample_scan_path())
+    controller.scene_opened(mrml_scene)
     controller.set_options({"Folds": "0 first"})
     with pytest.raises(SpinalCordSegError, match="folds must be numbers"):
         controller.start_apply(never)

@@ -31,7 +31,7 @@ from SpinalCordSegLib.panel.slicer_scene import (  # noqa: E402
     ijk_to_ras,
     new_parameter_node,
     segment_editor_node,
-    observe_segment_edits,
+    SegmentEditObserver,
     register_terminology,
     segment_mask_array,
     set_segment_mask,
@@ -288,9 +288,9 @@ def test_an_edit_marks_only_the_segment_whose_voxels_changed(mrml_scene):
     set_segment_mask(segmentation, "lesion", painted, volume)  # as a paint stroke would
     assert results.tracker.edited == {"lesion"}
     seen = []
-    tag = observe_segment_edits(segmentation, seen.append)
+    observer = SegmentEditObserver(segmentation, seen.append)
     segmentation.GetSegmentation().InvokeEvent(slicer.vtkSegmentation.SourceRepresentationModified)
-    segmentation.RemoveObserver(tag)
+    observer.stop()
     assert seen == [None]  # nothing moved: unknown, so every structure counts as edited
     assert results.tracker.edited == {"sc", "lesion"}
 
