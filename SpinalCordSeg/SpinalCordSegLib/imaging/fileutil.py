@@ -278,6 +278,20 @@ def spreadsheet_value(cell: str) -> str:
     return cell[1:] if isinstance(cell, str) and cell.startswith("'") and _FORMULA.match(cell[1:]) else cell
 
 
+def _csv_lines(rows) -> str:
+    """Rows of text cells as CSV lines ending in ``\\n``; a cell holding a line break or CR is quoted.
+
+    The csv module quotes only the characters of its line terminator: with ``\\n`` alone, a
+    bare CR in a cell would end the row for every reader (and start a new one, formula first).
+    """
+    lines = []
+    for row in rows:
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\r\n").writerow(row)
+        lines.append(buffer.getvalue()[:-2] + "\n")
+    return "".join(lines)
+
+
 def csv_text(rows, header=None) -> str:
     """Rows (sequences of cells) as CSV text with ``\\n`` line ends, every cell :func:`spreadsheet_safe`.
 
@@ -288,11 +302,8 @@ def csv_text(rows, header=None) -> str:
         >>> csv_text([["alice", "=1+1", 2]], header=["rater", "comment", "score"])
         "rater,comment,score\\nalice,'=1+1,2\\n"
     """
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    for row in ([header] if header is not None else []) + list(rows):
-        writer.writerow([spreadsheet_safe(cell) for cell in row])
-    return buffer.getvalue()
+    return _csv_lines([spreadsheet_safe(cell) for cell in row] for row in ([header] if header is not None else [])
+                      + list(rows))
 
 
 def spreadsheet_safe_table(table):
@@ -310,10 +321,13 @@ def write_csv_atomic(table, path: PathLike) -> Path:
     """Write a pandas ``table`` to ``path`` as CSV without its index (see :func:`write_text_atomic`).
 
     Every CSV table of both Libs is written here: text cells that a spreadsheet
-    would run as formulas are quoted (:func:`spreadsheet_safe`); :func:`read_csv_table`
-    reads the true values back.
+    would run as formulas are quoted (:func:`spreadsheet_safe`), cells with line
+    breaks or CRs are in double quotes; :func:`read_csv_table` reads the true values back.
     """
-    return write_text_atomic(spreadsheet_safe_table(table).to_csv(index=False), path)
+    # pandas formats the cells (numbers as it always has); the csv module's CRLF terminator makes it
+    # quote every CR and line break, and _csv_lines writes the rows back with the usual \n.
+    text = spreadsheet_safe_table(table).to_csv(index=False, lineterminator="\r\n")
+    return write_text_atomic(_csv_lines(csv.reader(io.StringIO(text, newline=""))), path)
 
 
 def read_csv_table(path: PathLike):
