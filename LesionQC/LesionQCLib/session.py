@@ -558,6 +558,10 @@ def _check_key_path(session_dir: PathLike, key_path: Optional[PathLike], key_ins
                 " (the default is beside the folder) or allow it explicitly (--key-inside-session)")
         if key.parent != session_dir:
             raise SessionError(f"{key}: a key inside the session folder goes directly in it, not in a subfolder")
+    # Another session's raters must not be handed this session, nor its key.
+    refuse_output_in_session(session_dir.parent, "the new session")
+    if session_dir not in key.parents:
+        refuse_output_in_session(key, "the key")
     return key
 
 

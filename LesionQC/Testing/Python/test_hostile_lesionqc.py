@@ -386,3 +386,13 @@ def test_a_killed_make_session_leaves_nothing_that_the_next_run_keeps(tmp_path, 
     assert not staging[0].exists() and "left by an interrupted" in run.stderr
     assert live.is_dir() and users.is_dir()
     assert len(SessionView.load(output).cases) == 60
+
+
+def test_make_session_refuses_a_session_or_key_inside_another_session(rated, tmp_path, shared_data, capsys):
+    manifest = write_manifest(tmp_path, shared_data, count=1)
+    before = files_under(rated.folder)
+    for options in (["-o", str(rated.folder / "inner")],
+                    ["-o", str(tmp_path / "new"), "--key", str(rated.folder / "new-key.json")]):
+        assert lesionqc(["make-session", str(manifest), "--seed", "1", *options]) == 1
+        assert "inside the session folder" in capsys.readouterr().err
+    assert files_under(rated.folder) == before and not (tmp_path / "new").exists()
