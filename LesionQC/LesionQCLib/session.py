@@ -405,6 +405,8 @@ def session_folder_around(path: PathLike) -> Optional[Path]:
     """
     resolved = Path(path).expanduser().resolve()
     for folder in (resolved, *resolved.parents):
+        if not (folder / SESSION_FILE).is_file():  # a FIFO or a device there must not block or flood the read
+            continue
         try:
             with open(folder / SESSION_FILE, "rb") as stream:
                 head = stream.read(1 << 20)  # make_session writes the format first
@@ -566,7 +568,7 @@ def _check_key_path(session_dir: PathLike, key_path: Optional[PathLike], key_ins
 
 
 def _check_options(session_dir: Path, seed: Optional[int], sample: Optional[int], repeat_fraction: float) -> None:
-    """Refuse, before anything is read or written, options that numpy or the file system would choke on."""
+    """Refuse, before anything is written, options that numpy or the file system would choke on."""
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 128):
         raise SessionError(f"seed {seed!r} must be an integer from 0 to 2**128 - 1")
     if sample is not None and (isinstance(sample, bool) or not isinstance(sample, int) or sample < 1):
@@ -579,7 +581,7 @@ def _check_options(session_dir: Path, seed: Optional[int], sample: Optional[int]
 
 
 #: ``.<session>.building.<pid>@<host>.<8 hex>``: the staging folder of build_session (make_staging_folder's name).
-_BUILDING = re.compile(r"\.(?P<name>.+)\.building\.\d+@[A-Za-z0-9-]+\.[0-9a-f]{8}")
+_BUILDING = re.compile(r"\..+\.building\.\d+@[A-Za-z0-9-]+\.[0-9a-f]{8}")
 
 
 def remove_stale_builds(parent: Path) -> List[Path]:

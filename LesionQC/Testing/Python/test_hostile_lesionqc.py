@@ -396,3 +396,10 @@ def test_make_session_refuses_a_session_or_key_inside_another_session(rated, tmp
         assert lesionqc(["make-session", str(manifest), "--seed", "1", *options]) == 1
         assert "inside the session folder" in capsys.readouterr().err
     assert files_under(rated.folder) == before and not (tmp_path / "new").exists()
+
+
+def test_a_fifo_named_session_json_is_not_a_session_and_does_not_block(rated, tmp_path):
+    folder = tmp_path / "elsewhere"
+    folder.mkdir()
+    os.mkfifo(folder / "session.json")  # opening it for reading would wait for a writer forever
+    assert lesionqc(["analyze", str(rated.folder), "-o", str(folder / "results")]) == 0
