@@ -52,12 +52,13 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import pandas as pd
 from sklearn.metrics import cohen_kappa_score
-from SpinalCordSegLib.imaging.fileutil import write_text_atomic
+from SpinalCordSegLib.imaging.fileutil import write_csv_atomic, write_text_atomic
 
 from .errors import LesionQCError, RaterTableError
 from .rater_table import RaterTable, load_rater_table
 from .scales import Scale
-from .session import PathLike, SessionKey, SessionView, find_key, load_key
+from .session import (PathLike, SessionKey, SessionView, find_key, is_portable_name, load_key,
+                      refuse_output_in_session)
 
 ALL_RATERS = "all"
 ZERO_METHODS = ("wilcox", "pratt", "zsplit")
@@ -510,8 +511,13 @@ def analyze_session(session_dir: PathLike, out_dir: PathLike, key_path: Optional
                     by: Optional[str] = None) -> AnalysisResult:
     """Load, check, analyse and write the CSV tables and PNG plots to ``out_dir``.
 
-    Every input is checked before the first file is written.
+    Every input is checked before the first file is written; ``out_dir`` may not be
+    in a session folder (the tables name the sources: raters must never see them).
     """
+    refuse_output_in_session(out_dir, "the analysis")
+    if by is not None and not is_portable_name(by):
+        raise LesionQCError(f"column {by!r} cannot name the files of a stratified analysis (summary_by_{by}.csv):"
+                            " use a column named with letters, digits, '.', '_' or '-'")
     session, key, tables = load_inputs(session_dir, key_path, table_paths)
     result = analyze(session, key, tables, zero_method, by)
     out_dir = Path(out_dir)
@@ -522,7 +528,7 @@ def analyze_session(session_dir: PathLike, out_dir: PathLike, key_path: Optional
         **result.stratified,
     }
     for name, frame in files.items():
-        write_text_atomic(frame.to_csv(index=False), out_dir / f"{name}.csv")
+        write_csv_atomic(frame, out_dir / f"{name}.csv")
     first = first_showings(usable_scores(result.ratings))
     result.plots = plot_scores(first, result.wilcoxon, session.scale, out_dir)
     heat_map = plot_agreement(result.kappa_pairwise, result.intra_rater, out_dir)

@@ -29,7 +29,6 @@ Example:
 from __future__ import annotations
 
 import csv
-import io
 import logging
 import os
 from dataclasses import dataclass, field
@@ -92,15 +91,16 @@ class Rating:
         return (self.case, self.item, self.structure)
 
     def to_line(self) -> bytes:
-        """The row as one CSV line, newline included."""
-        buffer = io.StringIO()
-        csv.writer(buffer, lineterminator="\n").writerow([
+        """The row as one CSV line, newline included; a comment that a spreadsheet would run is quoted."""
+        # Imported here: LesionQC.py loads this module before Slicer has loaded SpinalCordSeg's folder.
+        from SpinalCordSegLib.imaging.fileutil import csv_text
+
+        return csv_text([[
             self.session, self.rater, self.case, self.item, self.structure,
             "" if self.score is None else str(self.score), self.scale, FLAG_SEPARATOR.join(self.flags),
             " ".join(self.comment.splitlines()), self.started, self.submitted, f"{self.seconds:.1f}",
             str(self.revision),
-        ])
-        return buffer.getvalue().encode("utf-8")
+        ]]).encode("utf-8")
 
     @classmethod
     def from_cells(cls, cells: Sequence[str], where: str) -> "Rating":
@@ -117,12 +117,16 @@ class Rating:
         except ValueError:
             raise RaterTableError(f"{where}: 'seconds' and 'revision' must be numbers") from None
         flags = tuple(f for f in row["flags"].split(FLAG_SEPARATOR) if f)
+        from SpinalCordSegLib.imaging.fileutil import spreadsheet_value  # see to_line
+
         return cls(row["session"], row["rater"], row["case"], row["item"], row["structure"], score, row["scale"],
-                   flags, row["comment"], row["started"], row["submitted"], seconds, revision)
+                   flags, spreadsheet_value(row["comment"]), row["started"], row["submitted"], seconds, revision)
 
 
 def check_rating(rating: Rating, session: SessionView, where: str) -> None:
     """Raise RaterTableError / ScoreError unless ``rating`` fits ``session`` and its scale."""
+    if not is_portable_name(rating.rater):
+        raise RaterTableError(f"{where}: rater id {rating.rater!r} is not a name (letters, digits, '.', '_', '-')")
     if rating.session != session.session_id:
         raise RaterTableError(
             f"{where}: rating of session {rating.session!r}, but the session is {session.session_id!r}"
@@ -158,6 +162,7 @@ class RaterTable:
         ratings: every complete row, in file order.
         torn_tail: bytes after the last complete line (a write cut short by a crash), else b"".
         complete_size: size in bytes of the complete lines (where the next row goes).
+        exists: whether the file existed when it was loaded (a writer creates it only if not).
     """
 
     path: Path
@@ -165,6 +170,7 @@ class RaterTable:
     ratings: List[Rating] = field(default_factory=list)
     torn_tail: bytes = b""
     complete_size: int = 0
+    exists: bool = True
 
     @property
     def rater(self) -> Optional[str]:
@@ -191,7 +197,7 @@ def load_rater_table(path: Path, session: SessionView) -> RaterTable:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        return RaterTable(path, session)
+        return RaterTable(path, session, exists=False)
     except OSError as error:
         raise RaterTableError(f"{path}: cannot read the rater table ({error})") from None
     complete_size = data.rfind(b"\n") + 1
@@ -224,11 +230,28 @@ def _cells(line: bytes, where: str) -> List[str]:
         raise RaterTableError(f"{where}: malformed CSV ({error})") from None
 
 
+def _lock(fd: int, message: str) -> None:
+    """Take an exclusive lock on the open table, or raise RaterTableError(message) if another writer has it."""
+    try:
+        import fcntl
+    except ImportError:
+        return  # Windows: O_EXCL creation and the size check remain
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when the file is closed, or its process dies
+    except BlockingIOError:
+        raise RaterTableError(message) from None
+    except OSError as error:  # file systems without locks (some network mounts): as without fcntl
+        log.debug("cannot lock the rater table (%s)", error)
+
+
 class RaterTableWriter:
     """Appends rows to a loaded rater table, each flushed to disk before returning.
 
     The writer cuts off a torn last line first, and refuses to write when the
-    file changed since it was loaded (the same rater open twice).
+    file changed since it was loaded or another writer has it open (the same
+    rater open twice): it creates a new table with ``O_EXCL`` (two panels must not
+    both write a header) and holds an exclusive lock on it (``flock``, where the
+    system has it) until it is closed.
 
     Example:
         >>> with RaterTableWriter(table) as writer:   # doctest: +SKIP
@@ -239,12 +262,22 @@ class RaterTableWriter:
         self.table = table
         path = table.path
         path.parent.mkdir(parents=True, exist_ok=True)
-        created = not path.exists()
-        self._fd = os.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_BINARY", 0), 0o644)
+        created = not table.exists
+        twice = (f"{path}: changed since it was loaded, or another program writes it"
+                 " (is this rater's session open twice?)")
+        flags = os.O_WRONLY | os.O_APPEND | getattr(os, "O_BINARY", 0) | (os.O_CREAT | os.O_EXCL if created else 0)
         try:
+            self._fd = os.open(str(path), flags, 0o644)
+        except (FileExistsError, FileNotFoundError):
+            raise RaterTableError(twice) from None  # created or removed by someone else since it was loaded
+        except OSError as error:
+            raise RaterTableError(f"{path}: cannot open the rater table for writing ({error})") from None
+        try:
+            _lock(self._fd, twice)
             size = os.fstat(self._fd).st_size
             if size != table.complete_size + len(table.torn_tail):
-                raise RaterTableError(f"{path}: changed since it was loaded (is this rater's session open twice?)")
+                raise RaterTableError(twice)
+            table.exists = True
             if table.torn_tail:
                 os.ftruncate(self._fd, table.complete_size)
                 log.warning("%s: cut off an incomplete last line of %d bytes", path, len(table.torn_tail))

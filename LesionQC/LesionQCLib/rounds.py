@@ -35,7 +35,8 @@ import pandas as pd
 from .analysis import merge_ratings, usable_scores
 from .errors import LesionQCError
 from .rater_table import RaterTable
-from .session import ManifestCase, PathLike, SessionKey, SessionView, build_session, check_cases
+from .session import (ManifestCase, PathLike, SessionKey, SessionView, build_session, check_cases,
+                      refuse_output_in_session)
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +212,7 @@ def write_qc_fail(failures: Sequence[Failure], path: PathLike, labels: Mapping[i
     import yaml
     from SpinalCordSegLib.imaging.fileutil import write_text_atomic
 
+    refuse_output_in_session(path, "the list of failed cases")  # it names the real scans
     overall = ("FILES_SEG",) + (("FILES_LESION",) if any("lesion" in n.lower() for n in labels.values()) else ())
     tasks: Dict[str, List[str]] = {}
     for failure in failures:

@@ -43,7 +43,8 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 from .errors import ScaleError, ScoreError
 
 #: Identifiers of scales, structures and flags: safe in CSV cells, file names and Qt object names.
-IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+#: Always ``fullmatch``: ``$`` would let a trailing line break through.
+IDENTIFIER = re.compile(r"[a-z][a-z0-9_]{0,39}")
 FLAG_SCOPES = ("case", "item")
 
 
@@ -162,7 +163,7 @@ class Scale:
         if not isinstance(data, Mapping):
             raise fail("a scale must be a JSON object")
         scale_id = data.get("id")
-        if not isinstance(scale_id, str) or not IDENTIFIER.match(scale_id):
+        if not isinstance(scale_id, str) or not IDENTIFIER.fullmatch(scale_id):
             raise fail(f"'id' must be a lower-case identifier (letters, digits, '_'), got {scale_id!r}")
         version = data.get("version", 1)
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
@@ -221,7 +222,7 @@ def _list(data: Mapping, key: str, fail) -> list:
 
 def _identifier(entry: Any, where: str, fail) -> str:
     identifier = entry.get("id") if isinstance(entry, Mapping) else None
-    if not isinstance(identifier, str) or not IDENTIFIER.match(identifier):
+    if not isinstance(identifier, str) or not IDENTIFIER.fullmatch(identifier):
         raise fail(f"{where}: 'id' must be a lower-case identifier (letters, digits, '_'), got {identifier!r}")
     return identifier
 

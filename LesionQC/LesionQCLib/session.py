@@ -43,6 +43,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 import os
 import re
 import secrets
@@ -60,6 +61,8 @@ import SimpleITK as sitk
 from .errors import KeyMismatchError, ManifestError, SessionError
 from .scales import Scale, default_scale
 
+log = logging.getLogger(__name__)
+
 SESSION_FILE = "session.json"
 KEY_FILE = "key.json"
 RATINGS_DIR = "ratings"
@@ -69,7 +72,8 @@ FORMAT_VERSION = 1
 SEG_COLUMN_PREFIX = "seg:"
 RESERVED_COLUMNS = ("case_id", "image", "image2")
 #: Case ids, source names and rater ids become folder or file names and CSV cells.
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+#: Always ``fullmatch``: ``$`` would let a trailing line break through.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 #: Device names that Windows reserves in every folder, whatever follows the first dot
 #: ("CON.csv" opens the console): refused on every platform, so sessions move freely.
 RESERVED_NAMES = frozenset(["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"]
@@ -102,7 +106,8 @@ def is_portable_name(name: str) -> bool:
         >>> is_portable_name("sub-01"), is_portable_name("con"), is_portable_name("LPT1.a")
         (True, False, False)
     """
-    return bool(NAME.match(name)) and not name.endswith(".") and name.split(".")[0].upper() not in RESERVED_NAMES
+    return (isinstance(name, str) and bool(NAME.fullmatch(name)) and not name.endswith(".")
+            and name.split(".")[0].upper() not in RESERVED_NAMES)
 
 
 def default_key_path(session_dir: PathLike) -> Path:
@@ -380,6 +385,13 @@ class SessionView:
             session_id = str(data["session_id"])
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise SessionError(f"{path}: malformed session file ({type(error).__name__}: {error})") from None
+        # Ids become CSV cells and file names of the rater tables: whole names only, no line breaks.
+        bad = [f"session id {session_id!r}"] if not is_portable_name(session_id) else []
+        bad += [f"case id {case.case_id!r}" for case in cases if not is_portable_name(case.case_id)]
+        bad += [f"item id {item!r} of case {case.case_id!r}" for case in cases for item in case.item_ids
+                if not is_portable_name(item)]
+        if bad:
+            raise SessionError(f"{path}: {', '.join(bad)}: not a name (letters, digits, '.', '_', '-')")
         ids = [case.case_id for case in cases]
         if not cases or len(set(ids)) != len(ids) or any(len(set(c.item_ids)) != len(c.item_ids) for c in cases):
             raise SessionError(f"{path}: no cases, or duplicate case or item ids")
@@ -394,6 +406,38 @@ class SessionView:
     @property
     def ratings_dir(self) -> Path:
         return self.folder / RATINGS_DIR
+
+
+def session_folder_around(path: PathLike) -> Optional[Path]:
+    """The session folder that ``path`` is (or is inside), links resolved; None when there is none.
+
+    Raters are handed session folders: results that name sources must never go there.
+
+    Example:
+        >>> session_folder_around("/data/qc-session/results")   # doctest: +SKIP
+        PosixPath('/data/qc-session')
+    """
+    resolved = Path(path).expanduser().resolve()
+    for folder in (resolved, *resolved.parents):
+        if not (folder / SESSION_FILE).is_file():  # a FIFO or a device there must not block or flood the read
+            continue
+        try:
+            with open(folder / SESSION_FILE, "rb") as stream:
+                head = stream.read(1 << 20)  # make_session writes the format first
+        except OSError:
+            continue
+        if SESSION_FORMAT.encode() in head:
+            return folder
+    return None
+
+
+def refuse_output_in_session(path: PathLike, what: str) -> None:
+    """Raise SessionError when ``path`` (an output of the analysis) is in a session folder."""
+    folder = session_folder_around(path)
+    if folder is not None:
+        raise SessionError(
+            f"{path}: {what} would be inside the session folder {folder}, which is handed to the raters and"
+            " must not tell the sources; write it elsewhere (beside the session folder)")
 
 
 def _inside(folder: Path, relative: str, origin: Path) -> Path:
@@ -530,7 +574,50 @@ def _check_key_path(session_dir: PathLike, key_path: Optional[PathLike], key_ins
                 " (the default is beside the folder) or allow it explicitly (--key-inside-session)")
         if key.parent != session_dir:
             raise SessionError(f"{key}: a key inside the session folder goes directly in it, not in a subfolder")
+    # Another session's raters must not be handed this session, nor its key.
+    refuse_output_in_session(session_dir.parent, "the new session")
+    if session_dir not in key.parents:
+        refuse_output_in_session(key, "the key")
     return key
+
+
+def _check_options(session_dir: Path, seed: Optional[int], sample: Optional[int], repeat_fraction: float) -> None:
+    """Refuse, before anything is written, options that numpy or the file system would choke on."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 128):
+        raise SessionError(f"seed {seed!r} must be an integer from 0 to 2**128 - 1")
+    if sample is not None and (isinstance(sample, bool) or not isinstance(sample, int) or sample < 1):
+        raise SessionError(f"sample size {sample!r} must be a positive integer")
+    if not isinstance(repeat_fraction, (int, float)) or not 0.0 <= repeat_fraction <= 1.0:  # NaN fails too
+        raise SessionError(f"repeat fraction {repeat_fraction!r} must be a number from 0 to 1")
+    if any(not character.isprintable() for character in session_dir.name):
+        raise SessionError(f"{str(session_dir)!r}: a session folder name with line breaks, tabs or other control"
+                           " characters would be misread in lists and logs; choose another name")
+
+
+#: ``.<session>.building.<pid>@<host>.<8 hex>``: the staging folder of build_session (make_staging_folder's name).
+_BUILDING = re.compile(r"\..+\.building\.\d+@[A-Za-z0-9-]+\.[0-9a-f]{8}")
+
+
+def remove_stale_builds(parent: Path) -> List[Path]:
+    """Remove the staging folders that killed session builds left in ``parent``; return (and log) them.
+
+    Only folders named as :func:`build_session` names them whose process is gone
+    (``fileutil.is_stale``): never a live build's, never a folder of the user's.
+    """
+    from SpinalCordSegLib.imaging.fileutil import is_stale  # see build_session
+
+    removed = []
+    try:
+        entries = sorted(parent.iterdir())
+    except OSError:
+        return removed
+    for folder in entries:
+        if not _BUILDING.fullmatch(folder.name) or folder.is_symlink() or not folder.is_dir() or not is_stale(folder):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        log.warning("removed %s, left by an interrupted 'lesionqc make-session'", folder)
+        removed.append(folder)
+    return removed
 
 
 def _showings(count: int, repeat_fraction: float, rng: np.random.Generator) -> List[Tuple[int, int]]:
@@ -540,8 +627,6 @@ def _showings(count: int, repeat_fraction: float, rng: np.random.Generator) -> L
     first showing where the session is long enough, so that it is not seen while
     the first is still in mind.
     """
-    if not 0.0 <= repeat_fraction <= 1.0:
-        raise SessionError(f"repeat fraction {repeat_fraction} is not between 0 and 1")
     repeats = int(round(repeat_fraction * count))
     if repeat_fraction > 0 and repeats == 0:
         repeats = 1
@@ -575,6 +660,7 @@ def build_session(cases: Sequence[ManifestCase], session_dir: PathLike, origin: 
     from SpinalCordSegLib.imaging.fileutil import make_staging_folder, write_text_atomic
 
     session_dir = Path(session_dir).resolve()
+    _check_options(session_dir, seed, sample, repeat_fraction)
     key_path = _check_key_path(session_dir, key_path, key_inside)
     scale = scale or default_scale()
     if stratify_by is not None and sample is None:
@@ -601,6 +687,7 @@ def build_session(cases: Sequence[ManifestCase], session_dir: PathLike, origin: 
                 for n, (i, _) in enumerate(showings, start=1)]
 
     session_dir.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_builds(session_dir.parent)
     building = make_staging_folder(session_dir.parent, f".{session_dir.name}.building")  # raters must read it
     external_key: Optional[Path] = None  # a key written outside the folder, removed if the build fails
     try:

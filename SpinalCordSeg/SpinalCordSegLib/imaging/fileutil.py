@@ -25,7 +25,9 @@ Example:
 
 from __future__ import annotations
 
+import csv
 import errno
+import io
 import json
 import logging
 import os
@@ -243,9 +245,107 @@ def write_json_atomic(data: object, path: PathLike) -> Path:
     return write_text_atomic(json.dumps(data, indent=2, sort_keys=True), path)
 
 
+#: A text cell that a spreadsheet runs as a formula: it starts with one of ``= + - @``, a tab
+#: or a line break (OWASP's list), after any number of quotes (so that the quoting can be undone).
+_FORMULA = re.compile(r"'*[=+\-@\t\r\n]")
+#: ... unless it is a plain number ("-1.5" is a number to a spreadsheet too, not a formula).
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def spreadsheet_safe(value: object) -> object:
+    """``value`` as a CSV cell that no spreadsheet runs as a formula: a quote before a text that would be one.
+
+    Comments, metadata, rater ids and reasons reach tables that people open in
+    Excel or LibreOffice, where ``=HYPERLINK(...)`` or ``=cmd|...`` would run. Numbers
+    and other values are returned as they are; :func:`spreadsheet_value` undoes it.
+
+    Example:
+        >>> spreadsheet_safe("=1+1"), spreadsheet_safe("-0.5"), spreadsheet_safe("'=x"), spreadsheet_safe(3)
+        ("'=1+1", '-0.5', "''=x", 3)
+    """
+    if isinstance(value, str) and _FORMULA.match(value) and not _NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
+def spreadsheet_value(cell: str) -> str:
+    """The true value of a cell that :func:`spreadsheet_safe` wrote.
+
+    Example:
+        >>> spreadsheet_value("'=1+1"), spreadsheet_value("''=x"), spreadsheet_value("'quoted")
+        ('=1+1', "'=x", "'quoted")
+    """
+    return cell[1:] if isinstance(cell, str) and cell.startswith("'") and _FORMULA.match(cell[1:]) else cell
+
+
+def _csv_lines(rows) -> str:
+    """Rows of text cells as CSV lines ending in ``\\n``; a cell holding a line break or CR is quoted.
+
+    The csv module quotes only the characters of its line terminator: with ``\\n`` alone, a
+    bare CR in a cell would end the row for every reader (and start a new one, formula first).
+    """
+    lines = []
+    for row in rows:
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\r\n").writerow(row)
+        lines.append(buffer.getvalue()[:-2] + "\n")
+    return "".join(lines)
+
+
+def csv_text(rows, header=None) -> str:
+    """Rows (sequences of cells) as CSV text with ``\\n`` line ends, every cell :func:`spreadsheet_safe`.
+
+    For the tables that are appended to row by row (rater tables, logs); whole tables
+    go through :func:`write_csv_atomic`.
+
+    Example:
+        >>> csv_text([["alice", "=1+1", 2]], header=["rater", "comment", "score"])
+        "rater,comment,score\\nalice,'=1+1,2\\n"
+    """
+    return _csv_lines([spreadsheet_safe(cell) for cell in row] for row in ([header] if header is not None else [])
+                      + list(rows))
+
+
+def spreadsheet_safe_table(table):
+    """A copy of a pandas ``table`` whose text cells and column names are :func:`spreadsheet_safe`."""
+    from pandas.api.types import is_object_dtype, is_string_dtype
+
+    safe = table.rename(columns=spreadsheet_safe)
+    for position, dtype in enumerate(safe.dtypes):
+        if is_object_dtype(dtype) or is_string_dtype(dtype):  # numbers stay numbers
+            safe.isetitem(position, safe.iloc[:, position].map(spreadsheet_safe))
+    return safe
+
+
 def write_csv_atomic(table, path: PathLike) -> Path:
-    """Write a pandas ``table`` to ``path`` as CSV without its index (see :func:`write_text_atomic`)."""
-    return write_text_atomic(table.to_csv(index=False), path)
+    """Write a pandas ``table`` to ``path`` as CSV without its index (see :func:`write_text_atomic`).
+
+    Every CSV table of both Libs is written here: text cells that a spreadsheet
+    would run as formulas are quoted (:func:`spreadsheet_safe`), cells with line
+    breaks or CRs are in double quotes; :func:`read_csv_table` reads the true values back.
+    """
+    # pandas formats the cells (numbers as it always has); the csv module's CRLF terminator makes it
+    # quote every CR and line break, and _csv_lines writes the rows back with the usual \n.
+    text = spreadsheet_safe_table(table).to_csv(index=False, lineterminator="\r\n")
+    return write_text_atomic(_csv_lines(csv.reader(io.StringIO(text, newline=""))), path)
+
+
+def read_csv_table(path: PathLike):
+    """Read a table that :func:`write_csv_atomic` wrote: every cell as text, as written, true values.
+
+    Raises OSError or ValueError (pandas' parser errors) as ``pandas.read_csv`` does.
+
+    Example:
+        >>> read_csv_table("derivatives/spinalcordseg/worklist.csv")  # doctest: +SKIP
+    """
+    import pandas as pd
+
+    # Everything as text, as written: ids like "01" must not become numbers.
+    table = pd.read_csv(path, dtype=object, keep_default_na=False)
+    table = table.rename(columns=spreadsheet_value)
+    for position in range(table.shape[1]):
+        table.isetitem(position, table.iloc[:, position].map(spreadsheet_value))
+    return table
 
 
 def remove_stale_temporaries(folder: PathLike, recursive: bool = False) -> List[Path]:

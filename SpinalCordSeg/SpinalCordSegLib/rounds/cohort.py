@@ -16,7 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import logging
 import os
@@ -29,7 +28,7 @@ import SimpleITK as sitk
 
 from ..imaging.binarization import MaskOptions
 from ..errors import SpinalCordSegError
-from ..imaging.fileutil import remove_stale_temporaries
+from ..imaging.fileutil import csv_text, remove_stale_temporaries
 from ..imaging.image_io import read_scan
 from ..models.model_folder import sha256_of_file
 from ..imaging.naming import bids_label, output_name, source_name
@@ -142,10 +141,7 @@ def _record_failure(derivatives: Path, scan: Scan, message: str) -> None:
     path = derivatives / FAILURES_FILE
     new = not path.is_file()
     with open(path, "a", newline="", encoding="utf-8") as stream:
-        writer = csv.writer(stream)
-        if new:
-            writer.writerow(["date", "scan", "error"])
-        writer.writerow([now(), scan.relative, message])
+        stream.write(csv_text([[now(), scan.relative, message]], header=["date", "scan", "error"] if new else None))
         stream.flush()
         os.fsync(stream.fileno())
 

@@ -23,7 +23,6 @@ Example:
 from __future__ import annotations
 
 import csv
-import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,7 @@ import SimpleITK as sitk
 
 from ..imaging.binarization import MaskOptions
 from ..errors import InputImageError, SpinalCordSegError
-from ..imaging.fileutil import PathLike
+from ..imaging.fileutil import PathLike, csv_text
 from ..imaging.grid import same_grid
 from ..imaging.image_io import orientation_of, reorient, write_image_atomic
 from ..imaging.naming import SESSION, SUBJECT, output_name
@@ -210,14 +209,11 @@ def append_correction_log(path: PathLike, rows: Sequence[Mapping[str, object]]) 
             stream.seek(-1, os.SEEK_END)
             if stream.read(1) != b"\n":
                 prefix = "\n"  # an interrupted write left a partial line: start a new one
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=LOG_COLUMNS, lineterminator="\n")
-    if not exists:
-        writer.writeheader()
-    writer.writerows(rows)
+    text = csv_text(([row.get(column, "") for column in LOG_COLUMNS] for row in rows),
+                    header=None if exists else LOG_COLUMNS)
     try:
         with open(path, "a", encoding="utf-8", newline="") as stream:
-            stream.write(prefix + buffer.getvalue())
+            stream.write(prefix + text)
             stream.flush()
             os.fsync(stream.fileno())
     except OSError as error:

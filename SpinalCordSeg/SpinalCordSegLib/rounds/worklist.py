@@ -30,7 +30,7 @@ import numpy as np
 
 from ..imaging.binarization import DEFAULT_THRESHOLD, MaskOptions
 from ..errors import SpinalCordSegError
-from ..imaging.fileutil import write_text_atomic
+from ..imaging.fileutil import read_csv_table, spreadsheet_value, write_csv_atomic
 from ..imaging.sidecar import now
 from ..imaging.sidecar import Sidecar
 
@@ -84,8 +84,7 @@ class Worklist:
                 raise SpinalCordSegError(f"{path}: no worklist there ('spinalcordseg batch' writes one)")
             return cls(path, pd.DataFrame(columns=BASE_COLUMNS + TAIL_COLUMNS, dtype=object))
         try:
-            # Everything as text, as written: ids like "01" must not become numbers.
-            table = pd.read_csv(path, dtype=object, keep_default_na=False)
+            table = read_csv_table(path)  # text as written, formulas' quotes undone
         except (OSError, ValueError) as error:
             raise SpinalCordSegError(f"{path}: cannot read the worklist ({error})") from error
         missing = [c for c in BASE_COLUMNS + ["status"] if c not in table.columns]
@@ -97,7 +96,7 @@ class Worklist:
         """Write the table atomically, columns in the documented order."""
         middle = [c for c in self.table.columns if c not in BASE_COLUMNS + TAIL_COLUMNS]
         ordered = self.table.reindex(columns=BASE_COLUMNS + middle + TAIL_COLUMNS, fill_value="")
-        return write_text_atomic(ordered.to_csv(index=False), self.path)
+        return write_csv_atomic(ordered, self.path)
 
     def relative(self, path: Union[str, Path]) -> str:
         """``path`` as written in the table: relative to the worklist's folder, with ``/``."""
@@ -239,7 +238,8 @@ class Worklist:
         """
         try:
             with open(log, newline="", encoding="utf-8") as stream:
-                entries = [row for row in csv.DictReader(stream) if row.get("case") and row.get("dice")]
+                entries = [{k: spreadsheet_value(v) for k, v in row.items()} for row in csv.DictReader(stream)
+                           if row.get("case") and row.get("dice")]
         except (OSError, csv.Error) as error:
             raise SpinalCordSegError(f"{log}: cannot read the correction log ({error})") from error
         known = set(self.table["case"])
