@@ -87,6 +87,7 @@ class TrainingRequest:
         work: the work folder (nnU-Net's raw, preprocessed and results folders; resumable).
         epochs, iterations, val_iterations: nnU-Net's epochs, training and validation
             iterations per epoch.
+        learning_rate: nnU-Net's initial learning rate (its default 0.01; its poly schedule follows).
         folds: ``"all"`` or fold numbers of the datasets' subject splits.
         device: ``cuda``, ``cpu`` or ``mps``.
         round: a round label for the lineage (default: the last dataset's name).
@@ -102,6 +103,7 @@ class TrainingRequest:
     epochs: int = 50
     iterations: int = DEFAULT_ITERATIONS
     val_iterations: int = 50
+    learning_rate: float = 1e-2
     folds: List[str] = field(default_factory=lambda: ["all"])
     device: str = "cuda"
     round: Optional[str] = None
@@ -330,7 +332,7 @@ def run_fold(request: TrainingRequest, fold: str) -> None:
 
 # ------------------------------------------------------------------ the training process
 
-def _trainer_class(epochs: int, iterations: int, val_iterations: int):
+def _trainer_class(epochs: int, iterations: int, val_iterations: int, learning_rate: float):
     """nnUNetTrainer with this budget and a checkpoint every epoch (so a killed run loses one epoch at most)."""
     import torch
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -345,6 +347,7 @@ def _trainer_class(epochs: int, iterations: int, val_iterations: int):
             self.num_epochs = epochs
             self.num_iterations_per_epoch = iterations
             self.num_val_iterations_per_epoch = val_iterations
+            self.initial_lr = learning_rate
             self.save_every = 1
 
     return nnUNetTrainer_SpinalCordSegRound
@@ -396,7 +399,8 @@ def train_fold_in_process(request: TrainingRequest, fold: str) -> None:
     folder = request.fold_folder(fold)
     resume = (folder / "checkpoint_latest.pth").is_file() or (folder / "checkpoint_final.pth").is_file()
     plans["continue_training"] = resume
-    trainer_class = _trainer_class(request.epochs, request.iterations, request.val_iterations)
+    trainer_class = _trainer_class(request.epochs, request.iterations, request.val_iterations,
+                                   request.learning_rate)
     trainer = trainer_class(plans, CONFIGURATION, fold if fold == "all" else int(fold), dataset_json,
                             device=torch.device(request.device))
     maybe_load_checkpoint(trainer, resume, False, None)
@@ -480,7 +484,8 @@ def make_lineage(request: TrainingRequest, files_sha256: Dict[str, str]) -> Line
         parent=request.parent_id or request.parent, parent_files_sha256=request.parent_files_sha256,
         round=request.round or request.datasets[-1].name, dataset_sha256=merged["sha256"], cases=merged["cases"],
         nnunet_version=version("nnunetv2"),
-        trainer=f"nnUNetTrainer ({request.epochs} epochs x {request.iterations} iterations, "
+        trainer=f"nnUNetTrainer ({request.epochs} epochs x {request.iterations} iterations, initial learning rate "
+                f"{request.learning_rate:g}, "
                 f"from the parent's weights; plans carried from the parent)",
         epochs=request.epochs, iterations_per_epoch=request.iterations, folds=list(request.folds),
         device=request.device, trained_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
