@@ -95,6 +95,8 @@ def _register_train(actions: argparse._SubParsersAction) -> None:
     train.add_argument("--val-iterations", type=int, default=50, help="validation iterations per epoch (default 50)")
     train.add_argument("--learning-rate", type=float, default=1e-2,
                        help="nnU-Net's initial learning rate (default 0.01, nnU-Net's; lower keeps closer to the parent)")
+    train.add_argument("--reset-heads", action="store_true",
+                       help="start the output heads at random (nnU-Net's -pretrained_weights); default: the parent's")
     train.add_argument("--folds", nargs="+", default=["all"],
                        help="'all' (every case, the default) or fold numbers of the subject splits")
     train.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
@@ -228,7 +230,7 @@ def run_train(args: argparse.Namespace) -> int:
         datasets=[p.resolve() for p in args.datasets], parent=args.parent, name=args.name,
         work=(args.work_dir or cache_dir() / "training" / args.name).resolve(), epochs=args.epochs,
         iterations=args.iterations, val_iterations=args.val_iterations,
-        learning_rate=args.learning_rate, folds=training.parse_folds(args.folds),
+        learning_rate=args.learning_rate, reset_heads=args.reset_heads, folds=training.parse_folds(args.folds),
         device=_training_device(args.device), round=args.round)
     if args.submit and not args.slurm:
         raise training.TrainingError("--submit goes with --slurm")
@@ -250,7 +252,8 @@ def run_train(args: argparse.Namespace) -> int:
     command = [sys.executable, "-m", "SpinalCordSegLib.cli", "round", "train", *map(str, request.datasets),
                "--parent", args.parent, "--name", args.name, "--epochs", str(args.epochs), "--iterations",
                str(args.iterations), "--val-iterations", str(args.val_iterations),
-               "--learning-rate", str(args.learning_rate), "--device", request.device,
+               "--learning-rate", str(args.learning_rate), *(["--reset-heads"] if args.reset_heads else []),
+               "--device", request.device,
                "--work-dir", str(request.work), "--round", request.round or request.datasets[-1].name]
     array = request.work / "train.sbatch"
     array.write_text(training.slurm_script(request, command, args.slurm_gpus, args.slurm_time, args.slurm_cpus,

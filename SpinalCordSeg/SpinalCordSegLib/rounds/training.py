@@ -88,6 +88,7 @@ class TrainingRequest:
         epochs, iterations, val_iterations: nnU-Net's epochs, training and validation
             iterations per epoch.
         learning_rate: nnU-Net's initial learning rate (its default 0.01; its poly schedule follows).
+        reset_heads: start the output heads at random, as nnU-Net's ``-pretrained_weights`` does.
         folds: ``"all"`` or fold numbers of the datasets' subject splits.
         device: ``cuda``, ``cpu`` or ``mps``.
         round: a round label for the lineage (default: the last dataset's name).
@@ -104,6 +105,7 @@ class TrainingRequest:
     iterations: int = DEFAULT_ITERATIONS
     val_iterations: int = 50
     learning_rate: float = 1e-2
+    reset_heads: bool = False
     folds: List[str] = field(default_factory=lambda: ["all"])
     device: str = "cuda"
     round: Optional[str] = None
@@ -307,6 +309,10 @@ def nnunet_environment(work: Path) -> Dict[str, str]:
     env = dict(os.environ)
     env.update(nnUNet_raw=str(work / "nnUNet_raw"), nnUNet_preprocessed=str(work / "nnUNet_preprocessed"),
                nnUNet_results=str(work / "nnUNet_results"))
+    # nnU-Net starts 8 export and 12 augmentation processes whatever the machine; no more than its cores.
+    cores = str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    for name, default in (("nnUNet_def_n_proc", 8), ("nnUNet_n_proc_DA", 12)):
+        env.setdefault(name, str(min(default, int(cores))))
     return env
 
 
@@ -407,7 +413,13 @@ def train_fold_in_process(request: TrainingRequest, fold: str) -> None:
     if not resume:
         trainer.initialize()
         parent = ModelFolder.open(request.parent_folder)
-        load_parent_weights(trainer.network, parent.checkpoint_path(fold if fold in parent.folds else parent.folds[0]))
+        checkpoint = parent.checkpoint_path(fold if fold in parent.folds else parent.folds[0])
+        if request.reset_heads:
+            from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
+
+            load_pretrained_weights(trainer.network, str(checkpoint))
+        else:
+            load_parent_weights(trainer.network, checkpoint)
         trainer.print_to_log_file(f"initial weights: the parent {request.parent_id} ({request.parent_folder})")
     started = time.perf_counter()
     if not (folder / "checkpoint_final.pth").is_file():
@@ -485,8 +497,8 @@ def make_lineage(request: TrainingRequest, files_sha256: Dict[str, str]) -> Line
         round=request.round or request.datasets[-1].name, dataset_sha256=merged["sha256"], cases=merged["cases"],
         nnunet_version=version("nnunetv2"),
         trainer=f"nnUNetTrainer ({request.epochs} epochs x {request.iterations} iterations, initial learning rate "
-                f"{request.learning_rate:g}, "
-                f"from the parent's weights; plans carried from the parent)",
+                f"{request.learning_rate:g}, " + ("output heads reset, " if request.reset_heads else "")
+                + "from the parent's weights; plans carried from the parent)",
         epochs=request.epochs, iterations_per_epoch=request.iterations, folds=list(request.folds),
         device=request.device, trained_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         training_seconds=round(seconds, 1),
