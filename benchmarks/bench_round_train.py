@@ -63,8 +63,9 @@ def raw_dataset(folder: Path) -> Path:
         shutil.copy(DATA / scan, folder / "imagesTr" / f"{case}_0000.nii.gz")
         sitk.WriteImage(sitk.Cast(sitk.ReadImage(str(DATA / mask)) > 0, sitk.sitkUInt8),
                         str(folder / "labelsTr" / f"{case}.nii.gz"))
-    (folder / "dataset.json").write_text(json.dumps({"channel_names": {"0": "MRI"}, "labels": {"background": 0, "sc": 1},
-                                                     "numTraining": len(CASES), "file_ending": ".nii.gz"}))
+    dataset = {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "sc": 1}, "numTraining": len(CASES),
+               "file_ending": ".nii.gz"}
+    (folder / "dataset.json").write_text(json.dumps(dataset))
     return folder
 
 

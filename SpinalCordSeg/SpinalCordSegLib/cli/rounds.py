@@ -94,7 +94,8 @@ def _register_train(actions: argparse._SubParsersAction) -> None:
                        help=f"training iterations per epoch (default {DEFAULT_ITERATIONS}, nnU-Net's)")
     train.add_argument("--val-iterations", type=int, default=50, help="validation iterations per epoch (default 50)")
     train.add_argument("--learning-rate", type=float, default=1e-2,
-                       help="nnU-Net's initial learning rate (default 0.01, nnU-Net's; lower keeps closer to the parent)")
+                       help="nnU-Net's initial learning rate (default 0.01, nnU-Net's; lower stays closer to "
+                            "the parent)")
     train.add_argument("--reset-heads", action="store_true",
                        help="start the output heads at random (nnU-Net's -pretrained_weights); default: the parent's")
     train.add_argument("--folds", nargs="+", default=["all"],

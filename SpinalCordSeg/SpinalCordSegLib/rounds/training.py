@@ -10,7 +10,8 @@ The steps, in a work folder (``--work-dir``; a rerun with the same arguments res
    (what ``nnUNetv2_move_plans_between_datasets`` does): same patch, spacing, network, and
    normalisation, so the parent's weights fit.
 3. In a separate process (``python -m SpinalCordSegLib.rounds.training WORK FOLD``): nnU-Net's
-   fingerprint and preprocessing (``extract_fingerprint_dataset``, ``preprocess_dataset``, once, under a lock), then nnU-Net's training loop
+   fingerprint and preprocessing (``extract_fingerprint_dataset``, ``preprocess_dataset``, once, under a
+   lock), then nnU-Net's training loop
    (``nnUNetTrainer`` with the epochs and iterations asked, a checkpoint each epoch) from the
    parent's weights, then nnU-Net's validation of the fold (``perform_actual_validation``).
    A killed run continues from ``checkpoint_latest.pth`` (nnU-Net's ``--c``).

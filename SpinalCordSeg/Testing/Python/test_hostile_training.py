@@ -21,7 +21,8 @@ REPO = Path(__file__).resolve().parents[3]
 
 
 def _training_tests():
-    spec = importlib.util.spec_from_file_location("training_tests", Path(__file__).parent / "rounds" / "test_training.py")
+    path = Path(__file__).parent / "rounds" / "test_training.py"
+    spec = importlib.util.spec_from_file_location("training_tests", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
