@@ -219,6 +219,8 @@ def test_the_loop_batch_correct_export_train_promote(shared_data, tmp_path, caps
     assert main(["models", "list"]) == 0
     listed = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("demo-sc ", "sc-round1"))]
     assert len(listed) == 2 and "trained" in listed[1] and "trained from demo-sc on Dataset101_Round1" in listed[1]
+    assert main(["models", "info", "sc-round1"]) == 0
+    assert "lineage: parent demo-sc, round Dataset101_Round1, 2 case(s)" in capsys.readouterr().out
     # The same command again finds the model installed: nothing is overwritten.
     assert main(["round", "train", str(raw), "--parent", "demo-sc", "--name", "sc-round1",
                  "--work-dir", str(tmp_path / "work")]) == 1
