@@ -6,9 +6,12 @@ same subject splits, the same epochs, iterations and learning rate:
 
 - ``round train ... --reset-heads`` (nnU-Net's ``-pretrained_weights`` behaviour, so that the
   start is the same) in its own work folder;
-- ``nnUNetv2_train 900 3d_fullres 0 -tr nnUNetTrainer_Bench -pretrained_weights PARENT``, nnU-Net's
-  entry point, on a copy of that work folder's raw and preprocessed data, with a trainer
-  (found through ``nnUNet_extTrainer``) that sets the same epochs, iterations and learning rate.
+- the body of ``nnUNetv2_train 900 3d_fullres 0 -tr nnUNetTrainer_Bench -pretrained_weights PARENT``
+  (nnU-Net's ``run_training``: the trainer, ``maybe_load_checkpoint`` with the pretrained
+  weights, ``run_training``, ``perform_actual_validation``), on a copy of that work folder's raw
+  and preprocessed data, with a trainer that sets the same epochs, iterations and learning rate.
+  (``nnUNetv2_train`` itself finds a custom trainer by importing every trainer module of
+  nnU-Net first; in this environment one of them fails on torchvision, so its body is run.)
 
 nnU-Net has no seed: each is run ``--repeats`` times; the difference of the means is
 compared with the spread of the repeats (the noise). Prints one JSON line.
@@ -43,8 +46,10 @@ CASES = {
     "sub-04_MTS": ("mt/mt1.nii.gz", "mt/mt1_seg.nii.gz"),
     "sub-05_T2w": ("t2/t2_fake_lesion.nii.gz", "t2/t2_fake_lesion_sc_seg.nii.gz"),
 }
-TRAINER = '''from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+TRAINER = '''import json, os, sys
 import torch
+from nnunetv2.run.run_training import maybe_load_checkpoint
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 
 class nnUNetTrainer_Bench(nnUNetTrainer):
@@ -53,6 +58,16 @@ class nnUNetTrainer_Bench(nnUNetTrainer):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs, self.num_iterations_per_epoch = {epochs}, {iterations}
         self.num_val_iterations_per_epoch, self.initial_lr = {val_iterations}, {learning_rate}
+
+
+folder = os.path.join(os.environ["nnUNet_preprocessed"], "Dataset900_SpinalCordSegRound")
+plans = json.load(open(os.path.join(folder, "nnUNetPlans.json")))
+plans["continue_training"] = False
+trainer = nnUNetTrainer_Bench(plans, "3d_fullres", 0, json.load(open(os.path.join(folder, "dataset.json"))),
+                              device=torch.device(sys.argv[2]))
+maybe_load_checkpoint(trainer, False, False, sys.argv[1])
+trainer.run_training()
+trainer.perform_actual_validation(False)
 '''
 
 
@@ -89,7 +104,7 @@ def main() -> int:
     raw = raw_dataset(root / "Dataset101_Bench")
     from SpinalCordSegLib.models.catalogue import load_catalogue
     from SpinalCordSegLib.models.model_folder import ModelFolder
-    from SpinalCordSegLib.rounds.training import DATASET_ID, TrainingRequest, nnunet_environment
+    from SpinalCordSegLib.rounds.training import TrainingRequest, nnunet_environment
 
     parent = ModelFolder.open(load_catalogue()["demo-sc"].path).checkpoint_path("all")
     budget = ["--epochs", str(args.epochs), "--iterations", str(args.iterations), "--val-iterations",
@@ -107,16 +122,12 @@ def main() -> int:
         theirs_work = root / f"theirs{repeat}"
         for name in ("nnUNet_raw", "nnUNet_preprocessed"):
             shutil.copytree(work / name, theirs_work / name)
-        trainers = root / "trainers"
-        trainers.mkdir(exist_ok=True)
-        (trainers / "nnUNetTrainer_Bench.py").write_text(TRAINER.format(
-            epochs=args.epochs, iterations=args.iterations, val_iterations=args.val_iterations,
-            learning_rate=args.learning_rate))
-        nnunet_env = {**nnunet_environment(theirs_work), "nnUNet_extTrainer": str(trainers)}
+        runner = root / "nnunet_train.py"
+        runner.write_text(TRAINER.format(epochs=args.epochs, iterations=args.iterations,
+                                         val_iterations=args.val_iterations, learning_rate=args.learning_rate))
         started = time.perf_counter()
-        subprocess.run([str(Path(sys.executable).with_name("nnUNetv2_train")), str(DATASET_ID), "3d_fullres", "0",
-                        "-tr", "nnUNetTrainer_Bench", "-pretrained_weights", str(parent), "-device", args.device],
-                       env=nnunet_env, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run([sys.executable, str(runner), str(parent), args.device], env=nnunet_environment(theirs_work),
+                       check=True, stdout=subprocess.DEVNULL)
         seconds["nnUNetv2_train"].append(time.perf_counter() - started)
         results = theirs_work / "nnUNet_results"
         theirs.append(dice(next(results.glob("*/nnUNetTrainer_Bench__nnUNetPlans__3d_fullres/fold_0"))))
