@@ -242,14 +242,10 @@ def run_train(args: argparse.Namespace) -> int:
             print(f"installed model '{installed.id}' in {installed.path} (trained from "
                   f"{installed.record['lineage']['parent']}; validation Dice {dice})")
         return 0
-    from ..models.model_folder import ModelFolder
     from ..models.model_store import ModelStore
 
-    store = ModelStore()
-    resolved = store.resolve(request.parent)
-    request.parent_folder, request.parent_id = ModelFolder.open(resolved.folder).path, resolved.model_id
-    request.parent_files_sha256 = resolved.files_sha256
-    training.prepare(request, ModelFolder.open(resolved.folder))  # once, before the tasks (they would race)
+    # Merged and planned once, here: the array tasks would race on it.
+    training.prepare(request, training.resolve_parent(request, ModelStore()))
     command = [sys.executable, "-m", "SpinalCordSegLib.cli", "round", "train", *map(str, request.datasets),
                "--parent", args.parent, "--name", args.name, "--epochs", str(args.epochs), "--iterations",
                str(args.iterations), "--val-iterations", str(args.val_iterations),

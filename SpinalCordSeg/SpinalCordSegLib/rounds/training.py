@@ -508,6 +508,15 @@ def make_lineage(request: TrainingRequest, files_sha256: Dict[str, str]) -> Line
     )
 
 
+def resolve_parent(request: TrainingRequest, store) -> ModelFolder:
+    """The parent model, trusted (``store.resolve``); its folder, id and file hashes go into ``request``."""
+    resolved = store.resolve(request.parent)
+    parent = ModelFolder.open(resolved.folder)
+    request.parent_folder, request.parent_id = parent.path, resolved.model_id or request.parent
+    request.parent_files_sha256 = resolved.files_sha256
+    return parent
+
+
 def train_round(request: TrainingRequest, install: bool = True, store=None):
     """Prepare, train every fold (resuming), and install the model with its lineage; return it (or None)."""
     from ..models.model_store import ModelStore
@@ -515,11 +524,7 @@ def train_round(request: TrainingRequest, install: bool = True, store=None):
     store = store or ModelStore()
     if store.get_installed(request.name) is not None or store.catalogue.get(request.name) is not None:
         raise TrainingError(f"a model '{request.name}' exists already; choose another --name")
-    resolved = store.resolve(request.parent)
-    parent = ModelFolder.open(resolved.folder)
-    request.parent_folder, request.parent_id = parent.path, resolved.model_id or request.parent
-    request.parent_files_sha256 = resolved.files_sha256
-    merged = prepare(request, parent)
+    merged = prepare(request, resolve_parent(request, store))
     print(f"{len(merged.cases)} case(s) from {len(request.datasets)} dataset(s), sha256 {merged.sha256[:12]}; "
           f"plans of {request.parent_id}; work folder {request.work}", flush=True)
     for fold in request.folds:
