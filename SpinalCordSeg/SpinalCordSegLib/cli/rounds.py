@@ -274,7 +274,7 @@ def run_promote(args: argparse.Namespace) -> int:
     from .drift import run_drift
     from ..imaging.fileutil import write_json_atomic
     from ..models.catalogue import is_valid_id
-    from ..models.model_store import ModelStore
+    from ..models.model_store import CURRENT, ModelStore
     from ..rounds.promotion import PROMOTION_FILE, GateSettings, gate_problems
     from ..rounds.training import TrainingError
 
@@ -283,6 +283,8 @@ def run_promote(args: argparse.Namespace) -> int:
     if candidate is None:
         raise TrainingError(f"no installed model '{args.candidate}' in {store.models_dir} (see 'models list')")
     settings = GateSettings(args.max_std_increase, args.max_scaling_deviation, args.max_dice_drop)
+    if args.against == CURRENT:  # the lineage names the model, not the pointer that moves
+        args.against = (store.current() or {}).get("model", CURRENT)
     parent_name = args.against if is_valid_id(args.against) and args.against != candidate.id else "parent"
     output = candidate.path / "drift"
     drift_args = build_parser("drift").parse_args(
