@@ -60,14 +60,15 @@ class nnUNetTrainer_Bench(nnUNetTrainer):
         self.num_val_iterations_per_epoch, self.initial_lr = {val_iterations}, {learning_rate}
 
 
-folder = os.path.join(os.environ["nnUNet_preprocessed"], "Dataset900_SpinalCordSegRound")
-plans = json.load(open(os.path.join(folder, "nnUNetPlans.json")))
-plans["continue_training"] = False
-trainer = nnUNetTrainer_Bench(plans, "3d_fullres", 0, json.load(open(os.path.join(folder, "dataset.json"))),
-                              device=torch.device(sys.argv[2]))
-maybe_load_checkpoint(trainer, False, False, sys.argv[1])
-trainer.run_training()
-trainer.perform_actual_validation(False)
+if __name__ == "__main__":  # nnU-Net's validation spawns processes that import this file again
+    folder = os.path.join(os.environ["nnUNet_preprocessed"], "Dataset900_SpinalCordSegRound")
+    plans = json.load(open(os.path.join(folder, "nnUNetPlans.json")))
+    plans["continue_training"] = False
+    trainer = nnUNetTrainer_Bench(plans, "3d_fullres", 0, json.load(open(os.path.join(folder, "dataset.json"))),
+                                  device=torch.device(sys.argv[2]))
+    maybe_load_checkpoint(trainer, False, False, sys.argv[1])
+    trainer.run_training()
+    trainer.perform_actual_validation(False)
 '''
 
 
@@ -131,6 +132,8 @@ def main() -> int:
         seconds["nnUNetv2_train"].append(time.perf_counter() - started)
         results = theirs_work / "nnUNet_results"
         theirs.append(dice(next(results.glob("*/nnUNetTrainer_Bench__nnUNetPlans__3d_fullres/fold_0"))))
+        print(json.dumps({"repeat": repeat, "round_train_dice": ours[-1], "nnunetv2_train_dice": theirs[-1],
+                          "seconds": {k: v[-1] for k, v in seconds.items()}}), flush=True)
     spread = [abs(a - b) for a, b in ((ours[0], ours[-1]), (theirs[0], theirs[-1]))] if args.repeats > 1 else []
     print(json.dumps({
         "epochs": args.epochs, "iterations": args.iterations, "learning_rate": args.learning_rate,
