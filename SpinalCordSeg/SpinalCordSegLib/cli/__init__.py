@@ -30,7 +30,7 @@ COMMANDS = {
     "models": ("models", "list, install, inspect and remove models"),
     "measure": ("measure", "cord cross-sectional area and shape per slice; lesion volume, length, damage ratio"),
     "batch": ("rounds", "predict every scan of a BIDS dataset (resumable, shardable)"),
-    "round": ("rounds", "active-learning round: merge, rank, mark, next, sync, export"),
+    "round": ("rounds", "active-learning round: merge, rank, mark, next, sync, export, train, promote"),
     "drift": ("drift", "compare model versions' cord CSA on a frozen BIDS test set (CI gate)"),
 }
 

@@ -167,6 +167,16 @@ def _info_lines(store, model_id: str) -> List[str]:
         return lines + ["installed: no" if entry is None or not entry.builtin else "installed: built in"]
     lines += [f"installed: {model.path} ({format_size(model.size_bytes())})", f"source: {model.source}",
               f"installed at: {model.record.get('installed_at', 'unknown')}"]
+    lineage = model.record.get("lineage") if model.record.get("source") == "trained" else None
+    if isinstance(lineage, dict):
+        promotion = lineage.get("promotion") or {}
+        lines += [f"lineage: parent {lineage.get('parent')}, round {lineage.get('round')}, "
+                  f"{len(lineage.get('cases') or {})} case(s) (dataset sha256 {lineage.get('dataset_sha256')}), "
+                  f"{lineage.get('trainer')}, device {lineage.get('device')}, trained at {lineage.get('trained_at')} "
+                  f"in {lineage.get('training_seconds')} s, validation Dice {lineage.get('validation_dice')}",
+                  "promotion: " + ("none yet" if not promotion else
+                                   f"{'passed' if promotion.get('passed') else 'failed'} against "
+                                   f"{promotion.get('against')}" + (" (forced)" if promotion.get("forced") else ""))]
     return lines + _trust_lines(store.trust_status(model))
 
 

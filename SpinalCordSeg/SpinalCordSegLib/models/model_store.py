@@ -48,6 +48,9 @@ from .trust import TrustStore, changed_files, check_weights_only, untrusted_mess
 logger = logging.getLogger(__name__)
 
 RECORD_FILE = "spinalcordseg-model.json"
+#: The round's model (what ``-m current`` means), set only by ``round promote``.
+CURRENT_FILE = "current.json"
+CURRENT = "current"
 Confirm = Callable[[str], bool]
 
 
@@ -83,7 +86,8 @@ class TrustState:
     """Whether a model folder may be loaded, from the sha256 of its files now.
 
     Attributes:
-        status: ``builtin``, ``pinned``, ``user``, ``not trusted`` or
+        status: ``builtin``, ``pinned``, ``user``, ``trained`` (trained by ``round train``,
+            its files as the training recorded them), ``not trusted`` or
             ``unusable`` (the folder fails its checks: ``problem`` says why).
         files: relative path -> sha256 now (empty when unusable).
         changes: relative path -> a phrase, for each file that differs from
@@ -103,7 +107,7 @@ class TrustState:
     @property
     def trusted(self) -> bool:
         """True when the model loads without asking."""
-        return self.status in ("builtin", "pinned", "user")
+        return self.status in ("builtin", "pinned", "user", "trained")
 
     @property
     def summary(self) -> str:
@@ -139,6 +143,9 @@ class InstalledModel:
         kind = self.record.get("source")
         if kind is None:
             return f"unknown (no {RECORD_FILE})"
+        if kind == "trained":
+            lineage = self.record.get("lineage") or {}
+            return f"trained from {lineage.get('parent')} on {lineage.get('round')}"
         places = self.record.get("urls") or self.record.get("files") or []
         version = f" {self.version}" if self.version else ""
         return f"{kind}{version}: {', '.join(places)}"
@@ -242,7 +249,10 @@ class ModelStore:
         files = model.file_sha256()
         reason = self._pinned(entry, installed, files)
         if reason is None and self.trust_store.is_trusted(files):
-            reason = "user"
+            lineage = (installed.record.get("lineage") or {}) if installed is not None else {}
+            # The trust store holds the hashes the training recorded; the lineage says which model made them.
+            reason = "trained" if lineage and installed.record.get("source") == "trained" and lineage.get(
+                "files_sha256") == files else "user"
         if reason is not None:
             return TrustState(reason, files, {})
         before, since = self.trust_store.trusted_before(model.path), "since you trusted it"
@@ -323,6 +333,55 @@ class ModelStore:
         if not source.is_dir():
             record["archive_sha256"] = {source.name: sha256_of_file(source)}
         return self._install(model_id, [source], record, None)
+
+    def install_trained(self, results: Union[str, Path], model_id: str, lineage: dict) -> InstalledModel:
+        """Install a model trained by ``round train`` with its ``lineage``; trust exactly the files it recorded.
+
+        The hashes are those of the training's output (``lineage["files_sha256"]``): if
+        the installed files differ, the install is undone and refused.
+        """
+        _check_id(model_id)
+        if model_id == CURRENT or self.catalogue.get(model_id) is not None or (self.models_dir / model_id).exists():
+            raise ModelInstallError(f"'{model_id}' is taken (a catalogue id, an installed model, or 'current'); "
+                                    "choose another name")
+        record = {"source": "trained", "id": model_id, "name": model_id, "version": lineage.get("trained_at"),
+                  "lineage": lineage}
+        installed = self._install(model_id, [Path(results)], record, lineage.get("folds"))
+        if installed.record.get("files_sha256") != lineage.get("files_sha256"):
+            self.remove(model_id)
+            raise ModelInstallError(f"'{model_id}': the installed files differ from the trained ones; not installed")
+        model = ModelFolder.open(installed.results_folder())
+        checks = [check_weights_only(model.checkpoint_path(fold)) for fold in model.folds]
+        self.trust_store.trust(model.path, lineage["files_sha256"], checks,
+                               source=f"trained by 'spinalcordseg round train' from {lineage.get('parent')}")
+        return installed
+
+    def update_lineage(self, model_id: str, **changes: object) -> InstalledModel:
+        """Add ``changes`` to a trained model's lineage (e.g. its promotion), in its install record."""
+        installed = self.get_installed(model_id)
+        if installed is None or installed.record.get("source") != "trained":
+            raise ModelInstallError(f"'{model_id}' is not a model trained by 'round train' in {self.models_dir}")
+        record = dict(installed.record)
+        record["lineage"] = {**record.get("lineage", {}), **changes}
+        write_json_atomic(record, installed.path / RECORD_FILE)
+        return self._installed_at(installed.path)
+
+    def current(self) -> Optional[dict]:
+        """The round's model as ``round promote`` recorded it (``{"model": id, ...}``), or None."""
+        path = self.models_dir / CURRENT_FILE
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as error:
+            raise ModelInstallError(f"{path}: unreadable ({error}); promote a model again") from error
+        return data if isinstance(data, dict) and isinstance(data.get("model"), str) else None
+
+    def set_current(self, model_id: str, **details: object) -> Path:
+        """Make ``model_id`` the round's model (only ``round promote`` calls this)."""
+        self.models_dir.mkdir(parents=True, exist_ok=True)
+        return write_json_atomic({"model": model_id, "promoted_at": _now(), **details},
+                                 self.models_dir / CURRENT_FILE)
 
     def _check_local_files(self, entry: CatalogueEntry, files: List[Path]) -> List[Tuple[Path, str]]:
         """Match files to the entry's assets and check them; return (file, sha256) in asset order."""
@@ -515,6 +574,12 @@ class ModelStore:
     def _locate(self, spec: str, confirm: Optional[Confirm], progress: Optional[Progress] = None
                 ) -> Tuple[Path, Optional[CatalogueEntry], Optional[InstalledModel]]:
         """(folder holding the model, catalogue entry, installed model) for ``spec``."""
+        if spec == CURRENT:
+            current = self.current()
+            if current is None:
+                raise ModelInstallError(f"no current model in {self.models_dir}: promote one with "
+                                        "'spinalcordseg round promote'")
+            spec = current["model"]
         entry = self.catalogue.get(spec)
         if entry is not None and entry.runner:
             raise ModelInstallError(f"{entry.runner_note}. It gives disc labels, not masks: use it through "

@@ -9,7 +9,7 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence
 
@@ -25,12 +25,14 @@ class ModelEntry:
         name: what the user reads.
         installed: ready without a download.
         builtin: an embedded demo model shipped with the module.
+        current: the round's model (``round promote``'s last release): the default.
     """
 
     id: str
     name: str
     installed: bool
     builtin: bool = False
+    current: bool = False
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,8 @@ class ModelSelectorState:
             else:
                 label = f"{entry.name} (not installed)"
                 tooltip = f"Downloaded and installed on first use ('{entry.id}')"
+            if entry.current:
+                label, tooltip = f"{label} (round's model)", f"{tooltip}; released by 'round promote'"
             items.append(ModelItem(entry.id, label, entry.installed or not entry.builtin, tooltip))
         for folder in self.custom_folders:
             items.append(ModelItem(folder, f"Folder: {Path(folder).name}", True, folder))
@@ -84,8 +88,11 @@ class ModelSelectorState:
         return items
 
     def default_key(self) -> Optional[str]:
-        """The first usable model: an installed one if any, else the first entry."""
+        """The round's model if any, else the first usable model: an installed one if any, else the first entry."""
         usable = [item for item in self.items() if item.enabled and item.key != CUSTOM_FOLDER]
+        current = next((e.id for e in self.entries if e.current and e.installed), None)
+        if current is not None:
+            return current
         installed = {e.id for e in self.entries if e.installed}
         first_installed = next((item.key for item in usable if item.key in installed), None)
         return first_installed or (usable[0].key if usable else None)
@@ -96,8 +103,11 @@ class ModelSelectorState:
         return key == CUSTOM_FOLDER
 
 
-def catalogue_model_entries(catalogue: Iterable, installed: Iterable = ()) -> List[ModelEntry]:
+def catalogue_model_entries(catalogue: Iterable, installed: Iterable = (),
+                            current: Optional[str] = None) -> List[ModelEntry]:
     """Entries for every catalogue model, then every installed model the catalogue does not know.
+
+    ``current`` is the id of the round's model (``ModelStore.current()``), marked as such.
 
     ``catalogue`` is a :class:`SpinalCordSegLib.models.catalogue.Catalogue`;
     ``installed`` holds ``model_store.InstalledModel`` objects (``ModelStore().installed()``).
@@ -113,4 +123,4 @@ def catalogue_model_entries(catalogue: Iterable, installed: Iterable = ()) -> Li
             entries.append(ModelEntry(entry.id, entry.name, entry.id in installed))
     known = {entry.id for entry in entries}
     entries += [ModelEntry(i, model.record.get("name") or i, True) for i, model in installed.items() if i not in known]
-    return entries
+    return [replace(entry, current=True) if entry.id == current else entry for entry in entries]

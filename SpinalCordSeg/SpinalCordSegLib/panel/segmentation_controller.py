@@ -32,7 +32,7 @@ from ..rounds.correction import SavedCorrection, plan_outputs
 from ..inference.devices import DeviceChoice, device_choices
 from .edit_tracking import overwrite_question
 from ..inference.engine import InferenceOptions
-from ..errors import CancelledError, SpinalCordSegError
+from ..errors import CancelledError, ModelInstallError, SpinalCordSegError
 from ..imaging.image_io import write_image_atomic
 from ..models.install_plan import InstallOutcome, dependency_status, install_plan, install_question, missing_packages, \
     run_install
@@ -230,14 +230,18 @@ class SegmentationController:
     def model_items(self) -> List[ModelItem]:
         """The model combo box; picks the default model when none is chosen."""
         catalogue = load_catalogue()
-        installed = []
+        installed, current = [], None
         try:
             from ..models.model_store import ModelStore
 
-            installed = ModelStore(catalogue=catalogue).installed()
+            store = ModelStore(catalogue=catalogue)
+            installed = store.installed()
+            current = (store.current() or {}).get("model")
+        except ModelInstallError as error:  # an unreadable current.json: no default from it, say why
+            logging.warning("SpinalCordSeg: %s", error)
         except ImportError as error:  # before the first-run set-up the model store cannot load
             logging.info("SpinalCordSeg: installed models are listed after the set-up (%s)", error)
-        self._models = ModelSelectorState(catalogue_model_entries(catalogue, installed),
+        self._models = ModelSelectorState(catalogue_model_entries(catalogue, installed, current),
                                           self.params.get("CustomFolders", []))
         if self.params.get("Model") is None:
             self.params.set("Model", self._models.default_key())

@@ -35,3 +35,16 @@ def test_catalogue_entries_mark_installed_and_custom_models(tmp_path):
     assert [e for e in entries if e in catalogue_ids] == catalogue_ids
     assert entries["lesion_sci_t2"].installed and not entries["spinalcord"].installed
     assert entries["my-model"] == ModelEntry("my-model", "My model", True)
+
+
+def test_the_rounds_model_is_marked_and_chosen_by_default(tmp_path):
+    models = tmp_path / "models"
+    (models / "sc-round2").mkdir(parents=True)
+    store = ModelStore(models_dir=models, catalogue=load_catalogue())
+    assert store.current() is None
+    before = ModelSelectorState(catalogue_model_entries(store.catalogue, store.installed(), None))
+    assert before.default_key() != "sc-round2"
+    store.set_current("sc-round2", against="demo-sc")  # what 'round promote' records
+    selector = ModelSelectorState(catalogue_model_entries(store.catalogue, store.installed(), store.current()["model"]))
+    assert selector.default_key() == "sc-round2"
+    assert [i.label for i in selector.items() if i.key == "sc-round2"] == ["sc-round2 (round's model)"]
