@@ -347,6 +347,11 @@ class SegmentationEngine:
             while reached and self._retry_whole(box) and len(grown) < MAX_GROWTHS:
                 # Most misses are a few mm: predict only the missing part, beyond the faces reached.
                 faces = sorted({key for keys in reached.values() for key in keys})
+                target = box
+                for key in faces:
+                    target = self._slab(image, target, key)[2]
+                if target.covers(image.GetSize()):
+                    break  # the grown box would be the whole field: predict that in one piece (below)
                 for key in faces:
                     box, maps = self._grow(image, box, maps, key, normalize_like, report, timing)
                 grown.append(faces)
@@ -388,14 +393,12 @@ class SegmentationEngine:
                 reached[structure] = touched
         return reached
 
-    def _grow(self, image: sitk.Image, box: CropBox, maps: Dict[str, sitk.Image], key: str,
-              normalize_like: Optional[sitk.Image], report: ProgressCallback,
-              timing: Dict[str, float]) -> Tuple[CropBox, Dict[str, sitk.Image]]:
-        """``box`` grown by the crop margin on face ``key`` (``xmax``...), and ``maps`` with the new part predicted.
+    def _slab(self, image: sitk.Image, box: CropBox, key: str) -> Tuple[CropBox, Tuple[int, int], CropBox]:
+        """(slab to predict, its new voxels along the axis as (start, end), grown box) for face ``key`` of ``box``.
 
-        The slab predicted reaches back into the box by the margin too (and to a
-        patch's length along the axis), so the network sees the structure it
-        continues; only the new voxels are pasted.
+        The box grows by the crop margin (at least 10 mm) on that face; the slab
+        reaches back into the box by as much (and to a patch's length along the
+        axis), so the network sees the structure it continues.
         """
         axis, high = "xyz".index(key[0]), key.endswith("max")
         face = axis_faces(image)[axis][int(high)]
@@ -413,6 +416,17 @@ class SegmentationEngine:
         index, size = list(box.index), list(box.size)
         index[axis], size[axis] = start, end - start
         slab = CropBox(tuple(index), tuple(size), box.source)
+        index, size = list(box.index), list(box.size)
+        index[axis], size[axis] = min(box.index[axis], new[0]), size[axis] + new[1] - new[0]
+        return slab, new, CropBox(tuple(index), tuple(size), box.source)
+
+    def _grow(self, image: sitk.Image, box: CropBox, maps: Dict[str, sitk.Image], key: str,
+              normalize_like: Optional[sitk.Image], report: ProgressCallback,
+              timing: Dict[str, float]) -> Tuple[CropBox, Dict[str, sitk.Image]]:
+        """``box`` grown on face ``key`` (``xmax``...; see :meth:`_slab`), and ``maps`` with only the new voxels
+        predicted."""
+        axis = "xyz".index(key[0])
+        slab, new, grown_box = self._slab(image, box, key)
         predicted = self._predict_maps(crop(image, slab), report, normalize_like=normalize_like, timing=timing)
         region = [slice(lo, up) for lo, up in zip(box.index, box.upper)][::-1]  # numpy order z, y, x
         region[2 - axis] = slice(*new)
@@ -423,9 +437,7 @@ class SegmentationEngine:
             array[tuple(region)] = sitk.GetArrayViewFromImage(predicted[structure])[local]
             grown[structure] = sitk.GetImageFromArray(array)
             grown[structure].CopyInformation(image)
-        index, size = list(box.index), list(box.size)
-        index[axis], size[axis] = min(box.index[axis], new[0]), size[axis] + new[1] - new[0]
-        return CropBox(tuple(index), tuple(size), box.source), grown
+        return grown_box, grown
 
     def crop_box_for(
         self,
