@@ -51,7 +51,8 @@ def write_outputs(
         if write_soft:
             images[f"{structure}_probseg"] = write_image_atomic(
                 soft, output_dir / output_name(source, structure, "probseg"))
-        images[f"{structure}_seg"] = write_image_atomic(masks[structure], output_dir / output_name(source, structure, "seg"))
+        images[f"{structure}_seg"] = write_image_atomic(masks[structure],
+                                                        output_dir / output_name(source, structure, "seg"))
     if isinstance(provenance.get("Timing"), dict):  # the engine's stages, and now the images' writing
         step["Timing"] = dict(provenance["Timing"], Writing=round(time.perf_counter() - started, 3))
     written: Dict[str, Path] = {}

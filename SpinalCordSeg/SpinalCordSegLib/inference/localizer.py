@@ -124,7 +124,7 @@ def extend_along_body(mask: sitk.Image, fit_mm: float = EXTEND_FIT_MM) -> sitk.I
 
     >>> image = sitk.Image([20, 20, 30], sitk.sitkUInt8)
     >>> image[5:8, 10:13, 10:20] = 1  # a cord found on slices 10 to 19 only
-    >>> sitk.GetArrayViewFromImage(extend_along_body(image)).any(axis=(1, 2)).all()
+    >>> bool(sitk.GetArrayViewFromImage(extend_along_body(image)).any(axis=(1, 2)).all())
     True
     """
     along = superior_inferior_axis(mask)
@@ -137,7 +137,8 @@ def extend_along_body(mask: sitk.Image, fit_mm: float = EXTEND_FIT_MM) -> sitk.I
     half = np.median(extents, axis=0) / 2
     window = max(2, int(math.ceil(fit_mm / mask.GetSpacing()[along])))
     result = array.copy()
-    for ends, beyond in ((slice(None, window), range(0, found[0])), (slice(-window, None), range(found[-1] + 1, len(array)))):
+    for ends, beyond in ((slice(None, window), range(0, found[0])),
+                         (slice(-window, None), range(found[-1] + 1, len(array)))):
         if not beyond:
             continue
         slices, points = found[ends], centres[ends]
