@@ -282,6 +282,29 @@ class SegmentationEngine:
         """The network's voxel spacing in mm, in nnU-Net's array order (z, y, x) of the model's orientation."""
         return tuple(float(v) for v in self._predictor.configuration_manager.spacing)
 
+    @property
+    def patch_size(self) -> Tuple[int, ...]:
+        """The network's patch in voxels, array order (z, y, x)."""
+        return tuple(int(v) for v in self._predictor.configuration_manager.patch_size)
+
+    @property
+    def downsampling(self) -> Tuple[int, ...]:
+        """The network's total downsampling per axis (array order z, y, x): a tile's sides must be multiples of it."""
+        strides = np.array(self._predictor.configuration_manager.pool_op_kernel_sizes)
+        return tuple(int(v) for v in strides.prod(axis=0))
+
+    @contextlib.contextmanager
+    def tiles_of(self, patch_size: Sequence[int]):
+        """Within the block, predict with sliding-window tiles of ``patch_size`` (array order z, y, x; multiples of
+        :attr:`downsampling`) instead of the model's patch: its network is fully convolutional."""
+        configuration = self._predictor.configuration_manager.configuration
+        previous = configuration["patch_size"]
+        configuration["patch_size"] = [int(p) for p in patch_size]
+        try:
+            yield self
+        finally:
+            configuration["patch_size"] = previous
+
     def provenance(self) -> dict:
         """The ``GeneratedBy`` entry describing this engine's automatic step."""
         from importlib.metadata import version
@@ -394,11 +417,13 @@ class SegmentationEngine:
         return reached
 
     def _slab(self, image: sitk.Image, box: CropBox, key: str) -> Tuple[CropBox, Tuple[int, int], CropBox]:
-        """(slab to predict, its new voxels along the axis as (start, end), grown box) for face ``key`` of ``box``.
+        """(slab to predict, the voxels along the axis it replaces as (start, end), grown box) for face ``key``.
 
-        The box grows by the crop margin (at least 10 mm) on that face; the slab
-        reaches back into the box by as much (and to a patch's length along the
-        axis), so the network sees the structure it continues.
+        The box grows by the crop margin (at least 10 mm) on face ``key``; the
+        slab reaches back into the box by as much (and to a patch's length along
+        the axis), so the network sees the structure it continues. The slab's
+        maps replace the new voxels and the half of that overlap next to the
+        old face, where the first prediction saw the structure cut off by the box.
         """
         axis, high = "xyz".index(key[0]), key.endswith("max")
         face = axis_faces(image)[axis][int(high)]
@@ -408,23 +433,24 @@ class SegmentationEngine:
         if high:
             end = min(length, box.upper[axis] + step)
             start = max(0, min(box.upper[axis] - step, end - patch))
-            new = (box.upper[axis], end)
+            new = (max(start, box.upper[axis] - step // 2), end)
         else:
             start = max(0, box.index[axis] - step)
             end = min(length, max(box.index[axis] + step, start + patch))
-            new = (start, box.index[axis])
+            new = (start, min(end, box.index[axis] + step // 2))
         index, size = list(box.index), list(box.size)
         index[axis], size[axis] = start, end - start
         slab = CropBox(tuple(index), tuple(size), box.source)
         index, size = list(box.index), list(box.size)
-        index[axis], size[axis] = min(box.index[axis], new[0]), size[axis] + new[1] - new[0]
+        first, last = (box.index[axis], end) if high else (start, box.upper[axis])
+        index[axis], size[axis] = first, last - first
         return slab, new, CropBox(tuple(index), tuple(size), box.source)
 
     def _grow(self, image: sitk.Image, box: CropBox, maps: Dict[str, sitk.Image], key: str,
               normalize_like: Optional[sitk.Image], report: ProgressCallback,
               timing: Dict[str, float]) -> Tuple[CropBox, Dict[str, sitk.Image]]:
-        """``box`` grown on face ``key`` (``xmax``...; see :meth:`_slab`), and ``maps`` with only the new voxels
-        predicted."""
+        """``box`` grown on face ``key`` (``xmax``...; see :meth:`_slab`), and ``maps`` with the new voxels (and
+        those next to the old face) predicted."""
         axis = "xyz".index(key[0])
         slab, new, grown_box = self._slab(image, box, key)
         predicted = self._predict_maps(crop(image, slab), report, normalize_like=normalize_like, timing=timing)

@@ -6,10 +6,11 @@ Two ways to find the cord's box before a model runs:
   the scan is resampled to twice the model's own spacing (6 x 1.8 x 1.8 mm
   for ``demo-sc``) and given to the network as if it were at its own
   spacing, so the network sees the body at half size (the 10 mm cord as
-  5 voxels, enough to find it) and runs on an eighth of the voxels; tiles
-  side by side, no mirroring: about a second on a CPU. Of its cord map, the
-  connected piece that runs through the most axial slices is kept (the cord
-  is a tube along the body, false detections are blobs), and where the
+  5 voxels, enough to find it) and runs on an eighth of the voxels, in one
+  pass over the whole coarse scan (no tiles), no mirroring: about a second
+  on a CPU. Of its cord map, the connected piece that runs through the most
+  axial slices is kept (the cord is a tube along the body, false detections
+  are blobs), and where the
   network lost the cord before an end of the scan (the thoracic cord of a
   long sagittal scan, darker and thinner), its path is carried on to that
   end (:func:`extend_along_body`), so the box follows the cord's curve.
@@ -44,6 +45,8 @@ from ..imaging.image_io import orientation_of, reorient
 LOCALIZER_MODEL = "demo-sc"
 #: How much coarser than its model's own grid the localizer looks, on every axis (see the module's docstring).
 COARSE_FACTOR = 2.0
+#: The most voxels of a coarse scan the localizer's network takes in one pass (16 feature maps of float32: 256 MB).
+ONE_PASS_VOXELS = 4_000_000
 #: The length of found cord, at each end, whose straight line carries the cord on where the network lost it.
 EXTEND_FIT_MM = 40.0
 #: sc-crop's detector files that its ``detect`` loads.
@@ -70,7 +73,16 @@ class CordLocalizer:
         # The network is told the coarse grid is its own: it sees the anatomy at 1 / COARSE_FACTOR of its size.
         alias = sitk.Image(coarse)
         alias.SetSpacing(self.model_spacing(coarse))
-        maps = self.engine.predict(alias, name=name).soft_maps
+        # One pass over the whole coarse scan: tiles side by side would overlap to cover it (t2_ms: 8 tiles of the
+        # patch, 2.7 times its voxels). Never below the model's patch (a smaller input, with its zero padding, loses
+        # small scans' cords); beyond ONE_PASS_VOXELS (memory), the model's own tiles.
+        one_pass = [max(int(p), int(math.ceil(n / d) * d)) for n, d, p in
+                    zip(alias.GetSize()[::-1], self.engine.downsampling, self.engine.patch_size)]
+        if np.prod(one_pass) <= ONE_PASS_VOXELS:
+            with self.engine.tiles_of(one_pass):
+                maps = self.engine.predict(alias, name=name).soft_maps
+        else:
+            maps = self.engine.predict(alias, name=name).soft_maps
         mask = binarize(maps[cord_structure(maps)], DEFAULT_THRESHOLD)
         mask.CopyInformation(coarse)
         tube = tube_along_body(mask, coarse)
