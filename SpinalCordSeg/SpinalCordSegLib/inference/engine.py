@@ -538,9 +538,19 @@ class SegmentationEngine:
             box = grow_box(CropBox(tuple(index), tuple(size), box.source), patch, image.GetSize())
             # Cropping an axis only changes where the tiles fall unless it saves tiles: keep such axes whole.
             index, size = list(box.index), list(box.size)
+            faces = axis_faces(image)
             for axis in range(3):
                 if self._tiles(size[axis], patch[axis]) >= self._tiles(image.GetSize()[axis], patch[axis]):
                     index[axis], size[axis] = 0, image.GetSize()[axis]
+                    continue
+                # A box a few mm wider than a whole number of tiles takes one tile more: trim it to one tile less
+                # when the cord keeps at least half the margin on each side (growth catches a structure beyond).
+                tiles = self._tiles(size[axis], patch[axis])
+                fewer = patch[axis] + int(math.floor((tiles - 2) * patch[axis] * self.options.tile_step_size))
+                half = max(int(math.ceil(padding[f"pad_{face}"] / 2 / image.GetSpacing()[axis])) for face in faces[axis])
+                if tiles > 1 and tight.size[axis] + 2 * half <= fewer:
+                    start = tight.index[axis] + tight.size[axis] // 2 - fewer // 2
+                    index[axis], size[axis] = min(max(0, start), image.GetSize()[axis] - fewer), fewer
             box = CropBox(tuple(index), tuple(size), box.source)
         return box
 
