@@ -10,10 +10,10 @@ Two ways to find the cord's box before a model runs:
   pass over the whole coarse scan (no tiles), no mirroring: about a second
   on a CPU. Of its cord map, the connected piece that runs through the most
   axial slices is kept (the cord is a tube along the body, false detections
-  are blobs), and where the
-  network lost the cord before an end of the scan (the thoracic cord of a
-  long sagittal scan, darker and thinner), its path is carried on to that
-  end (:func:`extend_along_body`), so the box follows the cord's curve.
+  are blobs), and where the network lost the cord before an end of the scan
+  (the thoracic cord of a long sagittal scan, darker and thinner), its path
+  is carried on to that end (:func:`extend_along_body`), so the box follows
+  the cord's curve.
 - :func:`sccrop_box`: NeuroPoly's sc-crop detector, the box the Spinal Cord
   Toolbox crops with for models trained on sc-crop boxes, when the
   ``sc-crop`` package is installed and its detector weights are here or can
