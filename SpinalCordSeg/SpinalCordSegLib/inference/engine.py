@@ -547,7 +547,8 @@ class SegmentationEngine:
                 # when the cord keeps at least half the margin on each side (growth catches a structure beyond).
                 tiles = self._tiles(size[axis], patch[axis])
                 fewer = patch[axis] + int(math.floor((tiles - 2) * patch[axis] * self.options.tile_step_size))
-                half = max(int(math.ceil(padding[f"pad_{face}"] / 2 / image.GetSpacing()[axis])) for face in faces[axis])
+                half = max(int(math.ceil(padding[f"pad_{face}"] / 2 / image.GetSpacing()[axis]))
+                           for face in faces[axis])
                 if tiles > 1 and tight.size[axis] + 2 * half <= fewer:
                     start = tight.index[axis] + tight.size[axis] // 2 - fewer // 2
                     index[axis], size[axis] = min(max(0, start), image.GetSize()[axis] - fewer), fewer
