@@ -13,9 +13,12 @@ no test-time mirroring:
    that redoes a prediction reaching the box is off: random weights reach it).
 
 Each runs in its own process (peak memory is its own). Goal: raw / cropped >= 5.
-The CPU load average is printed before and after, since other jobs may share the machine.
+With ``--code`` (folders holding ``SpinalCordSeg/``, e.g. the main branch and
+a work tree), the cropped run is measured with each one's code, in the same
+run (raw with the first). The CPU load average is printed before and after,
+since other jobs may share the machine.
 
-    .venv/bin/python benchmarks/bench_crop.py [--scan PATH] [--device cpu|cuda] [--tta]
+    .venv/bin/python benchmarks/bench_crop.py [--scan PATH] [--device cpu|cuda] [--tta] [--code /work/main .]
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -60,6 +64,9 @@ def main() -> int:
     parser.add_argument("--scan", default=str(DEFAULT_SCAN))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--tta", action="store_true", help="test-time mirroring in both")
+    parser.add_argument("--code", nargs="+", default=[str(Path(__file__).resolve().parents[1])],
+                        help="code trees whose cropped pipeline is measured (the first one's also runs raw)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each, the median is printed")
     parser.add_argument("--measure", choices=["raw", "cropped"], help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -73,17 +80,27 @@ def main() -> int:
     results = {}
     with tempfile.TemporaryDirectory() as root:
         model = str(make_field_size_model(Path(root)))
-        for kind in ("raw", "cropped"):
-            output = subprocess.run(
-                [sys.executable, __file__, "--measure", kind, "--model", model, "--scan", args.scan,
-                 "--device", args.device] + (["--tta"] if args.tta else []),
-                check=True, capture_output=True, text=True,
-            ).stdout
-            results[kind] = json.loads(output.strip().splitlines()[-1])
-            print(f"{kind:>8}: {results[kind]['seconds']:8.2f} s   peak {results[kind]['peak_mb']:8.0f} MB"
-                  + (f"   box {results[kind]['box']}" if kind == "cropped" else ""), flush=True)
+        runs = [("raw", args.code[0])] + [("cropped", code) for code in args.code]
+        for kind, code in runs:
+            tree = Path(code).resolve()
+            environment = dict(os.environ, PYTHONPATH=f"{tree / 'SpinalCordSeg'}{os.pathsep}{tree / 'LesionQC'}")
+            measured = []
+            for _ in range(args.repeat):
+                output = subprocess.run(
+                    [sys.executable, __file__, "--measure", kind, "--model", model, "--scan", args.scan,
+                     "--device", args.device] + (["--tta"] if args.tta else []),
+                    check=True, capture_output=True, text=True, env=environment,
+                ).stdout
+                measured.append(json.loads(output.strip().splitlines()[-1]))
+            result = dict(measured[-1], seconds=statistics.median(m["seconds"] for m in measured))
+            results[(kind, code)] = result
+            print(f"{kind:>8} ({tree.name}): {result['seconds']:8.2f} s   peak {result['peak_mb']:8.0f} MB"
+                  + (f"   box {result['box']}" if kind == "cropped" else ""), flush=True)
     print(f"load average after: {os.getloadavg()[0]:.1f}")
-    print(f"raw / cropped = {results['raw']['seconds'] / results['cropped']['seconds']:.2f} (goal >= 5)")
+    raw = results[("raw", args.code[0])]["seconds"]
+    for code in args.code:
+        print(f"raw / cropped ({Path(code).resolve().name}) = {raw / results[('cropped', code)]['seconds']:.2f} "
+              "(goal >= 5)")
     return 0
 
 

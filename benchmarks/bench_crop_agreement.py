@@ -41,6 +41,8 @@ def cases(data: Path):
     yield "mt0", extra / "mt/mt0.nii.gz", extra / "mt/mt0_seg.nii.gz"
     yield ("PAM50_t2", extra / "template/template/PAM50_small_t2.nii.gz",
            extra / "template/template/PAM50_small_cord.nii.gz")
+    errsm = data / "sct_history_errsm/errsm_11"
+    yield "errsm_11", errsm / "t2.nii.gz", errsm / "t2_manual_segmentation.nii.gz"
 
 
 def main() -> int:
@@ -70,15 +72,16 @@ def main() -> int:
                 continue
             scan = read_scan(scan_path)
             truth = sitk.GetArrayFromImage(sitk.ReadImage(str(mask_path))) > 0
-            masks, seconds, box = {}, {}, None
+            masks, seconds, box, prediction_record = {}, {}, None, None
             for crop, engine in engines.items():
                 start = time.perf_counter()
                 prediction = engine.predict(scan, name=str(scan_path))
                 seconds[crop] = time.perf_counter() - start
                 masks[crop] = sitk.GetArrayFromImage(prediction.soft_maps["sc"]) >= 0.5
                 box = prediction.crop_box if crop else box
+                prediction_record = prediction.provenance["Crop"] if crop else prediction_record
             row = {"model": model_id, "scan": name, "size": list(scan.GetSize()),
-                   "box": box.to_dict() if box else None,
+                   "box": box.to_dict() if box else None, "crop": prediction_record,
                    "dice_cropped_vs_whole": correction_stats(masks[True], masks[False]).dice,
                    "dice_cropped_vs_mask": correction_stats(masks[True], truth).dice,
                    "dice_whole_vs_mask": correction_stats(masks[False], truth).dice,
@@ -86,7 +89,8 @@ def main() -> int:
             rows.append(row)
             print(f"{model_id:>15} {name:>18} {str(row['size']):>16}  cropped/whole {row['dice_cropped_vs_whole']:.4f}"
                   f"  vs mask: cropped {row['dice_cropped_vs_mask']:.3f} whole {row['dice_whole_vs_mask']:.3f}"
-                  f"  box {'whole FOV' if box is None else box.size}", flush=True)
+                  f"  box {'whole FOV' if box is None else box.size}  {row['crop']['Source']}"
+                  f"{' grown ' + str(row['crop']['Grown']) if 'Grown' in row['crop'] else ''}", flush=True)
     print(f"load average after: {os.getloadavg()[0]:.1f}")
     worst = min(r["dice_cropped_vs_whole"] for r in rows)
     lower = [f"{r['model']} {r['scan']}" for r in rows if r["dice_cropped_vs_mask"] < r["dice_whole_vs_mask"]]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import time
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -148,11 +149,17 @@ def segment_files(
     with tqdm(total=len(inputs), unit="scan", desc="segmenting", leave=False, disable=None) as bar:
         for path in inputs:
             try:
+                started = time.perf_counter()
                 scan = read_scan(path)
+                reading = time.perf_counter() - started
                 if crop_engine is not None:
                     mask = crop_engine.cord_mask(scan, str(path))
                 with ConsoleProgress(source_name(path)) as progress:
                     prediction = engine.predict(scan, crop_mask=mask, name=str(path), progress=progress)
+                timing = prediction.provenance.get("Timing")
+                if timing is not None:
+                    prediction.provenance["Timing"] = timing = {"Reading": round(reading, 3), **timing}
+                started = time.perf_counter()
                 written = write_outputs(prediction.soft_maps, source_name(path), output_dir, levels,
                                         prediction.provenance, write_soft=write_soft, options=options)
                 if save_cropbox and prediction.crop_box is not None:
@@ -163,6 +170,10 @@ def segment_files(
                     written["overlay"] = save_overlay_png(
                         scan, masks, output_dir / f"{source_name(path)}_overlay.png", title=source_name(path),
                         provenance=dict(prediction.provenance, Thresholds=levels))
+                if timing is not None:
+                    timing["Writing"] = time.perf_counter() - started
+                    logger.debug("%s: seconds per stage: %s", path,
+                                 ", ".join(f"{stage} {seconds:.2f}" for stage, seconds in timing.items()))
                 for key, file in written.items():
                     tqdm.write(f"{path}: {key} -> {file}")
             except SpinalCordSegError as error:  # names the file and the problem already

@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Union
 
@@ -44,13 +45,22 @@ def write_outputs(
     options = options if options is not None else MaskOptions()
     step = automatic_step(provenance, {k: thresholds[k] for k in soft_maps})
     masks = binary_mask_images(soft_maps, thresholds, options)
-    written: Dict[str, Path] = {}
+    started = time.perf_counter()
+    images: Dict[str, Path] = {}
     for structure, soft in soft_maps.items():
         if write_soft:
-            path = write_image_atomic(soft, output_dir / output_name(source, structure, "probseg"))
-            Sidecar([step], structure=structure).write(path)
-            written[f"{structure}_probseg"] = path
-        path = write_image_atomic(masks[structure], output_dir / output_name(source, structure, "seg"))
-        Sidecar([step], structure=structure, threshold=float(thresholds[structure]), mask_options=options).write(path)
-        written[f"{structure}_seg"] = path
+            images[f"{structure}_probseg"] = write_image_atomic(
+                soft, output_dir / output_name(source, structure, "probseg"))
+        images[f"{structure}_seg"] = write_image_atomic(masks[structure],
+                                                        output_dir / output_name(source, structure, "seg"))
+    if isinstance(provenance.get("Timing"), dict):  # the engine's stages, and now the images' writing
+        step["Timing"] = dict(provenance["Timing"], Writing=round(time.perf_counter() - started, 3))
+    written: Dict[str, Path] = {}
+    for structure in soft_maps:
+        if write_soft:
+            Sidecar([step], structure=structure).write(images[f"{structure}_probseg"])
+            written[f"{structure}_probseg"] = images[f"{structure}_probseg"]
+        Sidecar([step], structure=structure, threshold=float(thresholds[structure]),
+                mask_options=options).write(images[f"{structure}_seg"])
+        written[f"{structure}_seg"] = images[f"{structure}_seg"]
     return written

@@ -24,6 +24,7 @@ import io
 import logging
 import math
 import pickle
+import time
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,8 +36,8 @@ import SimpleITK as sitk
 from .. import __version__
 from ..imaging.binarization import DEFAULT_THRESHOLD, above, binarize, cord_structure
 from ..models.catalogue import model_note
-from .cropping import (CropBox, box_of_mask, crop, face_names, grow_box, load_crop_metadata, pad_box,
-                       superior_inferior_axis, truncated_faces, uncrop, uniform_padding)
+from .cropping import (CropBox, axis_faces, box_of_mask, crop, face_names, grow_box, load_crop_metadata,
+                       pad_box, superior_inferior_axis, truncated_faces, uncrop, uniform_padding)
 from ..errors import InputImageError, ModelFolderError
 from ..imaging.grid import same_grid
 from ..imaging.image_io import check_scan, orientation_of, read_image, reorient
@@ -45,6 +46,13 @@ from ..imaging.sidecar import now
 from .localizer import LOCALIZER_MODEL, CordLocalizer, sccrop_box
 
 logger = logging.getLogger(__name__)
+
+#: How many times a localizer box is grown on the faces the prediction reaches before the whole field of view.
+MAX_GROWTHS = 3
+#: The stages of ``Timing`` (seconds) in a prediction's provenance, in the order they run; the command line adds
+#: ``Reading`` (the scan), ``ModelLoad`` (once per process) and ``Writing`` (the images).
+STAGES = ("Reading", "Checks", "ModelLoad", "Localizer", "Preprocessing", "SlidingWindow", "ResamplingBack",
+          "Writing")
 
 #: ``progress(fraction, message)``; fraction in [0, 1].
 ProgressCallback = Callable[[float, str], None]
@@ -156,6 +164,14 @@ def _make_predictor(device: str, options: InferenceOptions):
             self._tiles_total = max(1, len(slicers) * len(self.list_of_parameters))
             return slicers
 
+        def predict_logits_from_preprocessed_data(self, data):
+            # Marks where nnU-Net's preprocessing ends and its resampling back begins (see _predict_maps).
+            self.window_started = time.perf_counter()
+            try:
+                return super().predict_logits_from_preprocessed_data(data)
+            finally:
+                self.window_ended = time.perf_counter()
+
         def _internal_maybe_mirror_and_predict(self, x):
             result = super()._internal_maybe_mirror_and_predict(x)
             self._tiles_done += 1
@@ -200,6 +216,7 @@ class SegmentationEngine:
     ) -> None:
         import torch
 
+        started = time.perf_counter()
         self.model = model if isinstance(model, ModelFolder) else ModelFolder.open(model)
         self.options = options or InferenceOptions()
         self.folds = self.model.select_folds(self.options.folds)
@@ -224,6 +241,8 @@ class SegmentationEngine:
         self.crop_padding = load_crop_metadata(self.model.path, required=bool(entry and entry.cropped_input))
         self._predictor = _make_predictor(self.device, self.options)
         self._load_checkpoints()
+        #: Seconds this engine took to load (the ``ModelLoad`` stage of ``Timing``).
+        self.load_seconds = time.perf_counter() - started
 
     def _load_checkpoints(self) -> None:
         try:
@@ -257,6 +276,34 @@ class SegmentationEngine:
     def orientation(self) -> Optional[str]:
         """Orientation the model predicts in (dataset.json, else the options), or None."""
         return self.model.image_orientation or (self.options.orientation or None)
+
+    @property
+    def spacing(self) -> Tuple[float, ...]:
+        """The network's voxel spacing in mm, in nnU-Net's array order (z, y, x) of the model's orientation."""
+        return tuple(float(v) for v in self._predictor.configuration_manager.spacing)
+
+    @property
+    def patch_size(self) -> Tuple[int, ...]:
+        """The network's patch in voxels, array order (z, y, x)."""
+        return tuple(int(v) for v in self._predictor.configuration_manager.patch_size)
+
+    @property
+    def downsampling(self) -> Tuple[int, ...]:
+        """The network's total downsampling per axis (array order z, y, x): a tile's sides must be multiples of it."""
+        strides = np.array(self._predictor.configuration_manager.pool_op_kernel_sizes)
+        return tuple(int(v) for v in strides.prod(axis=0))
+
+    @contextlib.contextmanager
+    def tiles_of(self, patch_size: Sequence[int]):
+        """Within the block, predict with sliding-window tiles of ``patch_size`` (array order z, y, x; multiples of
+        :attr:`downsampling`) instead of the model's patch: its network is fully convolutional."""
+        configuration = self._predictor.configuration_manager.configuration
+        previous = configuration["patch_size"]
+        configuration["patch_size"] = [int(p) for p in patch_size]
+        try:
+            yield self
+        finally:
+            configuration["patch_size"] = previous
 
     def provenance(self) -> dict:
         """The ``GeneratedBy`` entry describing this engine's automatic step."""
@@ -300,33 +347,54 @@ class SegmentationEngine:
                 ``crop_mask`` and the localizer.
         """
         report = progress or (lambda fraction, message: None)
+        timing = dict.fromkeys(STAGES[1:-1], 0.0)
+        started = time.perf_counter()
         image = check_scan(image, name)
+        timing["Checks"], timing["ModelLoad"] = time.perf_counter() - started, self.load_seconds
         if crop_box is None and crop_mask is None and (self.crop_padding is not None or self.options.crop):
             report(0.01, "locating the cord")
+        started = time.perf_counter()
         box, crop_record, warnings = self.crop_box_for(image, name, crop_mask=crop_mask, crop_box=crop_box)
+        timing["Localizer"] = time.perf_counter() - started
         warnings = list(self.warnings) + warnings
         report(0.1, "preparing the scan")
         cropped = box is not None and not box.covers(image.GetSize())
         work = crop(image, box) if cropped else image
         # A model trained on whole scans gets the intensities it would see on the whole scan.
-        maps = self._predict_maps(work, report, normalize_like=image if cropped and not self.crop_padding else None)
+        normalize_like = image if cropped and not self.crop_padding else None
+        maps = self._predict_maps(work, report, normalize_like=normalize_like, timing=timing)
         if cropped:
             maps = {k: uncrop(v, image, box) for k, v in maps.items()}
-            reached = []
-            for structure, soft in maps.items():
-                touched = truncated_faces(above(sitk.GetArrayViewFromImage(soft), DEFAULT_THRESHOLD), box, image.GetSize())
-                if touched:
-                    faces = ", ".join(f"{key} ({face})" for key, face in zip(touched, face_names(touched, image)))
-                    reached.append(f"the {structure} prediction reaches the crop box at {faces}")
+            reached = self._reached(maps, box, image)
+            grown = []
+            while reached and self._retry_whole(box) and len(grown) < MAX_GROWTHS:
+                # Most misses are a few mm: predict only the missing part, beyond the faces reached.
+                faces = sorted({key for keys in reached.values() for key in keys})
+                target = box
+                for key in faces:
+                    target = self._slab(image, target, key)[2]
+                if target.covers(image.GetSize()):
+                    break  # the grown box would be the whole field: predict that in one piece (below)
+                for key in faces:
+                    box, maps = self._grow(image, box, maps, key, normalize_like, report, timing)
+                grown.append(faces)
+                reached = self._reached(maps, box, image)
+            if grown:
+                crop_record = dict(crop_record, Box=box.to_dict(),
+                                   Grown=[face_names(faces, image) for faces in grown])
+            messages = [f"the {structure} prediction reaches the crop box at "
+                        + ", ".join(f"{key} ({face})" for key, face in zip(keys, face_names(keys, image)))
+                        for structure, keys in reached.items()]
             if reached and self._retry_whole(box):
                 # The default crop is only a shortcut: when the structure seems to go on past the localizer's
-                # box (a missed or wrong cord), the whole field of view gives what an uncropped run gives.
-                warnings.append(f"{name}: {'; '.join(reached)}: predicting on the whole field of view instead")
+                # box even once grown (a missed or wrong cord), the whole field of view gives what an uncropped
+                # run gives.
+                warnings.append(f"{name}: {'; '.join(messages)}: predicting on the whole field of view instead")
                 crop_record = {"Source": "whole field of view (the prediction reached the localizer's box)",
                                "Padding_mm": None, "LocalizerBox": box.to_dict()}
-                maps, cropped = self._predict_maps(image, report), False
+                maps, cropped = self._predict_maps(image, report, timing=timing), False
             elif reached:
-                warnings.append(f"{name}: {'; '.join(reached)}; it is likely cut off there: run with a larger "
+                warnings.append(f"{name}: {'; '.join(messages)}; it is likely cut off there: run with a larger "
                                 "--crop-margin or --no-crop")
         for soft in maps.values():
             soft.CopyInformation(image)
@@ -335,7 +403,67 @@ class SegmentationEngine:
             logger.warning(warning)
         provenance = self.provenance()
         provenance["Crop"] = crop_record
+        provenance["Timing"] = {stage: round(seconds, 3) for stage, seconds in timing.items()}
         return Prediction(maps, provenance, warnings, box if cropped else None)
+
+    @staticmethod
+    def _reached(maps: Dict[str, sitk.Image], box: CropBox, image: sitk.Image) -> Dict[str, List[str]]:
+        """Structure -> the inner faces of ``box`` (SCT's keys) its binarized map touches; only those that do."""
+        reached = {}
+        for structure, soft in maps.items():
+            touched = truncated_faces(above(sitk.GetArrayViewFromImage(soft), DEFAULT_THRESHOLD), box, image.GetSize())
+            if touched:
+                reached[structure] = touched
+        return reached
+
+    def _slab(self, image: sitk.Image, box: CropBox, key: str) -> Tuple[CropBox, Tuple[int, int], CropBox]:
+        """(slab to predict, the voxels along the axis it replaces as (start, end), grown box) for face ``key``.
+
+        The box grows by the crop margin (at least 10 mm) on face ``key``; the
+        slab reaches back into the box by as much (and to a patch's length along
+        the axis), so the network sees the structure it continues. The slab's
+        maps replace the new voxels and the half of that overlap next to the
+        old face, where the first prediction saw the structure cut off by the box.
+        """
+        axis, high = "xyz".index(key[0]), key.endswith("max")
+        face = axis_faces(image)[axis][int(high)]
+        padding = self.crop_padding or uniform_padding(self.options.crop_margin_mm)
+        step = max(1, int(math.ceil(max(padding[f"pad_{face}"], 10.0) / image.GetSpacing()[axis])))
+        length, patch = image.GetSize()[axis], self._patch_voxels(image)[axis]
+        if high:
+            end = min(length, box.upper[axis] + step)
+            start = max(0, min(box.upper[axis] - step, end - patch))
+            new = (max(start, box.upper[axis] - step // 2), end)
+        else:
+            start = max(0, box.index[axis] - step)
+            end = min(length, max(box.index[axis] + step, start + patch))
+            new = (start, min(end, box.index[axis] + step // 2))
+        index, size = list(box.index), list(box.size)
+        index[axis], size[axis] = start, end - start
+        slab = CropBox(tuple(index), tuple(size), box.source)
+        index, size = list(box.index), list(box.size)
+        first, last = (box.index[axis], end) if high else (start, box.upper[axis])
+        index[axis], size[axis] = first, last - first
+        return slab, new, CropBox(tuple(index), tuple(size), box.source)
+
+    def _grow(self, image: sitk.Image, box: CropBox, maps: Dict[str, sitk.Image], key: str,
+              normalize_like: Optional[sitk.Image], report: ProgressCallback,
+              timing: Dict[str, float]) -> Tuple[CropBox, Dict[str, sitk.Image]]:
+        """``box`` grown on face ``key`` (``xmax``...; see :meth:`_slab`), and ``maps`` with the new voxels (and
+        those next to the old face) predicted."""
+        axis = "xyz".index(key[0])
+        slab, new, grown_box = self._slab(image, box, key)
+        predicted = self._predict_maps(crop(image, slab), report, normalize_like=normalize_like, timing=timing)
+        region = [slice(lo, up) for lo, up in zip(box.index, box.upper)][::-1]  # numpy order z, y, x
+        region[2 - axis] = slice(*new)
+        local = tuple(slice(r.start - lo, r.stop - lo) for r, lo in zip(region, slab.index[::-1]))
+        grown = {}
+        for structure, soft in maps.items():
+            array = sitk.GetArrayFromImage(soft)
+            array[tuple(region)] = sitk.GetArrayViewFromImage(predicted[structure])[local]
+            grown[structure] = sitk.GetImageFromArray(array)
+            grown[structure].CopyInformation(image)
+        return grown_box, grown
 
     def crop_box_for(
         self,
@@ -410,9 +538,20 @@ class SegmentationEngine:
             box = grow_box(CropBox(tuple(index), tuple(size), box.source), patch, image.GetSize())
             # Cropping an axis only changes where the tiles fall unless it saves tiles: keep such axes whole.
             index, size = list(box.index), list(box.size)
+            faces = axis_faces(image)
             for axis in range(3):
                 if self._tiles(size[axis], patch[axis]) >= self._tiles(image.GetSize()[axis], patch[axis]):
                     index[axis], size[axis] = 0, image.GetSize()[axis]
+                    continue
+                # A box a few mm wider than a whole number of tiles takes one tile more: trim it to one tile less
+                # when the cord keeps at least half the margin on each side (growth catches a structure beyond).
+                tiles = self._tiles(size[axis], patch[axis])
+                fewer = patch[axis] + int(math.floor((tiles - 2) * patch[axis] * self.options.tile_step_size))
+                half = max(int(math.ceil(padding[f"pad_{face}"] / 2 / image.GetSpacing()[axis]))
+                           for face in faces[axis])
+                if tiles > 1 and tight.size[axis] + 2 * half <= fewer:
+                    start = tight.index[axis] + tight.size[axis] // 2 - fewer // 2
+                    index[axis], size[axis] = min(max(0, start), image.GetSize()[axis] - fewer), fewer
             box = CropBox(tuple(index), tuple(size), box.source)
         return box
 
@@ -443,7 +582,11 @@ class SegmentationEngine:
         return binarize(maps.get(cord_structure(maps), next(iter(maps.values()))), DEFAULT_THRESHOLD)
 
     def _predict_maps(self, image: sitk.Image, report: ProgressCallback,
-                      normalize_like: Optional[sitk.Image] = None) -> Dict[str, sitk.Image]:
+                      normalize_like: Optional[sitk.Image] = None,
+                      timing: Optional[Dict[str, float]] = None) -> Dict[str, sitk.Image]:
+        """Soft maps of ``image`` (on its grid), adding the seconds of each stage to ``timing``."""
+        timing = {} if timing is None else timing
+        started = time.perf_counter()
         original_orientation = orientation_of(image)
         work = reorient(image, self.orientation) if self.orientation else image
         array = sitk.GetArrayFromImage(work).astype(np.float32)[None]
@@ -462,6 +605,9 @@ class SegmentationEngine:
         finally:
             predictor.progress = None
             predictor.configuration_manager.configuration["normalization_schemes"] = schemes
+        timing["Preprocessing"] = timing.get("Preprocessing", 0.0) + predictor.window_started - started
+        timing["SlidingWindow"] = timing.get("SlidingWindow", 0.0) + predictor.window_ended - predictor.window_started
+        resampled = predictor.window_ended
         report(0.92, "writing soft maps")
         maps: Dict[str, sitk.Image] = {}
         for structure, channel in self._channels().items():
@@ -471,6 +617,7 @@ class SegmentationEngine:
             if not same_grid(image, soft):
                 raise InputImageError(f"internal error: reoriented map does not match the scan grid of {image}")
             maps[structure] = soft
+        timing["ResamplingBack"] = timing.get("ResamplingBack", 0.0) + time.perf_counter() - resampled
         return maps
 
     def _zscore_on_whole_image(self) -> bool:

@@ -1,6 +1,7 @@
 """``spinalcordseg segment`` and ``spinalcordseg demo`` end to end, in process."""
 
 import json
+import logging
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ import SimpleITK as sitk
 from SpinalCordSegLib.imaging.binarization import parse_thresholds
 from SpinalCordSegLib.cli import main
 from SpinalCordSegLib.errors import SpinalCordSegError
+from SpinalCordSegLib.inference.engine import STAGES
 from SpinalCordSegLib.imaging.fileutil import _host
 
 pytestmark = pytest.mark.slow
@@ -166,3 +168,18 @@ def test_an_os_error_on_one_scan_does_not_stop_the_others(tiny_region_model, sha
     assert "t2.nii.gz: IsADirectoryError" in caplog.text and "1 of 2 scan(s) failed" in caplog.text
     assert (out / "t2s_label-lesion_seg.nii.gz").is_file() and (out / "t2s_overlay.png").is_file()
     assert not orphan.exists() and f"removed {orphan}" in caplog.text
+
+
+def test_segment_records_the_time_of_each_stage(tiny_region_model, shared_data, tmp_path, caplog):
+    scan = shared_data / "sct_testing_data/t2/t2.nii.gz"
+    out = tmp_path / "out"
+    caplog.set_level(logging.DEBUG, logger="SpinalCordSegLib")  # what --verbose shows
+    assert main(["--verbose", "segment", "-i", str(scan), "-m", str(tiny_region_model), "-o", str(out),
+                 "--device", "cpu", "--trust", "--no-crop"]) == 0
+    timing = json.loads((out / "t2_label-SC_seg.json").read_text())["GeneratedBy"][0]["Timing"]
+    assert list(timing) == list(STAGES)  # reading, checks, model load, localizer, ..., writing: in the order they run
+    assert all(seconds >= 0 for seconds in timing.values())
+    assert timing["ModelLoad"] > 0 and timing["SlidingWindow"] > 0 and timing["Writing"] > 0
+    assert timing["Localizer"] < timing["SlidingWindow"]  # --no-crop: no localizer pass
+    shown = [r.getMessage() for r in caplog.records if "seconds per stage" in r.getMessage()]
+    assert len(shown) == 1 and all(stage in shown[0] for stage in STAGES)

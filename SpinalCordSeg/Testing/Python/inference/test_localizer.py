@@ -26,14 +26,17 @@ import torch
 
 from SpinalCordSegLib.inference import engine as engine_module
 from SpinalCordSegLib.cli import main
-from SpinalCordSegLib.inference.cropping import CropBox, box_of_mask, cropbox_image, pad_box
-from SpinalCordSegLib.inference.engine import InferenceOptions, SegmentationEngine
+from SpinalCordSegLib.imaging.binarization import DEFAULT_THRESHOLD, binarize
+from SpinalCordSegLib.inference.cropping import (CropBox, box_of_mask, cropbox_image, face_names, pad_box,
+                                                 uniform_padding)
+from SpinalCordSegLib.inference.engine import STAGES, InferenceOptions, SegmentationEngine
 from SpinalCordSegLib.errors import ModelFolderError, ModelInstallError
 from SpinalCordSegLib.imaging.image_io import read_scan
 from SpinalCordSegLib.inference.localizer import ensure_sccrop_weights
 from SpinalCordSegLib.models.model_store import resolve_model
 from SpinalCordSegLib.inference.progress import ConsoleProgress
 from SpinalCordSegLib.models.synthetic_model import make_synthetic_model
+from SpinalCordSegLib.resources import sample_scan_path
 
 PADDING = {"pad_superior": 40.0, "pad_inferior": 100.0, "pad_left": 15.0, "pad_right": 15.0,
            "pad_anterior": 15.0, "pad_posterior": 22.0}
@@ -103,6 +106,96 @@ def test_prediction_reaching_the_box_is_redone_on_the_whole_field_of_view(tiny_r
     for structure, soft in prediction.soft_maps.items():
         np.testing.assert_allclose(sitk.GetArrayFromImage(soft),
                                    sitk.GetArrayFromImage(whole.soft_maps[structure]), atol=1e-6)
+
+
+def _box_holds(outer, inner) -> bool:
+    return all(o <= i and iu <= ou for o, i, iu, ou in zip(outer.index, inner.index, inner.upper, outer.upper))
+
+
+def _cord_with_margin(truth, scan, margin_mm=10.0):
+    """The tight box of a cord mask plus ``margin_mm`` on each face (within the scan)."""
+    return pad_box(box_of_mask(truth, scan, "mask"), scan, uniform_padding(margin_mm))
+
+
+@pytest.fixture(scope="module")
+def embedded_engine():
+    model = resolve_model("demo-sc-lesion", offline=True)
+    return SegmentationEngine(model.folder, InferenceOptions(orientation=model.orientation, **OPTIONS))
+
+
+def test_default_box_holds_the_cord_of_a_long_sagittal_scan(shared_data, embedded_engine):
+    # errsm_11: C1 to T4; the localizer's network loses the thoracic cord, which curves backwards: the box must
+    # follow the cord's path there (it used to miss it by 58 voxels posteriorly).
+    folder = shared_data / "sct_history_errsm/errsm_11"
+    scan = read_scan(folder / "t2.nii.gz")
+    box, record, _ = embedded_engine.crop_box_for(scan, "errsm_11")
+    assert record["Source"] == "localizer"
+    assert _box_holds(box, _cord_with_margin(sitk.ReadImage(str(folder / "t2_manual_segmentation.nii.gz")), scan))
+    assert box.size[0] < scan.GetSize()[0] * 0.6  # still a crop across the body (A-P), not the whole field
+
+
+@pytest.mark.slow
+def test_default_box_holds_the_cord_on_every_shared_scan(shared_data, embedded_engine):
+    testing, train = shared_data / "sct_testing_data", shared_data / "train"
+    pairs = [(testing / f"{scan}.nii.gz", testing / f"{mask}.nii.gz") for scan, mask in (
+        ("t2/t2", "t2/t2_seg-manual"), ("t2/t2_fake_lesion", "t2/t2_fake_lesion_sc_seg"),
+        ("t1/t1w", "t1/t1w_seg-manual"), ("t2s/t2s", "t2s/t2s_seg-deepseg"), ("mt/mt1", "mt/mt1_seg"))]
+    labels = train / "gm-challenge-data/derivatives/labels"
+    pairs += [(train / "gm-challenge-data" / mask.parts[-3] / "anat" / mask.name.replace("_seg-manual", ""), mask)
+              for mask in sorted(labels.glob("sub-*/anat/*_seg-manual.nii.gz"))]
+    checked = 0
+    for scan_path, mask_path in pairs:
+        if not scan_path.is_file():
+            continue
+        scan = read_scan(scan_path)
+        box, record, _ = embedded_engine.crop_box_for(scan, str(scan_path))
+        if box is not None:  # None: the scan fits one tile, the whole field of view is predicted
+            assert record["Source"] == "localizer", scan_path
+            assert _box_holds(box, _cord_with_margin(sitk.ReadImage(str(mask_path)), scan)), scan_path
+        checked += 1
+    assert checked >= 5
+
+
+def test_default_box_holds_the_cord_of_the_bundled_sample(embedded_engine):
+    # No manual mask is bundled: the cord is the one the model finds on the whole field of view.
+    scan = read_scan(sample_scan_path())
+    whole = SegmentationEngine(embedded_engine.model, InferenceOptions(crop=False, orientation="LAS", **OPTIONS))
+    cord = binarize(whole.predict(scan).soft_maps["sc"], DEFAULT_THRESHOLD)
+    mask = engine_module.cord_localizer("demo-sc", "cpu", 1).cord_mask(scan)
+    assert _box_holds(pad_box(box_of_mask(mask, scan, "localizer"), scan, uniform_padding(20.0)),
+                      _cord_with_margin(cord, scan))
+
+
+def test_prediction_reaching_the_box_grows_it_on_that_face_only(wide_t1, embedded_engine, monkeypatch):
+    # The localizer now finds the cord on every shared scan; a miss is made here by cutting its real box short on
+    # the right, through the cord: the prediction reaches that face, and only the part beyond it is predicted.
+    scan = read_scan(wide_t1["scan"])
+    real = SegmentationEngine._localizer_box
+    cuts = []
+
+    def cut_short(self, image, name, padding, whole_length):
+        box = real(self, image, name, padding, whole_length)
+        truth = box_of_mask(sitk.ReadImage(str(wide_t1["cord"])), image, "mask")
+        cut = truth.index[0] + truth.size[0] // 2 - box.index[0]  # t1w is RAS: x runs right to left
+        cuts.append(CropBox(box.index, (cut, *box.size[1:]), box.source))
+        return cuts[-1]
+
+    monkeypatch.setattr(SegmentationEngine, "_localizer_box", cut_short)
+    grown = embedded_engine.predict(scan, name="wide")
+    monkeypatch.undo()
+    whole = SegmentationEngine(embedded_engine.model, InferenceOptions(crop=False, orientation="LAS", **OPTIONS))
+    reference = sitk.GetArrayFromImage(whole.predict(scan).soft_maps["sc"]) >= 0.5
+    assert not any("whole field of view instead" in w for w in grown.warnings)
+    record = grown.provenance["Crop"]
+    assert record["Grown"][0] == face_names(["xmax"], scan)  # only the face cut short
+    box = grown.crop_box
+    assert box.index == cuts[0].index and box.size[1:] == cuts[0].size[1:] and box.size[0] > cuts[0].size[0]
+    assert record["Box"] == box.to_dict()
+    mask = sitk.GetArrayFromImage(grown.soft_maps["sc"]) >= 0.5
+    assert 2 * (mask & reference).sum() / (mask.sum() + reference.sum()) >= 0.95
+    timing = grown.provenance["Timing"]
+    assert list(timing) == list(STAGES[1:-1]) and all(seconds >= 0 for seconds in timing.values())
+    assert timing["SlidingWindow"] > 0 and timing["Localizer"] > 0
 
 
 def _no_cord_model(root):
