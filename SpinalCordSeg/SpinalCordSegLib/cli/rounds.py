@@ -4,7 +4,7 @@ Example:
     $ spinalcordseg batch -i /data/bids -m demo-sc-lesion -o /data/bids/derivatives/spinalcordseg --shard 3/10
     $ spinalcordseg round merge -w /data/bids/derivatives/spinalcordseg/worklist.csv worklist-shard*.csv
     $ spinalcordseg round rank -w /data/bids/derivatives/spinalcordseg/worklist.csv --random-fraction 0.2
-    $ spinalcordseg round mark -w worklist.csv sub-01_T2w corrected --rater jd
+    $ spinalcordseg round mark -w worklist.csv sub-01_T2w in-correction --rater jd
     $ spinalcordseg round sync -w worklist.csv   # cases saved in the Slicer module become corrected
     $ spinalcordseg round export -w worklist.csv -o nnUNet_raw/Dataset102_SCround2
 """
@@ -20,6 +20,13 @@ from .segment import add_inference_arguments, mask_options
 from ..rounds.worklist import STATUSES, Worklist
 
 logger = logging.getLogger(__name__)
+#: The statuses as typed on the command line: one word each (``in-correction``); the worklist keeps its own.
+CLI_STATUSES = [status.replace(" ", "-") for status in STATUSES]
+
+
+def _status_word(text: str) -> str:
+    """``in-correction`` for ``in-correction`` and the older spelling ``"in correction"``."""
+    return "-".join(text.split())
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,7 +43,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_inference_arguments(batch)
     batch.set_defaults(func=run_batch_command)
 
-    rounds = subparsers.add_parser("round", help="active-learning round: merge, rank, mark, next, sync, export")
+    rounds = subparsers.add_parser(
+        "round", help="active-learning round: merge, rank, mark, next, sync, export",
+        description="Work through an active-learning round's worklist (the worklist.csv that 'batch' writes): "
+                    "merge the worklists of a sharded batch, rank the cases by uncertainty, mark a case's "
+                    "status, print the next case to correct, bring in corrections saved in Slicer (sync), and "
+                    "export the corrected cases as an nnU-Net v2 raw dataset for the next training.")
     actions = rounds.add_subparsers(dest="action", metavar="ACTION", required=True)
     rank = actions.add_parser("rank", help="order cases by uncertainty, with a random share")
     rank.add_argument("-w", "--worklist", required=True)
@@ -46,7 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     mark = actions.add_parser("mark", help="set a case's status")
     mark.add_argument("-w", "--worklist", required=True)
     mark.add_argument("case")
-    mark.add_argument("status", choices=STATUSES)
+    mark.add_argument("status", type=_status_word, choices=CLI_STATUSES,
+                      help=f"one of {', '.join(CLI_STATUSES)} ('in correction', quoted, is accepted too)")
     mark.add_argument("--rater", default="")
     mark.add_argument("--reason", default="", help="why a case is excluded")
     mark.set_defaults(func=run_mark)
@@ -79,7 +92,14 @@ def run_batch_command(args: argparse.Namespace) -> int:
     if args.crop_mask:
         raise SpinalCordSegError("--crop-mask gives one mask for every scan; in a batch use --crop-with CORD_MODEL")
     k, n = parse_shard(args.shard)
-    scans = [s for s in find_scans(args.input, args.include) if in_shard(s.relative, k, n)]
+    found = find_scans(args.input, args.include)
+    if not found:
+        raise SpinalCordSegError(f"{args.input}: no scan matches --include {args.include!r} (derivatives/, "
+                                 "sourcedata/ and code/ are not searched); nothing was run")
+    scans = [s for s in found if in_shard(s.relative, k, n)]
+    if not scans:  # a small cohort leaves some shards of an array empty: not a failure of this job
+        print(f"shard {k}/{n}: none of the {len(found)} scan(s) falls in this shard; nothing to do")
+        return 0
     engine, crop_engine = engines_from_arguments(args)
     # Shards run at the same time: each keeps its own worklist, merged afterwards.
     worklist = args.worklist or (Path(args.output) / f"worklist-shard{k}of{n}.csv" if n > 1 else None)
@@ -99,7 +119,7 @@ def run_rank(args: argparse.Namespace) -> int:
 
 
 def run_mark(args: argparse.Namespace) -> int:
-    Worklist.load(args.worklist).mark(args.case, args.status, args.rater, args.reason)
+    Worklist.load(args.worklist).mark(args.case, STATUSES[CLI_STATUSES.index(args.status)], args.rater, args.reason)
     return 0
 
 
@@ -125,9 +145,12 @@ def run_sync(args: argparse.Namespace) -> int:
 
     worklist = Worklist.load(args.worklist)
     if worklist.table.empty:
-        print("the worklist is empty")
-        return 1
+        print(f"nothing to sync: {args.worklist} has no case")
+        return 0
     log = args.log or plan_outputs(worklist.case(worklist.table["case"].iloc[0]).scan).log
+    if not args.log and not Path(log).exists():  # no correction saved in Slicer yet; a --log given must exist
+        print(f"nothing to sync: no correction saved yet ({log} does not exist)")
+        return 0
     changed = worklist.apply_correction_log(log)
     print(f"{len(changed)} case(s) marked corrected from {log}")
     return 0

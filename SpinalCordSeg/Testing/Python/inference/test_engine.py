@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from SpinalCordSegLib.inference.engine import InferenceOptions, SegmentationEngine, select_device
-from SpinalCordSegLib.errors import InputImageError, ModelFolderError
+from SpinalCordSegLib.errors import DeviceUnavailableError, InputImageError, ModelFolderError
 from SpinalCordSegLib.imaging.grid import same_grid
 from SpinalCordSegLib.imaging.image_io import orientation_of, read_scan, reorient
 from SpinalCordSegLib.models.model_folder import ModelFolder
@@ -177,15 +177,19 @@ def test_4d_series_is_refused(shared_data):
     assert str(path) in str(error.value)
 
 
-def test_unavailable_device_falls_back_to_cpu():
+def test_an_explicit_missing_device_is_an_error_and_auto_falls_back_with_a_note():
     import torch
 
-    device, warning = select_device("cuda")
     if torch.cuda.is_available():
-        assert device == "cuda" and warning is None
+        assert select_device("cuda") == ("cuda", None)
     else:
-        assert device == "cpu" and "unavailable" in warning
-    assert select_device("auto")[0] in ("cuda", "mps", "cpu")
+        with pytest.raises(DeviceUnavailableError, match="device cuda is not available .*--device auto or cpu"):
+            select_device("cuda")
+    device, note = select_device("auto")
+    assert device in ("cuda", "mps", "cpu")
+    assert (note is None) == (device != "cpu")
+    if device == "cpu":
+        assert note.startswith("device auto: using the CPU")
 
 
 def test_two_fold_ensemble_uses_both_checkpoints(tmp_path, shared_data):
