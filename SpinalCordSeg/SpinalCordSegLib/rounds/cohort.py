@@ -202,7 +202,7 @@ def run_batch(
     derivatives = Path(derivatives)
     derivatives.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(derivatives, recursive=True)  # left by a killed run; each one is logged
-    if not (derivatives / DATASET_DESCRIPTION).exists():
+    if scans and not (derivatives / DATASET_DESCRIPTION).exists():
         write_dataset_description(derivatives, engine.provenance())
     worklist = Worklist.load(worklist_path or derivatives / WORKLIST_FILE, create=True)
     report = BatchReport()
