@@ -16,11 +16,8 @@ from SpinalCordSegLib.imaging.image_io import orientation_of, read_scan, reorien
 from SpinalCordSegLib.models.model_folder import ModelFolder
 from SpinalCordSegLib.models.synthetic_model import make_synthetic_model
 
-SCANS = {  # shared scan -> its orientation (see shared/data/README.md)
-    "sct_testing_data/t2/t2.nii.gz": "PSR",
-    "sct_testing_data/t1/t1w.nii.gz": "RAS",
-    "sct_testing_data/t2s/t2s.nii.gz": "LAS",
-}
+#: The voxel orders of the shared scans t2, t1w and t2s (see shared/data/README.md).
+ORIENTATIONS = ("PSR", "RAS", "LAS")
 
 
 @pytest.fixture(scope="module")
@@ -71,10 +68,13 @@ def test_same_probabilities_as_nnunet_own_command(tiny_region_model, sample_data
     np.testing.assert_array_equal(labels[decided], reference_labels[decided])
 
 
-@pytest.mark.parametrize("relative", sorted(SCANS))
-def test_soft_maps_land_on_the_input_grid(oriented_model, shared_data, relative):
-    scan = read_scan(shared_data / relative)
-    assert orientation_of(scan) == SCANS[relative]
+@pytest.mark.parametrize("orientation", ORIENTATIONS)
+def test_soft_maps_land_on_the_input_grid(oriented_model, sample_data, tmp_path, orientation):
+    """The bundled sample stored in each voxel order of the shared scans (PSR as it is, RAS, LAS)."""
+    path = tmp_path / f"sample_{orientation}.nii.gz"
+    sitk.WriteImage(reorient(read_scan(sample_data.scan), orientation), str(path))
+    scan = read_scan(path)
+    assert orientation_of(scan) == orientation
     engine = SegmentationEngine(oriented_model, InferenceOptions(device="cpu", crop=False))
     prediction = engine.predict(scan)
     for soft in prediction.soft_maps.values():
@@ -170,8 +170,9 @@ def test_bad_scans_are_refused_with_the_file_name(tmp_path, case, expected):
     assert str(path) in str(error.value)
 
 
-def test_4d_series_is_refused(shared_data):
-    path = shared_data / "sct_tutorial_data/dmri/dmri.nii.gz"
+def test_4d_series_is_refused(sample_data, tmp_path):
+    path = tmp_path / "series.nii.gz"  # three volumes in one file, as a dMRI or fMRI series
+    sitk.WriteImage(sitk.JoinSeries([sitk.ReadImage(str(sample_data.scan))] * 3), str(path))
     with pytest.raises(InputImageError, match="4D") as error:
         read_scan(path)
     assert str(path) in str(error.value)
@@ -192,9 +193,9 @@ def test_an_explicit_missing_device_is_an_error_and_auto_falls_back_with_a_note(
         assert note.startswith("device auto: using the CPU")
 
 
-def test_two_fold_ensemble_uses_both_checkpoints(tmp_path, shared_data):
+def test_two_fold_ensemble_uses_both_checkpoints(tmp_path, sample_data):
     model = make_synthetic_model(tmp_path, region_based=False, folds=(0, 1))
-    scan = read_scan(shared_data / "sct_testing_data/t2s/t2s.nii.gz")
+    scan = read_scan(sample_data.scan)
     maps = {}
     for folds in (["0"], ["1"], None):
         engine = SegmentationEngine(model, InferenceOptions(device="cpu", crop=False, folds=folds))
