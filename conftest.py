@@ -1,6 +1,9 @@
 """Fixtures shared by every test suite of the extension.
 
-- ``shared_data``: the real MRI in ``../shared/data`` (skips when absent).
+- ``sample_data``: the bundled sample scan (a real T2w scan with a synthetic lesion) and its cord and
+  lesion masks, always there: tests that need a real scan use it, so a fresh clone runs them.
+- ``shared_data``: the real MRI in ``../shared/data`` (skips when absent): other contrasts,
+  orientations and sizes.
 - ``mrml_scene``: a fresh, real MRML scene from ``slicer-core``, set as
   ``slicer.mrmlScene`` for the duration of the test.
 - ``tiny_model`` / ``tiny_region_model``: small nnU-Net v2 results folders
@@ -8,6 +11,7 @@
 """
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -22,6 +26,23 @@ def _isolated_user_folders(tmp_path_factory, monkeypatch):
     root = tmp_path_factory.mktemp("user")
     monkeypatch.setenv("SPINALCORDSEG_HOME", str(root / "spinalcordseg"))
     monkeypatch.setenv("SPINALCORDSEG_OFFLINE", "0")
+
+
+@dataclass(frozen=True)
+class SampleData:
+    """The bundled sample (SCT's ``t2/t2_fake_lesion``): 99x99x29, 0.8 mm, PSR, with its ground truth."""
+
+    scan: Path
+    cord: Path
+    lesion: Path
+
+
+@pytest.fixture(scope="session")
+def sample_data() -> SampleData:
+    """The bundled sample scan and its cord and lesion masks (``SpinalCordSeg/Resources/Sample``)."""
+    folder = REPO_ROOT / "SpinalCordSeg" / "Resources" / "Sample"
+    return SampleData(folder / "sample_T2w.nii.gz", folder / "sample_T2w_label-SC_seg.nii.gz",
+                      folder / "sample_T2w_label-lesion_seg.nii.gz")
 
 
 @pytest.fixture(scope="session")

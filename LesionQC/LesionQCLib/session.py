@@ -184,10 +184,13 @@ def _cases_from_csv(path: Path, text: str, delimiter: str) -> List[ManifestCase]
     duplicates = sorted({name for name in header if header.count(name) > 1})
     missing = [name for name in ("case_id", "image") if name not in header]
     sources = [name[len(SEG_COLUMN_PREFIX):].strip() for name in header if name.startswith(SEG_COLUMN_PREFIX)]
-    if duplicates or missing or not sources:
+    problems = [f"no {name!r} column" for name in missing]
+    problems += ["no 'seg:<source>' column (such as seg:model)"] if not sources else []
+    problems += [f"duplicate columns {', '.join(map(repr, duplicates))}"] if duplicates else []
+    if problems:
         raise ManifestError(
-            f"{path}: the header needs 'case_id', 'image' and one 'seg:<source>' column per source"
-            f" (missing: {missing}, duplicate columns: {duplicates}, sources: {sources})"
+            f"{path}: {'; '.join(problems)}: the header needs 'case_id', 'image' and one 'seg:<source>' "
+            f"column per source (the header is: {', '.join(header)})"
         )
     cases = []
     for line, values in enumerate(reader, start=2):
@@ -294,7 +297,8 @@ def sample_cases(cases: Sequence[ManifestCase], count: int, rng: np.random.Gener
     ``count`` in proportion to its size (largest remainders get the rounding).
     """
     if not 1 <= count <= len(cases):
-        raise ManifestError(f"cannot sample {count} cases from a manifest of {len(cases)}")
+        raise ManifestError(f"cannot sample {count} cases: there are {len(cases)} case(s) to review"
+                            + ("" if count >= 1 else "; --sample must be at least 1"))
     if stratify_by is None:
         chosen = rng.choice(len(cases), size=count, replace=False)
         return [cases[i] for i in sorted(chosen)]

@@ -25,6 +25,10 @@ class UntrustedModelError(SpinalCordSegError):
     """A model folder's files are not trusted yet (checkpoints are pickled code): ask the user first."""
 
 
+class DeviceUnavailableError(SpinalCordSegError):
+    """An explicitly requested device (``cuda``, ``mps``) is not there; only ``auto`` falls back to the CPU."""
+
+
 class CancelledError(SpinalCordSegError):
     """The user cancelled a running job."""
 

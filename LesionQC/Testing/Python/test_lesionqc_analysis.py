@@ -33,16 +33,15 @@ SITE = {f"c{i:02d}": "north" if i < 7 else "south" for i in range(12)}
 
 
 @pytest.fixture(scope="module")
-def rated(tmp_path_factory, shared_data):
+def rated(tmp_path_factory, sample_data):
     """(session folder, reference scores {(rater, case, source): score}, unusable (rater, case))."""
     root = tmp_path_factory.mktemp("analysis")
-    folder = shared_data / "sct_testing_data/t2"
-    manual = sitk.ReadImage(str(folder / "t2_seg-manual.nii.gz"))
+    manual = sitk.ReadImage(str(sample_data.cord))
     sitk.WriteImage(sitk.BinaryErode(manual, [1, 1, 1]), str(root / "eroded.nii.gz"))
     sitk.WriteImage(sitk.BinaryDilate(manual, [1, 1, 1]), str(root / "dilated.nii.gz"))
     manifest = root / "manifest.csv"
     manifest.write_text("case_id,image,site,seg:manual,seg:eroded,seg:dilated\n" + "".join(
-        f"c{i:02d},{folder / 't2.nii.gz'},{SITE[f'c{i:02d}']},{folder / 't2_seg-manual.nii.gz'},eroded.nii.gz,"
+        f"c{i:02d},{sample_data.scan},{SITE[f'c{i:02d}']},{sample_data.cord},eroded.nii.gz,"
         "dilated.nii.gz\n" for i in range(12)))
     view = make_session(manifest, root / "session", seed=21, repeat_fraction=0.25)
     key = load_key(default_key_path(root / "session"), view)
@@ -295,7 +294,7 @@ def _copy_session(rated, tmp_path):
     return copy
 
 
-def test_a_rater_table_from_another_session_is_refused(rated, tmp_path, shared_data):
+def test_a_rater_table_from_another_session_is_refused(rated, tmp_path):
     copy = _copy_session(rated, tmp_path)
     data = json.loads((copy / "session.json").read_text())
     other_id = "lqc-ffffffffffffffff"

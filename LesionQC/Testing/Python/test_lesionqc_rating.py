@@ -25,10 +25,9 @@ from LesionQCLib.session import make_session
 
 
 @pytest.fixture
-def session(tmp_path, shared_data):
+def session(tmp_path, sample_data):
     """A 3-case session, two anonymous items per case, its key moved out of the folder."""
-    image = shared_data / "sct_testing_data/t2/t2.nii.gz"
-    manual = shared_data / "sct_testing_data/t2/t2_seg-manual.nii.gz"
+    image, manual = sample_data.scan, sample_data.cord
     model = tmp_path / "model.nii.gz"
     sitk.WriteImage(sitk.BinaryErode(sitk.ReadImage(str(manual)), [1, 1, 1]), str(model))
     manifest = tmp_path / "manifest.csv"

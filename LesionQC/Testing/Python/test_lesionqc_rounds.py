@@ -20,23 +20,28 @@ from LesionQCLib.cli import main as lesionqc
 from LesionQCLib.review_state import ReviewState
 from LesionQCLib.rounds import failed_cases
 from LesionQCLib.session import default_key_path, load_key
+from SpinalCordSegLib.imaging.image_io import reorient
 
 pytestmark = pytest.mark.slow
 
-SCANS = {"sub-01": "mt/mt1.nii.gz", "sub-02": "t2s/t2s.nii.gz", "sub-03": "dmri/dwi_mean.nii.gz"}
+#: Three scans made of the bundled sample: as it is, stored in LAS order, and its middle 21 slices.
+SCANS = {"sub-01": lambda image: image,
+         "sub-02": lambda image: reorient(image, "LAS"),
+         "sub-03": lambda image: image[:, :, 4:25]}
 #: Scores of the model's item by the two raters, for the cases the batch ranked first, second and
 #: last: the QC finds the least uncertain case worst. The corrected (manual) items score 5 and 4.
 MODEL_SCORES = ((4, 3), (3, 2), (1, 2))
 
 
 @pytest.fixture(scope="module")
-def predicted_template(shared_data, tmp_path_factory):
+def predicted_template(sample_data, tmp_path_factory):
     from SpinalCordSegLib.cli import main as spinalcordseg
 
     root = tmp_path_factory.mktemp("round") / "bids"
-    for subject, scan in SCANS.items():
+    for subject, make in SCANS.items():
         (root / subject / "anat").mkdir(parents=True)
-        shutil.copy(shared_data / "sct_testing_data" / scan, root / subject / "anat" / f"{subject}_T2w.nii.gz")
+        image = make(sitk.ReadImage(str(sample_data.scan)))
+        sitk.WriteImage(image, str(root / subject / "anat" / f"{subject}_T2w.nii.gz"))
     (root / "dataset_description.json").write_text('{"Name": "qc round", "BIDSVersion": "1.9.0"}')
     assert spinalcordseg(["batch", "-i", str(root), "-o", str(root / "derivatives/spinalcordseg"),
                           "-m", "demo-sc-lesion", "--device", "cpu"]) == 0

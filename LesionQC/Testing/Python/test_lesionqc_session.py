@@ -21,10 +21,10 @@ from LesionQCLib.session import SessionView, default_key_path, find_key, load_ke
 SOURCES = ("manualTruthQ7", "secretModelZ3")
 
 
-def write_manifest(folder, shared_data, count=6, contrasts=None, name="manifest.csv"):
-    """A CSV manifest of ``count`` cases of the real T2w scan, two sources each."""
-    image = shared_data / "sct_testing_data/t2/t2.nii.gz"
-    manual = shared_data / "sct_testing_data/t2/t2_seg-manual.nii.gz"
+def write_manifest(folder, sample_data, count=6, contrasts=None, name="manifest.csv"):
+    """A CSV manifest of ``count`` cases of the bundled T2w sample, two sources each."""
+    image = sample_data.scan
+    manual = sample_data.cord
     model = folder / "model_output.nii.gz"
     if not model.exists():
         sitk.WriteImage(sitk.BinaryErode(sitk.ReadImage(str(manual)), [1, 1, 1]), str(model))
@@ -83,8 +83,8 @@ def test_scores_outside_the_scale_are_refused():
 # --------------------------------------------------------------------------- building
 
 
-def test_session_is_reproducible_from_its_seed(tmp_path, shared_data):
-    manifest = write_manifest(tmp_path, shared_data, count=8)
+def test_session_is_reproducible_from_its_seed(tmp_path, sample_data):
+    manifest = write_manifest(tmp_path, sample_data, count=8)
     first = make_session(manifest, tmp_path / "first", seed=11)
     second = make_session(manifest, tmp_path / "second", seed=11)
     other = make_session(manifest, tmp_path / "other", seed=12)
@@ -108,8 +108,8 @@ def _without_id(folder):
     return {k: v for k, v in data.items() if k != "session_id"}
 
 
-def test_the_rating_view_never_contains_a_source(tmp_path, shared_data):
-    manifest = write_manifest(tmp_path, shared_data)
+def test_the_rating_view_never_contains_a_source(tmp_path, sample_data):
+    manifest = write_manifest(tmp_path, sample_data)
     view = make_session(manifest, tmp_path / "session", seed=3, key_path=tmp_path / "elsewhere" / "key.json")
 
     files = sorted(p for p in (tmp_path / "session").rglob("*") if p.is_file())
@@ -128,12 +128,12 @@ def test_the_rating_view_never_contains_a_source(tmp_path, shared_data):
     assert set(key.sources) == set(SOURCES)
 
 
-def test_items_are_the_sources_voxels_on_the_image_grid(tmp_path, shared_data):
-    manifest = write_manifest(tmp_path, shared_data, count=2)
+def test_items_are_the_sources_voxels_on_the_image_grid(tmp_path, sample_data):
+    manifest = write_manifest(tmp_path, sample_data, count=2)
     view = make_session(manifest, tmp_path / "session", seed=5)
     key = load_key(default_key_path(tmp_path / "session"), view)
     originals = {
-        SOURCES[0]: shared_data / "sct_testing_data/t2/t2_seg-manual.nii.gz",
+        SOURCES[0]: sample_data.cord,
         SOURCES[1]: tmp_path / "model_output.nii.gz",
     }
     image = sitk.ReadImage(str(view.cases[0].image))
@@ -148,9 +148,9 @@ def test_items_are_the_sources_voxels_on_the_image_grid(tmp_path, shared_data):
     assert view.labels == {1: "segmentation"}
 
 
-def test_stratified_sampling_keeps_the_proportions(tmp_path, shared_data):
+def test_stratified_sampling_keeps_the_proportions(tmp_path, sample_data):
     contrasts = ["T2w"] * 6 + ["T1w"] * 4
-    manifest = write_manifest(tmp_path, shared_data, contrasts=contrasts)
+    manifest = write_manifest(tmp_path, sample_data, contrasts=contrasts)
     for count, expected in ((5, {"T2w": 3, "T1w": 2}), (4, {"T2w": 2, "T1w": 2}), (10, {"T2w": 6, "T1w": 4})):
         folder = tmp_path / f"sample{count}"
         view = make_session(manifest, folder, seed=1, sample=count, stratify_by="contrast")
@@ -160,8 +160,8 @@ def test_stratified_sampling_keeps_the_proportions(tmp_path, shared_data):
         assert len(set(case.case_id for case in view.cases)) == count
 
 
-def test_json_and_csv_manifests_give_the_same_session(tmp_path, shared_data):
-    csv_manifest = write_manifest(tmp_path, shared_data, count=3)
+def test_json_and_csv_manifests_give_the_same_session(tmp_path, sample_data):
+    csv_manifest = write_manifest(tmp_path, sample_data, count=3)
     with open(csv_manifest) as stream:
         rows = list(csv.DictReader(stream))
     cases = [{"case_id": r["case_id"], "image": r["image"], "metadata": {"contrast": r["contrast"]},
@@ -192,8 +192,8 @@ def _edit_manifest(path, edit):
     (lambda rows: rows[1].__setitem__(4, ""), "no segmentation for source"),
     (lambda rows: rows[1].__setitem__(0, "sub 00/x"), "case id"),
 ])
-def test_bad_manifests_raise_and_create_nothing(tmp_path, shared_data, edit, problem):
-    manifest = write_manifest(tmp_path, shared_data, count=4)
+def test_bad_manifests_raise_and_create_nothing(tmp_path, sample_data, edit, problem):
+    manifest = write_manifest(tmp_path, sample_data, count=4)
     _edit_manifest(manifest, edit)
     with pytest.raises(ManifestError, match=problem) as error:
         make_session(manifest, tmp_path / "session", seed=1)
@@ -202,9 +202,10 @@ def test_bad_manifests_raise_and_create_nothing(tmp_path, shared_data, edit, pro
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".session")]
 
 
-def test_a_segmentation_off_the_image_grid_is_refused(tmp_path, shared_data):
-    manifest = write_manifest(tmp_path, shared_data, count=2)
-    other = shared_data / "sct_testing_data/t1/t1w_seg-manual.nii.gz"
+def test_a_segmentation_off_the_image_grid_is_refused(tmp_path, sample_data):
+    manifest = write_manifest(tmp_path, sample_data, count=2)
+    other = tmp_path / "cropped_cord.nii.gz"  # the same mask on a smaller grid
+    sitk.WriteImage(sitk.ReadImage(str(sample_data.cord))[:, :, 2:-2], str(other))
     _edit_manifest(manifest, lambda rows: rows[2].__setitem__(4, str(other)))
     with pytest.raises(ManifestError, match="not on the grid of its image"):
         make_session(manifest, tmp_path / "session", seed=1)
@@ -216,15 +217,15 @@ def test_a_segmentation_off_the_image_grid_is_refused(tmp_path, shared_data):
     ({"sample": 2, "stratify_by": "scanner"}, ManifestError, "no value in column 'scanner'"),
     ({"stratify_by": "contrast"}, SessionError, "needs a sample size"),
 ])
-def test_impossible_samples_are_refused(tmp_path, shared_data, options, error, problem):
-    manifest = write_manifest(tmp_path, shared_data, count=4)
+def test_impossible_samples_are_refused(tmp_path, sample_data, options, error, problem):
+    manifest = write_manifest(tmp_path, sample_data, count=4)
     with pytest.raises(error, match=problem):
         make_session(manifest, tmp_path / "session", seed=1, **options)
     assert not (tmp_path / "session").exists()
 
 
-def test_an_existing_session_or_key_is_never_overwritten(tmp_path, shared_data):
-    manifest = write_manifest(tmp_path, shared_data, count=2)
+def test_an_existing_session_or_key_is_never_overwritten(tmp_path, sample_data):
+    manifest = write_manifest(tmp_path, sample_data, count=2)
     make_session(manifest, tmp_path / "session", seed=1)
     before = (tmp_path / "session/session.json").read_bytes()
     with pytest.raises(SessionError, match="not empty; nothing was overwritten"):
@@ -238,8 +239,8 @@ def test_an_existing_session_or_key_is_never_overwritten(tmp_path, shared_data):
     assert key.read_text() == "precious" and not (tmp_path / "another").exists()
 
 
-def test_a_key_that_does_not_match_its_session_is_refused(tmp_path, shared_data):
-    manifest = write_manifest(tmp_path, shared_data, count=3)
+def test_a_key_that_does_not_match_its_session_is_refused(tmp_path, sample_data):
+    manifest = write_manifest(tmp_path, sample_data, count=3)
     view = make_session(manifest, tmp_path / "session", seed=1)
     make_session(manifest, tmp_path / "other", seed=2)
     with pytest.raises(KeyMismatchError, match="key of session"):
@@ -254,8 +255,8 @@ def test_a_key_that_does_not_match_its_session_is_refused(tmp_path, shared_data)
         load_key(edited, view)
 
 
-def test_a_session_file_that_was_tampered_with_is_refused(tmp_path, shared_data):
-    manifest = write_manifest(tmp_path, shared_data, count=2)
+def test_a_session_file_that_was_tampered_with_is_refused(tmp_path, sample_data):
+    manifest = write_manifest(tmp_path, sample_data, count=2)
     make_session(manifest, tmp_path / "session", seed=1)
     data = json.loads((tmp_path / "session/session.json").read_text())
     data["cases"][0]["items"][0]["path"] = "../../etc/passwd"
@@ -267,8 +268,8 @@ def test_a_session_file_that_was_tampered_with_is_refused(tmp_path, shared_data)
 # --------------------------------------------------------------------------- command line
 
 
-def test_cli_make_session_and_status(tmp_path, shared_data, capsys):
-    manifest = write_manifest(tmp_path, shared_data, contrasts=["T2w"] * 3 + ["T1w"] * 3)
+def test_cli_make_session_and_status(tmp_path, sample_data, capsys):
+    manifest = write_manifest(tmp_path, sample_data, contrasts=["T2w"] * 3 + ["T1w"] * 3)
     code = main(["make-session", str(manifest), "-o", str(tmp_path / "qc"), "--seed", "9", "--sample", "4",
                  "--stratify-by", "contrast", "--label", "1=cord"])
     out = capsys.readouterr().out
@@ -287,9 +288,9 @@ def test_cli_make_session_and_status(tmp_path, shared_data, capsys):
 # --------------------------------------------------------------------------- blinding
 
 
-def test_the_session_id_depends_on_nothing_in_the_key(tmp_path, shared_data):
+def test_the_session_id_depends_on_nothing_in_the_key(tmp_path, sample_data):
     """Issue 15 item 12: the id hashed the item -> source assignment; guessing sources found the key."""
-    manifest = write_manifest(tmp_path, shared_data, count=2)
+    manifest = write_manifest(tmp_path, sample_data, count=2)
     ids = {make_session(manifest, tmp_path / f"s{n}", seed=1).session_id for n in range(3)}
     assert len(ids) == 3  # same manifest, seed, letters and files: the id carries none of them
     assert all(len(i) == len("lqc-") + 16 and i.startswith("lqc-") for i in ids)
@@ -297,9 +298,9 @@ def test_the_session_id_depends_on_nothing_in_the_key(tmp_path, shared_data):
     assert key["session_id"] == SessionView.load(tmp_path / "s0").session_id
 
 
-def test_items_of_a_case_cannot_be_told_apart_by_their_files(tmp_path, shared_data):
+def test_items_of_a_case_cannot_be_told_apart_by_their_files(tmp_path, sample_data):
     """Issue 15 item 13: gzip-compressed items; the manual mask was the larger file in every case."""
-    manifest = write_manifest(tmp_path, shared_data, count=3)
+    manifest = write_manifest(tmp_path, sample_data, count=3)
     view = make_session(manifest, tmp_path / "session", seed=8)
     key = load_key(default_key_path(tmp_path / "session"), view)
     for case in view.cases:
@@ -314,9 +315,9 @@ def test_items_of_a_case_cannot_be_told_apart_by_their_files(tmp_path, shared_da
         assert voxels[SOURCES[0]] > voxels[SOURCES[1]]  # the contents differ (eroded copy), the files do not
 
 
-def test_the_key_is_kept_out_of_the_raters_folder(tmp_path, shared_data):
+def test_the_key_is_kept_out_of_the_raters_folder(tmp_path, sample_data):
     """Issue 15 item 14: the key defaulted to SESSION/key.json, inside the folder handed to raters."""
-    manifest = write_manifest(tmp_path, shared_data, count=2)
+    manifest = write_manifest(tmp_path, sample_data, count=2)
     view = make_session(manifest, tmp_path / "session", seed=1)
     assert default_key_path(tmp_path / "session") == tmp_path / "session-key.json"
     assert (tmp_path / "session-key.json").is_file()
@@ -338,22 +339,22 @@ def test_the_key_is_kept_out_of_the_raters_folder(tmp_path, shared_data):
 
 
 @pytest.mark.parametrize("case_id", ["CON", "nul", "Com1", "LPT9.x", "aux.nii", "sub-01."])
-def test_case_ids_that_windows_cannot_name_are_refused(tmp_path, shared_data, case_id):
-    manifest = write_manifest(tmp_path, shared_data, count=2)
+def test_case_ids_that_windows_cannot_name_are_refused(tmp_path, sample_data, case_id):
+    manifest = write_manifest(tmp_path, sample_data, count=2)
     _edit_manifest(manifest, lambda rows: rows[1].__setitem__(0, case_id))
     with pytest.raises(ManifestError, match="reserved name such as CON"):
         make_session(manifest, tmp_path / "session", seed=1)
 
 
-def test_case_ids_differing_only_in_case_are_refused(tmp_path, shared_data):
-    manifest = write_manifest(tmp_path, shared_data, count=2)
+def test_case_ids_differing_only_in_case_are_refused(tmp_path, sample_data):
+    manifest = write_manifest(tmp_path, sample_data, count=2)
     _edit_manifest(manifest, lambda rows: rows[2].__setitem__(0, "SUB-00"))
     with pytest.raises(ManifestError, match="duplicate case ids: \\['SUB-00', 'sub-00'\\]"):
         make_session(manifest, tmp_path / "session", seed=1)
 
 
-def test_repeats_are_shown_later_and_look_like_first_showings(tmp_path, shared_data):
-    manifest = write_manifest(tmp_path, shared_data, count=8)
+def test_repeats_are_shown_later_and_look_like_first_showings(tmp_path, sample_data):
+    manifest = write_manifest(tmp_path, sample_data, count=8)
     view = make_session(manifest, tmp_path / "session", seed=6, repeat_fraction=0.25)
     key = load_key(default_key_path(tmp_path / "session"), view)
     shown = [case.case_id for case in view.cases]

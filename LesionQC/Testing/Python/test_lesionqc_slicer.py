@@ -26,16 +26,15 @@ def test_the_module_file_compiles(tmp_path):
 
 
 @pytest.fixture
-def session(tmp_path, shared_data):
-    folder = shared_data / "sct_testing_data/t2"
-    cord = sitk.ReadImage(str(folder / "t2_fake_lesion_sc_seg.nii.gz"), sitk.sitkUInt8)
-    lesion = sitk.ReadImage(str(folder / "t2_fake_lesion_lesion_seg.nii.gz"), sitk.sitkUInt8)
+def session(tmp_path, sample_data):
+    cord = sitk.ReadImage(str(sample_data.cord), sitk.sitkUInt8)
+    lesion = sitk.ReadImage(str(sample_data.lesion), sitk.sitkUInt8)
     for name, cord_mask in (("manual", cord), ("model", sitk.BinaryErode(cord, [2, 2, 0]))):
         labels = sitk.Mask(cord_mask, sitk.Not(lesion)) + lesion * 2  # 1 cord, 2 lesion
         sitk.WriteImage(labels, str(tmp_path / f"{name}.nii.gz"))
     manifest = tmp_path / "manifest.csv"
     manifest.write_text(f"case_id,image,seg:{SOURCES[0]},seg:{SOURCES[1]}\n"
-                        f"sub-01,{folder / 't2_fake_lesion.nii.gz'},manual.nii.gz,model.nii.gz\n")
+                        f"sub-01,{sample_data.scan},manual.nii.gz,model.nii.gz\n")
     return make_session(manifest, tmp_path / "session", seed=4, label_names={1: "cord", 2: "lesion"})
 
 

@@ -117,6 +117,9 @@ def run_install(args: argparse.Namespace) -> int:
         model = store.install(args.model_id, files=args.sources, force=args.force)
         if already:
             print(f"{model.id}: already installed in {model.path} (--force reinstalls)")
+    elif args.model_id and not args.sources and store.get_installed(args.model_id) is not None:
+        model = store.get_installed(args.model_id)  # your own model, installed earlier: '--trust' trusts it now
+        print(f"{model.id}: already installed in {model.path} (--from ZIP_OR_DIR --force reinstalls)")
     elif args.sources:
         if len(args.sources) != 1:
             raise ModelInstallError("--from takes one zip or folder for a model outside the catalogue")

@@ -5,7 +5,7 @@ Example:
     $ spinalcordseg batch -i /data/bids -m demo-sc-lesion -o /data/bids/derivatives/spinalcordseg --levels-with labels
     $ spinalcordseg round merge -w /data/bids/derivatives/spinalcordseg/worklist.csv worklist-shard*.csv
     $ spinalcordseg round rank -w /data/bids/derivatives/spinalcordseg/worklist.csv --random-fraction 0.2
-    $ spinalcordseg round mark -w worklist.csv sub-01_T2w corrected --rater jd
+    $ spinalcordseg round mark -w worklist.csv sub-01_T2w in-correction --rater jd
     $ spinalcordseg round sync -w worklist.csv   # cases saved in the Slicer module become corrected
     $ spinalcordseg round export -w worklist.csv -o nnUNet_raw/Dataset102_SCround2
     $ spinalcordseg round train nnUNet_raw/Dataset102_SCround2 --parent demo-sc --name sc-round2 --epochs 50
@@ -25,6 +25,13 @@ from ..rounds.cohort import LEVELS_WITH
 from ..rounds.worklist import STATUSES, Worklist
 
 logger = logging.getLogger(__name__)
+#: The statuses as typed on the command line: one word each (``in-correction``); the worklist keeps its own.
+CLI_STATUSES = [status.replace(" ", "-") for status in STATUSES]
+
+
+def _status_word(text: str) -> str:
+    """``in-correction`` for ``in-correction`` and the older spelling ``"in correction"``."""
+    return "-".join(text.split())
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -47,8 +54,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_inference_arguments(batch)
     batch.set_defaults(func=run_batch_command)
 
-    rounds = subparsers.add_parser("round", help="active-learning round: merge, rank, mark, next, sync, export, "
-                                                 "train, promote")
+    rounds = subparsers.add_parser(
+        "round", help="active-learning round: merge, rank, mark, next, sync, export, train, promote",
+        description="Work through an active-learning round's worklist (the worklist.csv that 'batch' writes): "
+                    "merge the worklists of a sharded batch, rank the cases by uncertainty, mark a case's "
+                    "status, print the next case to correct, bring in corrections saved in Slicer (sync), and "
+                    "export the corrected cases as an nnU-Net v2 raw dataset, fine-tune the next model version "
+                    "on it (train) and gate it on the drift of cord measures before it becomes the round's "
+                    "model (promote).")
     actions = rounds.add_subparsers(dest="action", metavar="ACTION", required=True)
     rank = actions.add_parser("rank", help="order cases by uncertainty, with a random share")
     rank.add_argument("-w", "--worklist", required=True)
@@ -58,7 +71,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     mark = actions.add_parser("mark", help="set a case's status")
     mark.add_argument("-w", "--worklist", required=True)
     mark.add_argument("case")
-    mark.add_argument("status", choices=STATUSES)
+    mark.add_argument("status", type=_status_word, choices=CLI_STATUSES,
+                      help=f"one of {', '.join(CLI_STATUSES)} ('in correction', quoted, is accepted too)")
     mark.add_argument("--rater", default="")
     mark.add_argument("--reason", default="", help="why a case is excluded")
     mark.set_defaults(func=run_mark)
@@ -162,7 +176,14 @@ def run_batch_command(args: argparse.Namespace) -> int:
 
         require_spine()  # before the predictions, not after
     k, n = parse_shard(args.shard)
-    scans = [s for s in find_scans(args.input, args.include) if in_shard(s.relative, k, n)]
+    found = find_scans(args.input, args.include)
+    if not found:
+        raise SpinalCordSegError(f"{args.input}: no scan matches --include {args.include!r} (derivatives/, "
+                                 "sourcedata/ and code/ are not searched); nothing was run")
+    scans = [s for s in found if in_shard(s.relative, k, n)]
+    if not scans:  # a small cohort leaves some shards of an array empty: not a failure of this job
+        print(f"shard {k}/{n}: none of the {len(found)} scan(s) falls in this shard; nothing to do")
+        return 0
     engine, crop_engine = engines_from_arguments(args)
     # Shards run at the same time: each keeps its own worklist, merged afterwards.
     worklist = args.worklist or (Path(args.output) / f"worklist-shard{k}of{n}.csv" if n > 1 else None)
@@ -189,7 +210,7 @@ def run_rank(args: argparse.Namespace) -> int:
 
 
 def run_mark(args: argparse.Namespace) -> int:
-    Worklist.load(args.worklist).mark(args.case, args.status, args.rater, args.reason)
+    Worklist.load(args.worklist).mark(args.case, STATUSES[CLI_STATUSES.index(args.status)], args.rater, args.reason)
     return 0
 
 
@@ -215,9 +236,12 @@ def run_sync(args: argparse.Namespace) -> int:
 
     worklist = Worklist.load(args.worklist)
     if worklist.table.empty:
-        print("the worklist is empty")
-        return 1
+        print(f"nothing to sync: {args.worklist} has no case")
+        return 0
     log = args.log or plan_outputs(worklist.case(worklist.table["case"].iloc[0]).scan).log
+    if not args.log and not Path(log).exists():  # no correction saved in Slicer yet; a --log given must exist
+        print(f"nothing to sync: no correction saved yet ({log} does not exist)")
+        return 0
     changed = worklist.apply_correction_log(log)
     print(f"{len(changed)} case(s) marked corrected from {log}")
     return 0

@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence
 
 from ..imaging.binarization import MaskOptions, parse_thresholds, threshold_items
 from ..errors import SpinalCordSegError
@@ -20,6 +21,8 @@ from ..models.catalogue import DEMO_MODEL
 logger = logging.getLogger(__name__)
 
 DEMO_OUTPUT = "spinalcordseg-demo-output"
+DEVICE_HELP = ("where to run (default: auto = CUDA, then MPS, then the CPU, saying so when it falls back); "
+               "an explicit cuda or mps that is missing is an error")
 #: Orientation letter -> axis (SimpleITK letters).
 AXIS_OF = {"R": "x", "L": "x", "A": "y", "P": "y", "S": "z", "I": "z"}
 
@@ -28,8 +31,7 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by every command that runs a model."""
     parser.add_argument("-m", "--model", required=True,
                         help="catalogue id (see 'spinalcordseg models list'), model folder or zip")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
-                        help="where to run (default: auto = CUDA, then MPS, then CPU)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help=DEVICE_HELP)
     parser.add_argument("--folds", nargs="+", help="folds to ensemble (default: all present)")
     parser.add_argument("--tta", action="store_true",
                         help="test-time augmentation by mirroring (off by default: about 8x slower)")
@@ -90,7 +92,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                  description="Segment the bundled sample scan; write soft maps, masks and a "
                                              "PNG overlay.")
     demo.add_argument("-o", "--output", default=DEMO_OUTPUT, help=f"output folder (default: ./{DEMO_OUTPUT})")
-    demo.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    demo.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help=DEVICE_HELP)
     demo.set_defaults(func=run_demo)
 
 
@@ -134,7 +136,7 @@ def segment_files(
     """
     from tqdm import tqdm
 
-    from ..inference.cropping import cropbox_image
+    from ..inference.cropping import CropBox, cropbox_image
     from ..inference.engine import load_crop_mask
     from ..imaging.binarization import binary_mask_images
     from ..imaging.image_io import read_scan, write_image_atomic
@@ -153,7 +155,8 @@ def segment_files(
                 scan = read_scan(path)
                 reading = time.perf_counter() - started
                 if crop_engine is not None:
-                    mask = crop_engine.cord_mask(scan, str(path))
+                    with ConsoleProgress(f"{source_name(path)}: cord for the crop") as progress:
+                        mask = crop_engine.cord_mask(scan, str(path), progress=progress)
                 with ConsoleProgress(source_name(path)) as progress:
                     prediction = engine.predict(scan, crop_mask=mask, name=str(path), progress=progress)
                 timing = prediction.provenance.get("Timing")
@@ -162,8 +165,9 @@ def segment_files(
                 started = time.perf_counter()
                 written = write_outputs(prediction.soft_maps, source_name(path), output_dir, levels,
                                         prediction.provenance, write_soft=write_soft, options=options)
-                if save_cropbox and prediction.crop_box is not None:
-                    written["cropbox"] = write_image_atomic(cropbox_image(prediction.crop_box, scan),
+                if save_cropbox:  # the whole field of view when the model ran on it: the file is always there
+                    box = prediction.crop_box or CropBox((0, 0, 0), tuple(scan.GetSize()), "whole field of view")
+                    written["cropbox"] = write_image_atomic(cropbox_image(box, scan),
                                                             output_dir / f"{source_name(path)}_cropbox.nii.gz")
                 if overlay:
                     masks = binary_mask_images(prediction.soft_maps, levels, options or MaskOptions())
@@ -190,6 +194,10 @@ def segment_files(
 def check_options(args: argparse.Namespace) -> None:
     """Refuse bad option values before anything slow runs (SpinalCordSegError naming the option)."""
     threshold_items(args.threshold)
+    if args.device not in ("auto", "cpu"):  # a missing GPU stops the run before models or folders are touched
+        from ..inference.engine import select_device
+
+        select_device(args.device)
     if args.step_size is not None and not 0.0 < args.step_size <= 1.0:
         raise SpinalCordSegError(f"--step-size {args.step_size}: must be above 0 and at most 1")
     if args.threads is not None and args.threads < 1:
@@ -226,9 +234,10 @@ def input_problem(path: str) -> Optional[str]:
     return None
 
 
-def prepare_output_folder(folder: Path) -> None:
+def prepare_output_folder(folder: Path) -> Optional[Path]:
     """Create ``folder`` if needed and check that files can be made there; clear stale temporaries.
 
+    Returns the top-most folder this call created (None when ``folder`` existed).
     Raises SpinalCordSegError naming the folder (a file, no permission, a read-only or virtual file system).
     """
     import tempfile
@@ -237,6 +246,7 @@ def prepare_output_folder(folder: Path) -> None:
 
     if folder.exists() and not folder.is_dir():
         raise SpinalCordSegError(f"{folder}: the output folder exists and is not a folder")
+    created = next((parent for parent in reversed([folder, *folder.parents]) if not parent.exists()), None)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
@@ -244,6 +254,33 @@ def prepare_output_folder(folder: Path) -> None:
     except OSError as error:
         raise SpinalCordSegError(f"{folder}: cannot write to the output folder ({error.strerror or error})") from error
     remove_stale_temporaries(folder)
+    return created
+
+
+@contextmanager
+def output_folder(folder: Path) -> Iterator[Path]:
+    """:func:`prepare_output_folder`, and on the way out remove the folders it created if they are still empty.
+
+    A run where every input failed (or the model could not load) leaves nothing behind; a folder that
+    holds anything, or that existed before, is kept.
+
+    Example:
+        >>> with output_folder(Path("out")) as folder:  # doctest: +SKIP
+        ...     segment_files(["t2.nii.gz"], folder, engine)
+    """
+    created = prepare_output_folder(folder)
+    try:
+        yield folder
+    finally:
+        path = folder
+        while created is not None:
+            try:
+                path.rmdir()  # only an empty folder goes
+            except OSError:
+                break
+            if path == created:
+                break
+            path = path.parent
 
 
 def resolve_models(args: argparse.Namespace):
@@ -263,7 +300,9 @@ def load_engines(args: argparse.Namespace, resolved, cord):
 
     engine = SegmentationEngine(resolved.folder, _options(args, resolved.orientation), model_id=resolved.model_id)
     crop_engine = None
-    if cord is not None:
+    if cord is not None and Path(cord.folder) == Path(resolved.folder):
+        crop_engine = engine  # the same model crops for itself: loaded once, its demo note said once
+    elif cord is not None:
         crop_engine = SegmentationEngine(cord.folder, _options(args, cord.orientation), model_id=cord.model_id)
     return engine, crop_engine
 
@@ -292,15 +331,14 @@ def run_segment(args: argparse.Namespace) -> int:
     model = ModelFolder.open(resolved.folder)
     parse_thresholds(args.threshold, model.structures)
     model.select_folds(args.folds)
-    output = Path(args.output)
-    prepare_output_folder(output)
-    engine, crop_engine = load_engines(args, resolved, cord)
-    if args.no_tta:
-        logger.warning("--no-tta is deprecated: test-time mirroring is off by default (--tta turns it on)")
-    failed = [path for path in args.input if problems[path]]
-    failed += segment_files(usable, output, engine, args.threshold, args.crop_mask,
-                            write_soft=not args.no_soft, overlay=args.overlay, crop_engine=crop_engine,
-                            options=mask_options(args), save_cropbox=args.save_cropbox)
+    with output_folder(Path(args.output)) as output:
+        engine, crop_engine = load_engines(args, resolved, cord)
+        if args.no_tta:
+            logger.warning("--no-tta is deprecated: test-time mirroring is off by default (--tta turns it on)")
+        failed = [path for path in args.input if problems[path]]
+        failed += segment_files(usable, output, engine, args.threshold, args.crop_mask,
+                                write_soft=not args.no_soft, overlay=args.overlay, crop_engine=crop_engine,
+                                options=mask_options(args), save_cropbox=args.save_cropbox)
     if failed:
         logger.error("%d of %d scan(s) failed: %s", len(failed), len(args.input), ", ".join(failed))
         return 1
@@ -313,12 +351,11 @@ def run_demo(args: argparse.Namespace) -> int:
 
     from ..models.model_store import resolve_model
 
-    output = Path(args.output).resolve()
-    prepare_output_folder(output)
     model = resolve_model(DEMO_MODEL, offline=True)  # embedded and pinned: no download, no question
-    engine = SegmentationEngine(model.folder, InferenceOptions(device=args.device, orientation=model.orientation),
-                                model_id=model.model_id)
-    failed = segment_files([str(sample_scan_path())], output, engine, overlay=True)
+    with output_folder(Path(args.output).resolve()) as output:
+        engine = SegmentationEngine(model.folder, InferenceOptions(device=args.device, orientation=model.orientation),
+                                    model_id=model.model_id)
+        failed = segment_files([str(sample_scan_path())], output, engine, overlay=True)
     if failed:
         return 1
     print(f"SpinalCordSeg demo: soft maps, masks and a PNG overlay written to {output}")

@@ -38,7 +38,7 @@ from ..imaging.binarization import DEFAULT_THRESHOLD, above, binarize, cord_stru
 from ..models.catalogue import model_note
 from .cropping import (CropBox, axis_faces, box_of_mask, crop, face_names, grow_box, load_crop_metadata,
                        pad_box, superior_inferior_axis, truncated_faces, uncrop, uniform_padding)
-from ..errors import InputImageError, ModelFolderError
+from ..errors import DeviceUnavailableError, InputImageError, ModelFolderError
 from ..imaging.grid import same_grid
 from ..imaging.image_io import check_scan, orientation_of, read_image, reorient
 from ..models.model_folder import ModelFolder
@@ -137,15 +137,22 @@ def available_devices() -> Dict[str, Optional[str]]:
 
 
 def select_device(requested: str) -> Tuple[str, Optional[str]]:
-    """Resolve ``auto`` and unavailable devices; return (device, warning or None)."""
+    """Resolve ``auto``; return (device, note or None): the note says when ``auto`` falls back to the CPU.
+
+    An explicit device that is missing raises DeviceUnavailableError: a GPU job must not run on the CPU
+    unnoticed.
+    """
     requested = requested.lower()
     reasons = available_devices()
     if requested == "auto":
-        return next(d for d in ("cuda", "mps", "cpu") if reasons[d] is None), None
+        device = next(d for d in ("cuda", "mps", "cpu") if reasons[d] is None)
+        note = f"device auto: using the CPU ({reasons['cuda']}; {reasons['mps']})" if device == "cpu" else None
+        return device, note
     if requested not in reasons:
         raise ValueError(f"unknown device {requested!r}; choose auto, cuda, mps or cpu")
     if reasons[requested] is not None:
-        return "cpu", f"device {requested} unavailable ({reasons[requested]}); using the CPU"
+        raise DeviceUnavailableError(f"device {requested} is not available ({reasons[requested]}); "
+                                     "choose --device auto or cpu to run on the CPU")
     return requested, None
 
 
@@ -225,10 +232,10 @@ class SegmentationEngine:
                 f"{self.model.path / 'dataset.json'}: the model expects {self.model.num_channels} input "
                 "channels; SpinalCordSeg feeds one scan (1 channel)"
             )
-        self.device, warning = select_device(self.options.device)
-        self.warnings = [warning] if warning else []
-        if warning:
-            logger.warning(warning)
+        self.device, note = select_device(self.options.device)
+        self.warnings: List[str] = []
+        if note:
+            logger.info(note)
         if self.options.num_threads:
             torch.set_num_threads(int(self.options.num_threads))
         self.checkpoint_sha256 = self.model.checkpoint_sha256(self.folds)
@@ -575,10 +582,10 @@ class SegmentationEngine:
         # Rounded down: a box one voxel wider than the patch would take a second tile.
         return [max(1, int(math.floor(mm / spacing + 1e-6))) for mm, spacing in zip(extent_mm, image.GetSpacing())]
 
-    def cord_mask(self, scan: sitk.Image, name: str = "") -> sitk.Image:
+    def cord_mask(self, scan: sitk.Image, name: str = "", progress: Optional[ProgressCallback] = None) -> sitk.Image:
         """Binary cord mask of ``scan`` (its cord map, else its first map, at the default threshold), to crop
         another model's input."""
-        maps = self.predict(scan, name=name).soft_maps
+        maps = self.predict(scan, name=name, progress=progress).soft_maps
         return binarize(maps.get(cord_structure(maps), next(iter(maps.values()))), DEFAULT_THRESHOLD)
 
     def _predict_maps(self, image: sitk.Image, report: ProgressCallback,

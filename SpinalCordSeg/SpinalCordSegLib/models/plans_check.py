@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import numbers
+from pathlib import PurePath
 import re
 from typing import Dict, Iterable, List, Mapping, Optional
 
@@ -222,8 +223,12 @@ def check_plans(plans: dict, where: str, configuration: str, channels: int) -> N
     if not configurations:
         raise ModelFolderError(f"{where}: 'configurations' is empty")
     if configuration not in configurations:
+        folder = PurePath(where).parent.name
         raise ModelFolderError(
-            f"{where}: no configuration '{configuration}' (from the folder name); it has {sorted(configurations)}"
+            f"{where}: no configuration '{configuration}'; it has {sorted(configurations)}. SpinalCordSeg reads "
+            f"the configuration from the results folder's name, which must keep nnU-Net's "
+            f"<Trainer>__<Plans>__<configuration> form (such as nnUNetTrainer__nnUNetPlans__3d_fullres); "
+            f"this folder is named '{folder}'"
         )
     for name in configurations:
         _check_configuration(_resolve(configurations, name, check), f"configurations.{name}", channels,

@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -28,7 +29,7 @@ import SimpleITK as sitk
 
 from ..imaging.binarization import MaskOptions
 from ..errors import SpinalCordSegError
-from ..imaging.fileutil import csv_text, remove_stale_temporaries
+from ..imaging.fileutil import csv_text, remove_stale_temporaries, write_text_atomic
 from ..imaging.image_io import read_scan
 from ..models.model_folder import sha256_of_file
 from ..imaging.naming import bids_label, output_name, source_name
@@ -48,6 +49,9 @@ LEVELS_SUFFIX = "_label-SC_seg_labeled"
 LEVELS_WITH = ("labels", "spine")
 #: Per-level table of a batch scan, beside its masks.
 LEVELS_TABLE_SUFFIX = "_levels.csv"
+DATASET_DESCRIPTION = "dataset_description.json"
+#: The BIDS version whose derivatives rules the folder follows.
+BIDS_VERSION = "1.9.0"
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,28 @@ def is_done(scan: Scan, derivatives: Path, structures: List[str], input_sha: str
     return True
 
 
+def write_dataset_description(derivatives: Path, provenance: Mapping) -> Optional[Path]:
+    """Write the ``dataset_description.json`` that BIDS requires of a derivatives folder; keep an existing one.
+
+    ``provenance`` is the engine's ``GeneratedBy`` entry (name, version, model). Returns the path when
+    written, None when the folder already had one (the user's, or an earlier batch's).
+
+    Example:
+        >>> write_dataset_description(Path("derivatives/spinalcordseg"), engine.provenance())  # doctest: +SKIP
+    """
+    path = derivatives / DATASET_DESCRIPTION
+    generated_by = {key: provenance[key] for key in ("Name", "Version", "Description") if provenance.get(key)}
+    if provenance.get("ModelId") or provenance.get("Model"):
+        generated_by["Description"] = (f"{generated_by.get('Description', 'nnU-Net v2 inference')} with model "
+                                       f"{provenance.get('ModelId') or provenance.get('Model')}")
+    description = {"Name": "SpinalCordSeg predictions", "BIDSVersion": BIDS_VERSION, "DatasetType": "derivative",
+                   "GeneratedBy": [generated_by]}
+    try:
+        return write_text_atomic(json.dumps(description, indent=2) + "\n", path, replace=False)
+    except FileExistsError:  # a shard of the same batch wrote it meanwhile, or the user keeps their own
+        return None
+
+
 @dataclass
 class BatchReport:
     """What a batch run did."""
@@ -180,6 +206,8 @@ def run_batch(
     derivatives = Path(derivatives)
     derivatives.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(derivatives, recursive=True)  # left by a killed run; each one is logged
+    if scans and not (derivatives / DATASET_DESCRIPTION).exists():
+        write_dataset_description(derivatives, engine.provenance())
     worklist = Worklist.load(worklist_path or derivatives / WORKLIST_FILE, create=True)
     report = BatchReport()
     for scan in scans:

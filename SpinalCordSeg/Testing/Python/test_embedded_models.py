@@ -72,15 +72,15 @@ def test_demo_sc_segments_held_out_scans(engines, shared_data, scan, truth, floo
     assert _dice(maps["sc"], shared_data / truth) >= floor
 
 
-def test_demo_sc_lesion_finds_cord_and_lesion(engines, shared_data):
-    scans = shared_data / "sct_testing_data"
-    maps = engines["demo-sc-lesion"].predict(read_scan(scans / "t2/t2_fake_lesion.nii.gz")).soft_maps
-    assert _dice(maps["sc"], scans / "t2/t2_fake_lesion_sc_seg.nii.gz") >= LESION_SCAN_CORD_DICE
-    assert _dice(maps["lesion"], scans / "t2/t2_fake_lesion_lesion_seg.nii.gz") >= LESION_DICE
+def test_demo_sc_lesion_finds_cord_and_lesion(engines, sample_data):
+    """On the bundled sample: SCT's t2_fake_lesion, held out from the embedded models' training."""
+    maps = engines["demo-sc-lesion"].predict(read_scan(sample_data.scan)).soft_maps
+    assert _dice(maps["sc"], sample_data.cord) >= LESION_SCAN_CORD_DICE
+    assert _dice(maps["lesion"], sample_data.lesion) >= LESION_DICE
     # Region-based (the cord region includes the lesion): what is lesion is also cord.
     lesion, cord = (sitk.GetArrayFromImage(maps[s]) >= 0.5 for s in ("lesion", "sc"))
     assert lesion.any() and np.mean(cord[lesion]) > 0.99
-    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(scans / "t2/t2_fake_lesion_lesion_seg.nii.gz"))) > 0
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(sample_data.lesion))) > 0
     found = label_lesions(lesion)
     sizes = np.bincount(found.ravel())[1:]
     largest = int(np.argmax(sizes)) + 1

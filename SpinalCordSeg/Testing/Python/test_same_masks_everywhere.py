@@ -6,7 +6,6 @@ binarized by ``segment``'s writer, by ``batch`` and by the panel's result scene
 on a real MRML scene (slicer-core), in three orientations of the shared scans.
 """
 
-import shutil
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ from scipy import ndimage
 from SpinalCordSegLib.imaging.binarization import MaskOptions
 from SpinalCordSegLib.rounds.cohort import find_scans, run_batch
 from SpinalCordSegLib.inference.engine import InferenceOptions, SegmentationEngine
+from SpinalCordSegLib.imaging.image_io import reorient
 from SpinalCordSegLib.imaging.naming import output_name
 from SpinalCordSegLib.imaging.outputs import write_outputs
 from SpinalCordSegLib.imaging.sidecar import Sidecar
@@ -31,8 +31,8 @@ from SpinalCordSegLib.panel.slicer_scene import (  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-SCANS = {"PSR": "sct_testing_data/t2/t2.nii.gz", "RAS": "sct_testing_data/t1/t1w.nii.gz",
-         "LAS": "sct_testing_data/t2s/t2s.nii.gz"}
+#: The bundled sample (stored PSR) is written in each of these voxel orders, as the shared scans are stored.
+ORIENTATIONS = ("PSR", "RAS", "LAS")
 THRESHOLDS = {"sc": 0.45, "lesion": 0.55}
 OPTIONS = [MaskOptions(), MaskOptions(keep_largest_cord=True, restrict_lesions_to_cord=True),
            MaskOptions(keep_largest_cord=False, restrict_lesions_to_cord=False)]
@@ -47,12 +47,12 @@ def engine(tiny_region_model):
 
 @pytest.mark.parametrize("options", OPTIONS, ids=lambda o: f"largest{int(o.keep_largest_cord)}"
                                                           f"-restrict{int(o.restrict_lesions_to_cord)}")
-@pytest.mark.parametrize("orientation", sorted(SCANS))
-def test_cli_batch_and_panel_masks_are_identical(engine, shared_data, tmp_path, mrml_scene, orientation, options):
+@pytest.mark.parametrize("orientation", ORIENTATIONS)
+def test_cli_batch_and_panel_masks_are_identical(engine, sample_data, tmp_path, mrml_scene, orientation, options):
     dataset = tmp_path / "bids"
     scan_path = dataset / "sub-01/anat/sub-01_T2w.nii.gz"
     scan_path.parent.mkdir(parents=True)
-    shutil.copy(shared_data / SCANS[orientation], scan_path)
+    sitk.WriteImage(reorient(sitk.ReadImage(str(sample_data.scan)), orientation), str(scan_path))
     scan = sitk.ReadImage(str(scan_path))
     prediction = engine.predict(scan, name=str(scan_path))
 

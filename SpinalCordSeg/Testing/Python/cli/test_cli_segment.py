@@ -28,15 +28,24 @@ def test_parse_thresholds():
         parse_thresholds("sc=1.5", ["sc"])
 
 
-def test_segment_writes_maps_masks_and_sidecars(tiny_region_model, shared_data, tmp_path):
-    scans = [shared_data / "sct_testing_data/t2/t2.nii.gz", shared_data / "sct_testing_data/t2s/t2s.nii.gz"]
+def two_scans(sample_data, folder):
+    """The bundled sample (PSR) and a copy of it stored in RAS order (``sample_RAS``)."""
+    from SpinalCordSegLib.imaging.image_io import reorient
+
+    copy = folder / "sample_RAS.nii.gz"
+    sitk.WriteImage(reorient(sitk.ReadImage(str(sample_data.scan)), "RAS"), str(copy))
+    return [sample_data.scan, copy]
+
+
+def test_segment_writes_maps_masks_and_sidecars(tiny_region_model, sample_data, tmp_path):
+    scans = two_scans(sample_data, tmp_path)
     missing = tmp_path / "missing_T2w.nii.gz"
     out = tmp_path / "out"
     code = main(["segment", "-i", str(scans[0]), str(missing), str(scans[1]), "-m", str(tiny_region_model),
                  "-o", str(out), "--device", "cpu", "--no-tta", "--threshold", "lesion=0.7", "--trust",
                  "--no-largest-cord", "--overlay"])
     assert code == 1  # one input failed; the others were still segmented
-    for source, scan in (("t2", scans[0]), ("t2s", scans[1])):
+    for source, scan in (("sample_T2w", scans[0]), ("sample_RAS", scans[1])):
         reference = sitk.ReadImage(str(scan))
         for label in ("SC", "lesion"):
             soft = sitk.ReadImage(str(out / f"{source}_label-{label}_probseg.nii.gz"))
@@ -56,14 +65,14 @@ def test_segment_writes_maps_masks_and_sidecars(tiny_region_model, shared_data, 
     assert not list(out.glob("missing*")) and not list(out.glob(".*part*"))
 
 
-def test_segment_refuses_an_untrusted_folder(tiny_model, shared_data, tmp_path):
-    code = main(["segment", "-i", str(shared_data / "sct_testing_data/t2s/t2s.nii.gz"), "-m", str(tiny_model),
+def test_segment_refuses_an_untrusted_folder(tiny_model, sample_data, tmp_path):
+    code = main(["segment", "-i", str(sample_data.scan), "-m", str(tiny_model),
                  "-o", str(tmp_path / "out"), "--device", "cpu"])
     assert code == 1
     assert not (tmp_path / "out").exists()
 
 
-def test_demo_runs_end_to_end(tmp_path, capsys, shared_data):
+def test_demo_runs_end_to_end(tmp_path, capsys, sample_data):
     out = tmp_path / "demo"
     assert main(["demo", "-o", str(out), "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
@@ -78,33 +87,32 @@ def test_demo_runs_end_to_end(tmp_path, capsys, shared_data):
     from SpinalCordSegLib.rounds.correction import correction_stats
 
     masks = {}
-    for structure, truth in (("SC", "sc_seg"), ("lesion", "lesion_seg")):
+    for structure, truth in (("SC", sample_data.cord), ("lesion", sample_data.lesion)):
         found = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"sample_T2w_label-{structure}_seg.nii.gz")))
-        expected = sitk.GetArrayFromImage(sitk.ReadImage(
-            str(shared_data / f"sct_testing_data/t2/t2_fake_lesion_{truth}.nii.gz")))
+        expected = sitk.GetArrayFromImage(sitk.ReadImage(str(truth)))
         masks[structure] = found, expected
     assert correction_stats(*masks["SC"]).dice >= 0.8
     found, expected = masks["lesion"]
     assert (found & expected).sum() >= 0.5 * expected.sum()  # most of the true lesion is marked
 
 
-def test_crop_with_a_first_cord_model(tiny_region_model, shared_data, tmp_path):
+def test_crop_with_a_first_cord_model(tiny_region_model, sample_data, tmp_path):
     """The embedded cord model finds the cord; the main model predicts only around it."""
     from SpinalCordSegLib.cli.segment import segment_files
     from SpinalCordSegLib.inference.engine import InferenceOptions, SegmentationEngine
     from SpinalCordSegLib.imaging.image_io import read_scan
     from SpinalCordSegLib.models.model_store import resolve_model
 
-    scan = shared_data / "sct_testing_data/t2/t2.nii.gz"  # 1 mm isotropic: the 3 mm margin is 3 voxels
+    scan = sample_data.scan  # 0.8 mm isotropic: the 3 mm margin is ceil(3 / 0.8) = 4 voxels
     options = InferenceOptions(device="cpu", use_mirroring=False, crop_margin_mm=3.0)
     cord_model = SegmentationEngine(resolve_model("demo-sc", offline=True).folder, options)
     engine = SegmentationEngine(tiny_region_model, options)
     failed = segment_files([str(scan)], tmp_path, engine, crop_engine=cord_model)
     assert failed == []
     cord = sitk.GetArrayFromImage(cord_model.predict(read_scan(scan)).soft_maps["sc"]) >= 0.5
-    soft = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "t2_label-SC_probseg.nii.gz")))
+    soft = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "sample_T2w_label-SC_probseg.nii.gz")))
     box = np.zeros(cord.shape, bool)
-    box[tuple(slice(max(0, int(i.min()) - 3), int(i.max()) + 4) for i in np.nonzero(cord))] = True
+    box[tuple(slice(max(0, int(i.min()) - 4), int(i.max()) + 5) for i in np.nonzero(cord))] = True
     assert (~box).sum() > box.sum()  # the crop box is the smaller part of the scan
     assert soft[~box].max() == 0.0 and soft[box].max() > 0.0
 
@@ -126,8 +134,8 @@ def loads(monkeypatch):
 
 
 def test_inputs_options_and_output_folder_are_checked_before_the_model_loads(
-        tiny_region_model, shared_data, tmp_path, loads, caplog, capsys):
-    scan = str(shared_data / "sct_testing_data/t2/t2.nii.gz")
+        tiny_region_model, sample_data, tmp_path, loads, caplog, capsys):
+    scan = str(sample_data.scan)
     png = tmp_path / "slice.png"
     sitk.WriteImage(sitk.GetImageFromArray(np.arange(64, dtype=np.uint8).reshape(8, 8)), str(png))
     a_file = tmp_path / "a_file"
@@ -154,19 +162,19 @@ def test_inputs_options_and_output_folder_are_checked_before_the_model_loads(
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("o")]  # no output folder was made
 
 
-def test_an_os_error_on_one_scan_does_not_stop_the_others(tiny_region_model, shared_data, tmp_path, caplog):
+def test_an_os_error_on_one_scan_does_not_stop_the_others(tiny_region_model, sample_data, tmp_path, caplog):
     """The first scan's overlay cannot be written (a folder holds its name): a real IsADirectoryError."""
-    scans = [shared_data / "sct_testing_data/t2/t2.nii.gz", shared_data / "sct_testing_data/t2s/t2s.nii.gz"]
+    scans = two_scans(sample_data, tmp_path)
     out = tmp_path / "out"
-    (out / "t2_overlay.png").mkdir(parents=True)
+    (out / "sample_T2w_overlay.png").mkdir(parents=True)
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    orphan = out / f".t2s_label-SC_seg.nii.gz.{dead.stdout.strip()}@{_host()}.ab12cd34.part.nii.gz"
+    orphan = out / f".sample_RAS_label-SC_seg.nii.gz.{dead.stdout.strip()}@{_host()}.ab12cd34.part.nii.gz"
     orphan.write_bytes(b"left by a killed run")
     code = main(["segment", "-i", *map(str, scans), "-o", str(out), "-m", str(tiny_region_model),
                  "--device", "cpu", "--no-tta", "--trust", "--overlay"])
     assert code == 1
-    assert "t2.nii.gz: IsADirectoryError" in caplog.text and "1 of 2 scan(s) failed" in caplog.text
-    assert (out / "t2s_label-lesion_seg.nii.gz").is_file() and (out / "t2s_overlay.png").is_file()
+    assert "sample_T2w.nii.gz: IsADirectoryError" in caplog.text and "1 of 2 scan(s) failed" in caplog.text
+    assert (out / "sample_RAS_label-lesion_seg.nii.gz").is_file() and (out / "sample_RAS_overlay.png").is_file()
     assert not orphan.exists() and f"removed {orphan}" in caplog.text
 
 

@@ -245,13 +245,13 @@ def test_a_killed_reinstall_gives_the_previous_model_back(tiny_model, tmp_path):
     assert not staging.exists() and [m.id for m in store.installed()] == ["mine"]
 
 
-def test_staged_folders_renamed_into_place_get_the_umask_mode(tmp_path, shared_data):
+def test_staged_folders_renamed_into_place_get_the_umask_mode(tmp_path, sample_data):
     """A LesionQC session is built in a staging folder, then renamed: raters must be able to read it."""
     from LesionQCLib.session import make_session
 
-    t2 = shared_data / "sct_testing_data/t2"
     manifest = tmp_path / "manifest.csv"
-    rows = [f"sub-0{i},{t2 / 't2.nii.gz'},{t2 / 't2_seg-manual.nii.gz'},{t2 / 't2_seg-manual.nii.gz'}" for i in (1, 2)]
+    scan, cord = sample_data.scan, sample_data.cord
+    rows = [f"sub-0{i},{scan},{cord},{cord}" for i in (1, 2)]
     manifest.write_text("\n".join(["case_id,image,seg:manual,seg:model", *rows]) + "\n")
     previous = os.umask(0o022)
     try:

@@ -28,35 +28,35 @@ from SpinalCordSegLib.imaging.image_io import (
 
 
 @pytest.fixture
-def t2(shared_data) -> Path:
-    return shared_data / "sct_testing_data" / "t2" / "t2.nii.gz"
+def t2(sample_data) -> Path:
+    return sample_data.scan  # SCT's t2/t2_fake_lesion.nii.gz
 
 
 def _raw(t2: Path) -> bytes:
-    return gzip.decompress(t2.read_bytes())  # the .nii bytes: 352-byte header, 60 x 55 x 52 int16
+    return gzip.decompress(t2.read_bytes())  # the .nii bytes: 352-byte header, 99 x 99 x 29 int16
 
 
 def test_half_of_a_gzip_nifti_is_refused_with_expected_and_present_bytes(t2, tmp_path):
     cut = tmp_path / "cut.nii.gz"
     cut.write_bytes(t2.read_bytes()[: t2.stat().st_size // 2])
-    assert sitk.GetArrayFromImage(sitk.ReadImage(str(cut))).shape == (52, 55, 60)  # ITK alone: zero-filled
+    assert sitk.GetArrayFromImage(sitk.ReadImage(str(cut))).shape == (29, 99, 99)  # ITK alone: zero-filled
     with pytest.raises(InputImageError) as error:
         read_scan(cut)
     message = str(error.value)
     assert message.startswith(f"{cut}: truncated or damaged")
-    assert "60 x 55 x 52 voxels of 2 byte(s), 343552 bytes with the header, but the file holds" in message
+    assert "99 x 99 x 29 voxels of 2 byte(s), 568810 bytes with the header, but the file holds" in message
     present = int(message.split("the file holds ")[1].split()[0])
-    assert 0 < present < 343552 and "gzip data is cut short" in message
+    assert 0 < present < 568810 and "gzip data is cut short" in message
 
 
 def test_short_uncompressed_nifti_is_refused(t2, tmp_path):
     raw = _raw(t2)
     short = tmp_path / "short.nii"
     short.write_bytes(raw[: len(raw) - 6000])
-    with pytest.raises(InputImageError, match=r"343552 bytes with the header, but the file holds 337552 bytes"):
+    with pytest.raises(InputImageError, match=r"568810 bytes with the header, but the file holds 562810 bytes"):
         read_image(short)
     (tmp_path / "whole.nii").write_bytes(raw)
-    assert read_scan(tmp_path / "whole.nii").GetSize() == (60, 55, 52)
+    assert read_scan(tmp_path / "whole.nii").GetSize() == (99, 99, 29)
 
 
 @pytest.mark.parametrize("compress", [False, True])
@@ -91,10 +91,11 @@ def test_voxel_cap_has_a_setting_to_raise_it(t2, monkeypatch):
     monkeypatch.setenv(MAX_VOXELS_ENV, "100000")
     with pytest.raises(InputImageError) as error:
         read_scan(t2)
-    assert f"{t2}: its header declares 60 x 55 x 52 = 171,600 voxels, more than the limit of 100,000" in str(error.value)
+    declared = f"{t2}: its header declares 99 x 99 x 29 = 284,229 voxels, more than the limit of 100,000"
+    assert declared in str(error.value)
     assert f"raise the limit with {MAX_VOXELS_ENV}=" in str(error.value)
-    monkeypatch.setenv(MAX_VOXELS_ENV, "171600")
-    assert read_scan(t2).GetSize() == (60, 55, 52)
+    monkeypatch.setenv(MAX_VOXELS_ENV, "284229")
+    assert read_scan(t2).GetSize() == (99, 99, 29)
     monkeypatch.setenv(MAX_VOXELS_ENV, "many")
     with pytest.raises(Exception, match="must be a positive whole number"):
         read_scan(t2)
@@ -116,19 +117,19 @@ def test_partly_nan_nifti_is_refused_saying_nan(t2, tmp_path, suffix):
     assert not np.isnan(sitk.GetArrayFromImage(sitk.ReadImage(str(path)))).any()  # ITK alone reads them as 0
     with pytest.raises(InputImageError) as error:
         read_scan(path)
-    assert str(error.value).startswith(f"{path}: 33000 of 171600 stored values are NaN (33000) or infinite (0)")
+    assert str(error.value).startswith(f"{path}: 98010 of 284229 stored values are NaN (98010) or infinite (0)")
 
 
 def test_all_nan_nifti_is_reported_as_nan_not_constant(t2, tmp_path):
     path = _with_nan(t2, tmp_path / "allnan.nii.gz", lambda a: a.fill(np.nan))
-    with pytest.raises(InputImageError, match="171600 of 171600 stored values are NaN") as error:
+    with pytest.raises(InputImageError, match="284229 of 284229 stored values are NaN") as error:
         read_scan(path)
     assert "constant" not in str(error.value)
 
 
 def test_infinite_values_are_refused(t2, tmp_path):
     path = _with_nan(t2, tmp_path / "inf.nii.gz", lambda a: a.__setitem__((0, 0, slice(0, 5)), -np.inf))
-    with pytest.raises(InputImageError, match=r"5 of 171600 stored values are NaN \(0\) or infinite \(5\)"):
+    with pytest.raises(InputImageError, match=r"5 of 284229 stored values are NaN \(0\) or infinite \(5\)"):
         read_scan(path)
 
 
@@ -181,14 +182,14 @@ def test_crop_mask_and_measure_inputs_are_checked_too(t2, tmp_path):
             read(cut)
 
 
-def test_lesionqc_session_refuses_a_truncated_scan(t2, tmp_path, shared_data):
+def test_lesionqc_session_refuses_a_truncated_scan(t2, tmp_path, sample_data):
     """``lesionqc make-session`` copied a truncated scan to raters; it is refused, naming the case and file."""
     from LesionQCLib.errors import ManifestError
     from LesionQCLib.session import make_session
 
     cut = tmp_path / "cut.nii.gz"
     cut.write_bytes(t2.read_bytes()[: t2.stat().st_size // 2])
-    manual = shared_data / "sct_testing_data/t2/t2_seg-manual.nii.gz"
+    manual = sample_data.cord
     manifest = tmp_path / "manifest.csv"
     with open(manifest, "w", newline="") as stream:
         writer = csv.writer(stream)

@@ -1,7 +1,7 @@
 """Crop boxes: SCT's padding per anatomical face, crop/uncrop, truncation, crop_metadata.json, ROIs.
 
-The box logic is checked on the shared scans in all their orientations (and
-re-oriented copies): a box must mean the same anatomy whatever the voxel
+The box logic is checked on the bundled sample and, where present, the shared
+scans, in all their orientations (and re-oriented copies): a box must mean the same anatomy whatever the voxel
 order, which is what makes a model's ``crop_metadata.json`` padding land
 where SCT puts it.
 """
@@ -38,6 +38,11 @@ def _scan_and_mask(shared_data, relative):
     return read_scan(scans / relative), sitk.ReadImage(str(scans / CORD_SCANS[relative]))
 
 
+def _sample_and_mask(sample_data):
+    """The bundled sample (PSR, 0.8 mm) and its cord mask."""
+    return read_scan(sample_data.scan), sitk.ReadImage(str(sample_data.cord))
+
+
 def test_faces_follow_the_direction_cosines():
     image = sitk.Image([4, 4, 4], sitk.sitkUInt8)
     assert axis_faces(reorient(image, "RAS")) == [("left", "right"), ("posterior", "anterior"),
@@ -46,9 +51,16 @@ def test_faces_follow_the_direction_cosines():
                                                   ("left", "right")]
 
 
-@pytest.mark.parametrize("relative", sorted(CORD_SCANS))
-def test_padding_means_the_same_anatomy_in_every_orientation(shared_data, relative):
-    scan, mask = _scan_and_mask(shared_data, relative)
+def test_padding_means_the_same_anatomy_in_every_orientation(sample_data):
+    _check_padding(*_sample_and_mask(sample_data))
+
+
+def test_padding_means_the_same_anatomy_on_every_shared_scan(shared_data):
+    for relative in sorted(CORD_SCANS):  # other contrasts, spacings and orientations
+        _check_padding(*_scan_and_mask(shared_data, relative))
+
+
+def _check_padding(scan, mask):
     reference = reorient(scan, "RAS")
     tight = box_of_mask(reorient(mask, "RAS"), reference, "mask")
     padded = pad_box(tight, reference, PADDING)
@@ -68,8 +80,8 @@ def test_padding_means_the_same_anatomy_in_every_orientation(shared_data, relati
 
 
 @pytest.mark.parametrize("orientation", ORIENTATIONS)
-def test_crop_and_uncrop_keep_the_grid_and_the_voxels(shared_data, orientation):
-    scan, mask = _scan_and_mask(shared_data, "t1/t1w.nii.gz")
+def test_crop_and_uncrop_keep_the_grid_and_the_voxels(sample_data, orientation):
+    scan, mask = _sample_and_mask(sample_data)
     scan, mask = reorient(scan, orientation), reorient(mask, orientation)
     box = pad_box(box_of_mask(mask, scan, "mask"), scan, PADDING)
     cropped = crop(scan, box)
@@ -85,8 +97,8 @@ def test_crop_and_uncrop_keep_the_grid_and_the_voxels(shared_data, orientation):
     assert not values[~inside].any() and (~inside).any()
 
 
-def test_truncation_names_only_inner_faces(shared_data):
-    scan, mask = _scan_and_mask(shared_data, "t2/t2.nii.gz")  # PSR: x posterior, y superior, z right
+def test_truncation_names_only_inner_faces(sample_data):
+    scan, mask = _sample_and_mask(sample_data)  # PSR: x posterior, y superior, z right
     box = CropBox((10, 0, 12), (30, 40, 20), "localizer")
     prediction = np.zeros(sitk.GetArrayViewFromImage(scan).shape, bool)
     prediction[20, 0:40, 10:40] = True  # numpy z, y, x: reaches x faces, y 0 (image border) and y max
@@ -112,17 +124,21 @@ def test_box_dict_round_trip_and_bad_boxes():
 
 
 @pytest.mark.parametrize("orientation", ORIENTATIONS)
-def test_roi_round_trip(shared_data, orientation):
+def test_roi_round_trip(sample_data, orientation):
     box = CropBox((2, 3, 1), (20, 15, 4), "localizer")
-    # t1w's axes are the scanner's: box -> ROI -> box is exact.
-    scan = reorient(read_scan(shared_data / "sct_testing_data/t1/t1w.nii.gz"), orientation)
+    # The sample's axes are the scanner's: box -> ROI -> box is exact.
+    sample = read_scan(sample_data.scan)
+    scan = reorient(sample, orientation)
     assert box_from_roi(*box_to_roi(box, scan), scan, "localizer") == box
     # An ROI reaching out of the scan is cut at its border.
     center, size = box_to_roi(box, scan)
     clipped = box_from_roi(center, [s * 100 for s in size], scan)
     assert clipped.covers(scan.GetSize()) and clipped.source == "user"
-    # t2s is slightly oblique: the axis-aligned ROI holds the box and a little more.
-    oblique = reorient(read_scan(shared_data / "sct_testing_data/t2s/t2s.nii.gz"), orientation)
+    # Tilted by 1 degree (slightly oblique, as t2s of SCT's data): the axis-aligned ROI holds the box and a little more.
+    tilt = np.radians(1.0)
+    rotation = np.array([[1, 0, 0], [0, np.cos(tilt), -np.sin(tilt)], [0, np.sin(tilt), np.cos(tilt)]])
+    sample.SetDirection((rotation @ np.array(sample.GetDirection()).reshape(3, 3)).ravel().tolist())
+    oblique = reorient(sample, orientation)
     box = CropBox((1, 1, 1), tuple(n // 2 for n in oblique.GetSize()), "localizer")
     back = box_from_roi(*box_to_roi(box, oblique), oblique)
     assert all(b <= i for b, i in zip(back.index, box.index)) and all(b >= u for b, u in zip(back.upper, box.upper))

@@ -10,17 +10,14 @@ import pytest
 import SimpleITK as sitk
 
 from SpinalCordSegLib.inference.engine import InferenceOptions, SegmentationEngine, select_device
-from SpinalCordSegLib.errors import InputImageError, ModelFolderError
+from SpinalCordSegLib.errors import DeviceUnavailableError, InputImageError, ModelFolderError
 from SpinalCordSegLib.imaging.grid import same_grid
 from SpinalCordSegLib.imaging.image_io import orientation_of, read_scan, reorient
 from SpinalCordSegLib.models.model_folder import ModelFolder
 from SpinalCordSegLib.models.synthetic_model import make_synthetic_model
 
-SCANS = {  # shared scan -> its orientation (see shared/data/README.md)
-    "sct_testing_data/t2/t2.nii.gz": "PSR",
-    "sct_testing_data/t1/t1w.nii.gz": "RAS",
-    "sct_testing_data/t2s/t2s.nii.gz": "LAS",
-}
+#: The voxel orders of the shared scans t2, t1w and t2s (see shared/data/README.md).
+ORIENTATIONS = ("PSR", "RAS", "LAS")
 
 
 @pytest.fixture(scope="module")
@@ -42,11 +39,11 @@ def test_structures_follow_dataset_json(tiny_model, tiny_region_model):
 
 
 @pytest.mark.slow
-def test_same_probabilities_as_nnunet_own_command(tiny_region_model, shared_data, tmp_path):
+def test_same_probabilities_as_nnunet_own_command(tiny_region_model, sample_data, tmp_path):
     """nnU-Net's command and the engine agree on a scan (no reorientation involved)."""
     command = shutil.which("nnUNetv2_predict_from_modelfolder", path=str(Path(sys.executable).parent))
     assert command, "nnU-Net's command line is not installed next to this Python"
-    scan_path = shared_data / "sct_testing_data/t2/t2.nii.gz"
+    scan_path = sample_data.scan
     inputs, outputs = tmp_path / "in", tmp_path / "out"
     inputs.mkdir()
     shutil.copy(scan_path, inputs / "case_0000.nii.gz")
@@ -71,10 +68,13 @@ def test_same_probabilities_as_nnunet_own_command(tiny_region_model, shared_data
     np.testing.assert_array_equal(labels[decided], reference_labels[decided])
 
 
-@pytest.mark.parametrize("relative", sorted(SCANS))
-def test_soft_maps_land_on_the_input_grid(oriented_model, shared_data, relative):
-    scan = read_scan(shared_data / relative)
-    assert orientation_of(scan) == SCANS[relative]
+@pytest.mark.parametrize("orientation", ORIENTATIONS)
+def test_soft_maps_land_on_the_input_grid(oriented_model, sample_data, tmp_path, orientation):
+    """The bundled sample stored in each voxel order of the shared scans (PSR as it is, RAS, LAS)."""
+    path = tmp_path / f"sample_{orientation}.nii.gz"
+    sitk.WriteImage(reorient(read_scan(sample_data.scan), orientation), str(path))
+    scan = read_scan(path)
+    assert orientation_of(scan) == orientation
     engine = SegmentationEngine(oriented_model, InferenceOptions(device="cpu", crop=False))
     prediction = engine.predict(scan)
     for soft in prediction.soft_maps.values():
@@ -92,9 +92,9 @@ def test_soft_maps_land_on_the_input_grid(oriented_model, shared_data, relative)
         np.testing.assert_allclose(back, sitk.GetArrayFromImage(direct.soft_maps[name]), atol=1e-6)
 
 
-def test_model_without_orientation_is_not_reoriented(tiny_region_model, shared_data):
+def test_model_without_orientation_is_not_reoriented(tiny_region_model, sample_data):
     """Without a recorded orientation the engine feeds the array as nnU-Net would."""
-    scan = read_scan(shared_data / "sct_testing_data/t2/t2.nii.gz")
+    scan = read_scan(sample_data.scan)
     flipped = reorient(scan, "LAS")
     engine = SegmentationEngine(tiny_region_model, InferenceOptions(device="cpu", crop=False))
     a = sitk.GetArrayFromImage(reorient(engine.predict(scan).soft_maps["sc"], "LAS"))
@@ -102,9 +102,9 @@ def test_model_without_orientation_is_not_reoriented(tiny_region_model, shared_d
     assert np.abs(a - b).max() > 1e-3  # different array layouts give a random network different inputs
 
 
-def test_crop_around_the_cord(region_engine, shared_data):
-    scan = read_scan(shared_data / "sct_testing_data/t2/t2.nii.gz")
-    mask = sitk.ReadImage(str(shared_data / "sct_testing_data/t2/t2_seg-manual.nii.gz"))
+def test_crop_around_the_cord(region_engine, sample_data):
+    scan = read_scan(sample_data.scan)
+    mask = sitk.ReadImage(str(sample_data.cord))
     region_engine.options.crop_margin_mm = 5.0
     try:
         prediction = region_engine.predict(scan, crop_mask=mask)
@@ -114,7 +114,7 @@ def test_crop_around_the_cord(region_engine, shared_data):
     assert same_grid(soft, scan)
     values = sitk.GetArrayFromImage(soft)
     inside = np.nonzero(sitk.GetArrayFromImage(mask))
-    box = tuple(slice(max(0, int(i.min()) - 5), int(i.max()) + 6) for i in inside)
+    box = tuple(slice(max(0, int(i.min()) - 7), int(i.max()) + 8) for i in inside)  # 5 mm at 0.8 mm: 7 voxels
     outside = values.copy()
     outside[box] = 0
     assert outside.max() == 0.0 and values[box].max() > 0.0
@@ -122,8 +122,8 @@ def test_crop_around_the_cord(region_engine, shared_data):
     assert any("crop box" in w for w in prediction.warnings)
 
 
-def test_crop_mask_empty_is_refused(region_engine, shared_data):
-    scan = read_scan(shared_data / "sct_testing_data/t2/t2.nii.gz")
+def test_crop_mask_empty_is_refused(region_engine, sample_data):
+    scan = read_scan(sample_data.scan)
     empty = sitk.Image(scan.GetSize(), sitk.sitkUInt8)
     empty.CopyInformation(scan)
     with pytest.raises(InputImageError, match="crop mask is empty"):
@@ -170,27 +170,32 @@ def test_bad_scans_are_refused_with_the_file_name(tmp_path, case, expected):
     assert str(path) in str(error.value)
 
 
-def test_4d_series_is_refused(shared_data):
-    path = shared_data / "sct_tutorial_data/dmri/dmri.nii.gz"
+def test_4d_series_is_refused(sample_data, tmp_path):
+    path = tmp_path / "series.nii.gz"  # three volumes in one file, as a dMRI or fMRI series
+    sitk.WriteImage(sitk.JoinSeries([sitk.ReadImage(str(sample_data.scan))] * 3), str(path))
     with pytest.raises(InputImageError, match="4D") as error:
         read_scan(path)
     assert str(path) in str(error.value)
 
 
-def test_unavailable_device_falls_back_to_cpu():
+def test_an_explicit_missing_device_is_an_error_and_auto_falls_back_with_a_note():
     import torch
 
-    device, warning = select_device("cuda")
     if torch.cuda.is_available():
-        assert device == "cuda" and warning is None
+        assert select_device("cuda") == ("cuda", None)
     else:
-        assert device == "cpu" and "unavailable" in warning
-    assert select_device("auto")[0] in ("cuda", "mps", "cpu")
+        with pytest.raises(DeviceUnavailableError, match="device cuda is not available .*--device auto or cpu"):
+            select_device("cuda")
+    device, note = select_device("auto")
+    assert device in ("cuda", "mps", "cpu")
+    assert (note is None) == (device != "cpu")
+    if device == "cpu":
+        assert note.startswith("device auto: using the CPU")
 
 
-def test_two_fold_ensemble_uses_both_checkpoints(tmp_path, shared_data):
+def test_two_fold_ensemble_uses_both_checkpoints(tmp_path, sample_data):
     model = make_synthetic_model(tmp_path, region_based=False, folds=(0, 1))
-    scan = read_scan(shared_data / "sct_testing_data/t2s/t2s.nii.gz")
+    scan = read_scan(sample_data.scan)
     maps = {}
     for folds in (["0"], ["1"], None):
         engine = SegmentationEngine(model, InferenceOptions(device="cpu", crop=False, folds=folds))

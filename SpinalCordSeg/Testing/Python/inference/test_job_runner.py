@@ -69,8 +69,8 @@ def _run_until_done(run, timeout=240.0):
 
 
 @pytest.mark.slow
-def test_apply_crops_with_the_cord_model_then_segments(shared_data, tiny_model, lesion_only_model, tmp_path):
-    scan = shared_data / "sct_testing_data/t2/t2.nii.gz"
+def test_apply_crops_with_the_cord_model_then_segments(sample_data, tiny_model, lesion_only_model, tmp_path):
+    scan = sample_data.scan
     jobs, warning = plan_jobs("lesion-only", True, "cord", has_cord_segment=False)
     assert warning is None and [j.purpose for j in jobs] == ["crop", "segment"]
     with WorkerClient() as client:

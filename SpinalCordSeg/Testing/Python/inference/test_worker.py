@@ -11,7 +11,7 @@ import SimpleITK as sitk
 
 from SpinalCordSegLib.inference.engine import InferenceOptions, SegmentationEngine
 from SpinalCordSegLib.errors import CancelledError, SpinalCordSegError
-from SpinalCordSegLib.imaging.image_io import read_scan
+from SpinalCordSegLib.imaging.image_io import read_scan, reorient
 from SpinalCordSegLib.inference.worker import WorkerClient
 
 pytestmark = pytest.mark.slow
@@ -24,8 +24,10 @@ def client():
         yield worker
 
 
-def test_two_cases_load_the_model_once(client, tiny_region_model, shared_data, tmp_path):
-    scans = [shared_data / "sct_testing_data/t2s/t2s.nii.gz", shared_data / "sct_testing_data/mt/mt1.nii.gz"]
+def test_two_cases_load_the_model_once(client, tiny_region_model, sample_data, tmp_path):
+    second_scan = tmp_path / "sample_RAS.nii.gz"  # the sample stored in another voxel order
+    sitk.WriteImage(reorient(sitk.ReadImage(str(sample_data.scan)), "RAS"), str(second_scan))
+    scans = [sample_data.scan, second_scan]
     events = []
     first = client.wait(client.submit(scans[0], tiny_region_model, OPTIONS, tmp_path), timeout=300,
                         on_event=events.append)
@@ -34,7 +36,7 @@ def test_two_cases_load_the_model_once(client, tiny_region_model, shared_data, t
     assert first["model_loaded"] is True and second["model_loaded"] is False
     assert client.pid == pid
     assert sorted(first["soft_maps"]) == ["lesion", "sc"]
-    assert first["soft_maps"]["sc"].endswith("t2s_label-SC_probseg.nii.gz")
+    assert first["soft_maps"]["sc"].endswith("sample_T2w_label-SC_probseg.nii.gz")
     fractions = [e["fraction"] for e in events if e["event"] == "progress"]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     # The worker's maps are the in-process engine's maps.
@@ -44,18 +46,17 @@ def test_two_cases_load_the_model_once(client, tiny_region_model, shared_data, t
     np.testing.assert_allclose(sitk.GetArrayFromImage(written), sitk.GetArrayFromImage(expected), atol=1e-6)
 
 
-def test_a_bad_case_is_reported_and_the_worker_stays_up(client, tiny_region_model, shared_data, tmp_path):
+def test_a_bad_case_is_reported_and_the_worker_stays_up(client, tiny_region_model, sample_data, tmp_path):
     bad = tmp_path / "missing.nii.gz"
     with pytest.raises(SpinalCordSegError, match="missing.nii.gz: file not found"):
         client.wait(client.submit(bad, tiny_region_model, OPTIONS, tmp_path), timeout=300)
     pid = client.pid
-    good = client.wait(client.submit(shared_data / "sct_testing_data/t2s/t2s.nii.gz", tiny_region_model,
-                                     OPTIONS, tmp_path), timeout=300)
+    good = client.wait(client.submit(sample_data.scan, tiny_region_model, OPTIONS, tmp_path), timeout=300)
     assert client.pid == pid and "sc" in good["soft_maps"]
 
 
-def test_cancel_kills_and_the_next_job_restarts(client, tiny_region_model, shared_data, tmp_path):
-    scan = shared_data / "sct_testing_data/t2/t2.nii.gz"
+def test_cancel_kills_and_the_next_job_restarts(client, tiny_region_model, sample_data, tmp_path):
+    scan = sample_data.scan
     job = client.submit(scan, tiny_region_model, OPTIONS, tmp_path)
     first_pid = client.pid
     time.sleep(1.0)
@@ -72,13 +73,13 @@ def test_cancel_kills_and_the_next_job_restarts(client, tiny_region_model, share
     assert not list(tmp_path.glob(".*part*")), "a cancelled job left a partial file"
 
 
-def test_protocol_by_hand(tiny_region_model, shared_data, tmp_path):
+def test_protocol_by_hand(tiny_region_model, sample_data, tmp_path):
     """The documented protocol, spoken directly to `python -m SpinalCordSegLib.inference.worker`."""
     process = subprocess.Popen([sys.executable, "-m", "SpinalCordSegLib.inference.worker"], stdin=subprocess.PIPE,
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     requests = [
         {"command": "bogus", "job": "x"},
-        {"command": "predict", "job": "j1", "scan": str(shared_data / "sct_testing_data/t2s/t2s.nii.gz"),
+        {"command": "predict", "job": "j1", "scan": str(sample_data.scan),
          "model": str(tiny_region_model), "options": OPTIONS, "output_dir": str(tmp_path)},
         {"command": "shutdown"},
     ]
@@ -91,9 +92,9 @@ def test_protocol_by_hand(tiny_region_model, shared_data, tmp_path):
     assert all(e["event"] == "progress" for e in events[2:-1])
 
 
-def test_locate_then_predict_in_the_users_box(client, tiny_region_model, shared_data, tmp_path):
+def test_locate_then_predict_in_the_users_box(client, tiny_region_model, sample_data, tmp_path):
     """The panel's flow: ask for the box, let the user move it (an ROI), predict inside the moved box."""
-    scan = shared_data / "sct_testing_data/t1/t1w.nii.gz"
+    scan = sample_data.scan
     options = dict(OPTIONS, crop=True)
     located = client.wait(client.submit_locate(scan, tiny_region_model, options), timeout=300)
     box = located["crop_box"]

@@ -196,10 +196,10 @@ def test_box_lesions_in_sct_t2_match_sct_expectations(shared_data, start, size):
     assert expected_diameter * 0.99 <= row["max_equivalent_diameter_mm"] <= expected_diameter
 
 
-def test_fake_lesion_scan(shared_data):
-    folder = shared_data / "sct_testing_data" / "t2"
-    lesion = load_image(folder / "t2_fake_lesion_lesion_seg.nii.gz")
-    table = lesion_metrics(lesion, load_image(folder / "t2_fake_lesion_sc_seg.nii.gz"))
+def test_fake_lesion_scan(sample_data):
+    """The bundled sample is SCT's t2_fake_lesion; its masks are t2_fake_lesion_{lesion,sc}_seg."""
+    lesion = load_image(sample_data.lesion)
+    table = lesion_metrics(lesion, load_image(sample_data.cord))
     array = sitk.GetArrayFromImage(lesion)
     assert len(table) == 1
     assert table.loc[0, "volume_mm3"] == pytest.approx(array.sum() * np.prod(lesion.GetSpacing()))

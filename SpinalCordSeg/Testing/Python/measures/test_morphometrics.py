@@ -297,9 +297,17 @@ SHARED_MASKS = [
 ]
 
 
-@pytest.mark.parametrize("relative_path", SHARED_MASKS)
-def test_shared_cord_masks_have_adult_csa(shared_data, relative_path):
-    path = shared_data / "sct_testing_data" / relative_path
+def test_the_sample_cord_mask_has_adult_csa(sample_data):
+    _check_adult_csa(sample_data.cord)
+
+
+def test_shared_cord_masks_have_adult_csa(shared_data):
+    for relative_path in SHARED_MASKS:  # other contrasts and slice thicknesses
+        _check_adult_csa(shared_data / "sct_testing_data" / relative_path)
+
+
+def _check_adult_csa(path):
+    relative_path = path.name
     table = cord_morphometrics(load_image(path), name=str(path))
     summary = summarize_cord(table)
     mean_csa = summary.loc[0, "area_mm2_mean"]

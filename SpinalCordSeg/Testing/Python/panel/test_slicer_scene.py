@@ -38,9 +38,9 @@ from SpinalCordSegLib.panel.slicer_scene import (  # noqa: E402
     soft_map_colour_node,
 )
 
-# scan -> (orientation, cord mask shipped with it)
+# scan -> (orientation, cord mask shipped with it); "sample" is the bundled one, the others are shared scans
 SCANS = {
-    "sct_testing_data/t2/t2.nii.gz": ("PSR", "t2_seg-manual.nii.gz"),
+    "sample": ("PSR", "sample_T2w_label-SC_seg.nii.gz"),
     "sct_testing_data/t1/t1w.nii.gz": ("RAS", "t1w_seg-manual.nii.gz"),
     "sct_testing_data/t2s/t2s.nii.gz": ("LAS", "t2s_seg-deepseg.nii.gz"),
 }
@@ -64,18 +64,26 @@ def write_like(array, scan, path):
     return path
 
 
-def copy_into_bids(shared_data, relative, root):
+@pytest.fixture
+def scan_file(request, sample_data):
+    """``relative`` -> its path: the bundled sample for "sample", else a shared scan (skips without them)."""
+    def resolve(relative):
+        return sample_data.scan if relative == "sample" else request.getfixturevalue("shared_data") / relative
+    return resolve
+
+
+def copy_into_bids(path, root):
     scan_path = root / "ds/sub-01/anat/sub-01_T2w.nii.gz"
     scan_path.parent.mkdir(parents=True)
-    shutil.copy(shared_data / relative, scan_path)
+    shutil.copy(path, scan_path)
     return scan_path
 
 
 # ------------------------------------------------------------------ volumes
 
 @pytest.mark.parametrize("relative", sorted(SCANS))
-def test_volume_to_image_matches_the_file(mrml_scene, shared_data, relative):
-    path = shared_data / relative
+def test_volume_to_image_matches_the_file(mrml_scene, scan_file, relative):
+    path = scan_file(relative)
     node = load_volume(mrml_scene, path)
     image = image_from_volume(node)
     scan = sitk.ReadImage(str(path))
@@ -89,15 +97,16 @@ def test_volume_to_image_matches_the_file(mrml_scene, shared_data, relative):
     np.testing.assert_array_equal(sitk.GetArrayFromImage(copy), sitk.GetArrayFromImage(scan))
 
 
-def test_ras_scan_matrix_equals_slicer_reader(mrml_scene, shared_data):
+def test_ras_scan_matrix_equals_slicer_reader(mrml_scene, sample_data, tmp_path):
     """Right-handed scans are stored unflipped: our matrix must be Slicer's exactly."""
-    path = shared_data / "sct_testing_data/t1/t1w.nii.gz"
+    path = tmp_path / "ras.nii.gz"
+    sitk.WriteImage(reorient(sitk.ReadImage(str(sample_data.scan)), "RAS"), str(path))
     ours = add_volume_from_image(mrml_scene, sitk.ReadImage(str(path)), "ours")
     np.testing.assert_allclose(ijk_to_ras(ours), ijk_to_ras(load_volume(mrml_scene, path)), atol=1e-4)
 
 
-def test_transformed_volumes_are_refused(mrml_scene, shared_data):
-    node = load_volume(mrml_scene, shared_data / "sct_testing_data/t2/t2.nii.gz")
+def test_transformed_volumes_are_refused(mrml_scene, sample_data):
+    node = load_volume(mrml_scene, sample_data.scan)
     transform = mrml_scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
     node.SetAndObserveTransformNodeID(transform.GetID())
     with pytest.raises(InputImageError, match="harden the transform"):
@@ -119,8 +128,8 @@ def test_soft_maps_use_viridis_when_slicer_has_it_else_iron(mrml_scene):
     assert soft_map_colour_node(mrml_scene) is viridis
 
 
-def test_engine_soft_maps_are_shown_and_thresholded(mrml_scene, shared_data, tiny_region_model):
-    scan_node = load_volume(mrml_scene, shared_data / "sct_testing_data/t2/t2.nii.gz")
+def test_engine_soft_maps_are_shown_and_thresholded(mrml_scene, sample_data, tiny_region_model):
+    scan_node = load_volume(mrml_scene, sample_data.scan)
     composite = mrml_scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")  # one slice view
     engine = SegmentationEngine(tiny_region_model, InferenceOptions(device="cpu", use_mirroring=False))
     prediction = engine.predict(image_from_volume(scan_node))
@@ -139,7 +148,10 @@ def test_engine_soft_maps_are_shown_and_thresholded(mrml_scene, shared_data, tin
         assert (display.GetWindow(), display.GetLevel()) == pytest.approx((1.0, 0.5))
         assert display.GetApplyThreshold() and display.GetLowerThreshold() == pytest.approx(state.thresholds[structure])
         assert display.GetColorNodeID() == soft_map_colour_node(mrml_scene).GetID()
-        expected = sitk.GetArrayFromImage(binarize(soft, state.thresholds[structure])) > 0
+        mask = binarize(soft, state.thresholds[structure])
+        if structure == "sc":  # the default keeps the largest 26-connected piece of the cord
+            mask = sitk.RelabelComponent(sitk.ConnectedComponent(mask, True)) == 1
+        expected = sitk.GetArrayFromImage(mask) > 0
         np.testing.assert_array_equal(segment_mask_array(segmentation, structure, scan_node), expected)
     segments = segmentation.GetSegmentation()
     assert [segments.GetNthSegment(i).GetName() for i in range(2)] == ["Spinal cord", "Lesion"]
@@ -155,11 +167,12 @@ def test_engine_soft_maps_are_shown_and_thresholded(mrml_scene, shared_data, tin
     sc_soft = sitk.GetArrayFromImage(prediction.soft_maps["sc"])
     np.testing.assert_array_equal(segment_mask_array(segmentation, "sc", scan_node), sc_soft >= np.float32(0.2))
     assert results.soft_map_node("sc").GetDisplayNode().GetLowerThreshold() == pytest.approx(0.2)
-    assert results.volumes_mm3()["sc"] == pytest.approx(np.count_nonzero(sc_soft >= np.float32(0.2)) * 1.0)
+    voxel_mm3 = float(np.prod(prediction.soft_maps["sc"].GetSpacing()))
+    assert results.volumes_mm3()["sc"] == pytest.approx(np.count_nonzero(sc_soft >= np.float32(0.2)) * voxel_mm3)
 
 
-def test_soft_maps_on_another_grid_are_refused(mrml_scene, shared_data):
-    scan_node = load_volume(mrml_scene, shared_data / "sct_testing_data/t2/t2.nii.gz")
+def test_soft_maps_on_another_grid_are_refused(mrml_scene, sample_data):
+    scan_node = load_volume(mrml_scene, sample_data.scan)
     wrong = sitk.Image([10, 10, 10], sitk.sitkFloat32)
     with pytest.raises(InputImageError, match="not on the grid"):
         ResultScene(new_parameter_node(mrml_scene)).show(scan_node, {"sc": wrong}, {"sc": PROVENANCE})
@@ -168,10 +181,10 @@ def test_soft_maps_on_another_grid_are_refused(mrml_scene, shared_data):
 # ------------------------------------------------------------------ the whole correction flow
 
 @pytest.mark.parametrize("relative", sorted(SCANS))
-def test_threshold_edit_and_save_land_on_the_scan_grid(mrml_scene, shared_data, tmp_path, relative):
-    scan_path = copy_into_bids(shared_data, relative, tmp_path)
+def test_threshold_edit_and_save_land_on_the_scan_grid(mrml_scene, scan_file, tmp_path, relative):
+    scan_path = copy_into_bids(scan_file(relative), tmp_path)
     scan = sitk.ReadImage(str(scan_path))
-    cord = sitk.ReadImage(str((shared_data / relative).parent / SCANS[relative][1])) > 0
+    cord = sitk.ReadImage(str(scan_file(relative).parent / SCANS[relative][1])) > 0
     # Soft maps on the file grid: a blurred cord, and a "lesion" fading along the last array axis.
     soft_sc = sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(sitk.Cast(cord, sitk.sitkFloat32), 1.0))
     soft_sc = np.clip(soft_sc, 0, 1).astype(np.float32)
@@ -329,8 +342,8 @@ def save_scene(scene, folder):
     return folder / "case.mrml"
 
 
-def test_a_saved_scene_reopens_where_it_was(mrml_scene, shared_data, tmp_path):
-    scan_node = load_volume(mrml_scene, shared_data / "sct_testing_data/t2/t2.nii.gz")
+def test_a_saved_scene_reopens_where_it_was(mrml_scene, sample_data, tmp_path):
+    scan_node = load_volume(mrml_scene, sample_data.scan)
     scan = image_from_volume(scan_node)
     soft = sitk.Cast(sitk.RescaleIntensity(sitk.Cast(scan, sitk.sitkFloat32), 0.0, 1.0), sitk.sitkFloat32)
     results = ResultScene(new_parameter_node(mrml_scene), clock=lambda: 500.0)
@@ -388,12 +401,12 @@ def test_a_new_run_reuses_the_case_nodes_and_another_scan_gets_its_own(mrml_scen
 
 
 def test_worklist_case_opens_on_the_scan_grid_and_its_save_marks_it_corrected(
-        mrml_scene, shared_data, tmp_path, tiny_region_model):
+        mrml_scene, sample_data, tmp_path, tiny_region_model):
     """The module's "Next case" and "Save correction" on a batch prediction of a PSR scan."""
     from SpinalCordSegLib.rounds.cohort import find_scans, run_batch
     from SpinalCordSegLib.rounds.worklist import Worklist
 
-    scan_path = copy_into_bids(shared_data, "sct_testing_data/t2/t2.nii.gz", tmp_path)
+    scan_path = copy_into_bids(sample_data.scan, tmp_path)
     derivatives = tmp_path / "ds/derivatives/spinalcordseg"
     engine = SegmentationEngine(tiny_region_model, InferenceOptions(device="cpu", use_mirroring=False))
     run_batch(find_scans(tmp_path / "ds"), engine, derivatives, {"sc": 0.5, "lesion": 0.3})

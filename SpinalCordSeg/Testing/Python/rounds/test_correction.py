@@ -23,7 +23,6 @@ from SpinalCordSegLib.imaging.grid import same_grid
 from SpinalCordSegLib.imaging.image_io import orientation_of, reorient
 from SpinalCordSegLib.imaging.sidecar import DATE_FORMAT, Sidecar
 
-T2 = "sct_testing_data/t2/t2.nii.gz"  # PSR
 
 
 # ------------------------------------------------------------------ statistics
@@ -81,22 +80,22 @@ def test_a_volume_without_file_needs_a_chosen_folder():
 
 # ------------------------------------------------------------------ grids
 
-def test_masks_on_a_flipped_grid_come_back_voxel_for_voxel(shared_data):
-    scan = sitk.ReadImage(str(shared_data / T2))
+def test_masks_on_a_flipped_grid_come_back_voxel_for_voxel(sample_data):
+    scan = sitk.ReadImage(str(sample_data.scan))
     assert orientation_of(scan) == "PSR"
     mask = sitk.Cast(scan > float(np.percentile(sitk.GetArrayViewFromImage(scan), 80)), sitk.sitkUInt8)
     flipped = reorient(mask, "LPS")  # how Slicer stores a left-handed scan: another voxel order
     assert not same_grid(flipped, scan)
-    back = on_grid(flipped, read_grid(shared_data / T2))
+    back = on_grid(flipped, read_grid(sample_data.scan))
     assert same_grid(back, scan)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(mask))
 
 
-def test_masks_on_a_cropped_grid_are_resampled_onto_the_scan(shared_data):
-    scan = sitk.ReadImage(str(shared_data / T2))
+def test_masks_on_a_cropped_grid_are_resampled_onto_the_scan(sample_data):
+    scan = sitk.ReadImage(str(sample_data.scan))
     mask = sitk.Cast(scan > float(np.percentile(sitk.GetArrayViewFromImage(scan), 80)), sitk.sitkUInt8)
     cropped = mask[5:40, 3:50, 10:45]
-    back = on_grid(cropped, read_grid(shared_data / T2))
+    back = on_grid(cropped, read_grid(sample_data.scan))
     assert same_grid(back, scan)
     expected = np.zeros_like(sitk.GetArrayFromImage(mask))
     expected[10:45, 3:50, 5:40] = sitk.GetArrayFromImage(mask)[10:45, 3:50, 5:40]
@@ -146,11 +145,11 @@ def _masks(scan):
     return automatic, corrected, images[0], images[1]
 
 
-def test_save_writes_masks_sidecars_and_log_and_keeps_history(shared_data, tmp_path):
+def test_save_writes_masks_sidecars_and_log_and_keeps_history(sample_data, tmp_path):
     dataset = tmp_path / "ds"
     scan_path = dataset / "sub-01/anat/sub-01_T2w.nii.gz"
     scan_path.parent.mkdir(parents=True)
-    shutil.copy(shared_data / T2, scan_path)
+    shutil.copy(sample_data.scan, scan_path)
     scan = sitk.ReadImage(str(scan_path))
     automatic, corrected, auto_image, corrected_image = _masks(scan)
     soft = sitk.Cast(auto_image, sitk.sitkFloat32) * 0.8
@@ -192,8 +191,8 @@ def test_save_writes_masks_sidecars_and_log_and_keeps_history(shared_data, tmp_p
     assert len(saved.log.read_text().splitlines()) == 3
 
 
-def test_save_needs_a_rater_and_consistent_inputs(shared_data, tmp_path):
-    scan = sitk.ReadImage(str(shared_data / T2))
+def test_save_needs_a_rater_and_consistent_inputs(sample_data, tmp_path):
+    scan = sitk.ReadImage(str(sample_data.scan))
     _, _, auto_image, corrected_image = _masks(scan)
     plan = plan_outputs(None, tmp_path)
     with pytest.raises(SpinalCordSegError, match="rater"):
