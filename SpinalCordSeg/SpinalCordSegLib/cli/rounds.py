@@ -16,6 +16,7 @@ import logging
 from pathlib import Path
 
 from ..imaging.binarization import parse_thresholds
+from .arguments import number
 from .segment import add_inference_arguments, mask_options
 from ..rounds.worklist import STATUSES, Worklist
 
@@ -40,8 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     actions = rounds.add_subparsers(dest="action", metavar="ACTION", required=True)
     rank = actions.add_parser("rank", help="order cases by uncertainty, with a random share")
     rank.add_argument("-w", "--worklist", required=True)
-    rank.add_argument("--random-fraction", type=float, default=0.2, help="share of random picks (default 0.2)")
-    rank.add_argument("--seed", type=int, default=0)
+    rank.add_argument("--random-fraction", type=number(float, minimum=0, maximum=1), default=0.2,
+                      help="share of random picks (default 0.2)")
+    rank.add_argument("--seed", type=number(int, minimum=0), default=0)
     rank.set_defaults(func=run_rank)
     mark = actions.add_parser("mark", help="set a case's status")
     mark.add_argument("-w", "--worklist", required=True)
@@ -66,28 +68,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("-w", "--worklist", required=True)
     export.add_argument("-o", "--output", required=True, help="nnUNet_raw/DatasetNNN_Name")
     export.add_argument("--cord-only", action="store_true", help="label scheme of a cord model (sc = 1)")
-    export.add_argument("--folds", type=int, default=5)
-    export.add_argument("--seed", type=int, default=0)
+    export.add_argument("--folds", type=number(int, minimum=1), default=5)
+    export.add_argument("--seed", type=number(int, minimum=0), default=0)
     export.set_defaults(func=run_export)
 
 
 def run_batch_command(args: argparse.Namespace) -> int:
-    from .segment import engines_from_arguments
-    from ..rounds.cohort import find_scans, in_shard, parse_shard, run_batch
+    """Check options, scans, model, output folder and worklist; then load the model and predict."""
+    from .segment import check_options, load_engines, prepare_output_folder, resolve_models
+    from ..rounds.cohort import WORKLIST_FILE, find_scans, in_shard, parse_shard, run_batch
     from ..errors import SpinalCordSegError
 
     if args.crop_mask:
         raise SpinalCordSegError("--crop-mask gives one mask for every scan; in a batch use --crop-with CORD_MODEL")
+    check_options(args)
     k, n = parse_shard(args.shard)
-    scans = [s for s in find_scans(args.input, args.include) if in_shard(s.relative, k, n)]
-    engine, crop_engine = engines_from_arguments(args)
+    skipped: dict = {}
+    scans = [s for s in find_scans(args.input, args.include, skipped) if in_shard(s.relative, k, n)]
+    resolved, cord = resolve_models(args)
+    output = Path(args.output)
+    prepare_output_folder(output)
     # Shards run at the same time: each keeps its own worklist, merged afterwards.
-    worklist = args.worklist or (Path(args.output) / f"worklist-shard{k}of{n}.csv" if n > 1 else None)
-    report = run_batch(scans, engine, Path(args.output), parse_thresholds(args.threshold, engine.structures),
+    worklist = Path(args.worklist or (output / (f"worklist-shard{k}of{n}.csv" if n > 1 else WORKLIST_FILE)))
+    if worklist.is_dir():
+        raise SpinalCordSegError(f"--worklist {worklist}: is a folder; give a CSV file")
+    prepare_output_folder(worklist.parent, "the worklist's folder")
+    Worklist.load(worklist, create=True)  # a damaged worklist is refused now, not after the model loaded
+    engine, crop_engine = load_engines(args, resolved, cord)
+    report = run_batch(scans, engine, output, parse_thresholds(args.threshold, engine.structures),
                        worklist, crop_engine=crop_engine, options=mask_options(args))
+    rebinarized = f", masks remade with this run's thresholds {len(report.rebinarized)}" if report.rebinarized else ""
+    unusable = f", file names skipped {len(skipped)}" if skipped else ""
     print(f"shard {k}/{n}: {len(scans)} scan(s); predicted {len(report.predicted)}, "
-          f"already done {len(report.skipped)}, failed {len(report.failed)}")
-    return 1 if report.failed else 0
+          f"already done {len(report.skipped)}{rebinarized}, failed {len(report.failed)}{unusable}")
+    return 1 if report.failed or skipped else 0
 
 
 def run_rank(args: argparse.Namespace) -> int:

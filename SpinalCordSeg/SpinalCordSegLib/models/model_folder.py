@@ -14,12 +14,12 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
 from ..errors import ModelFolderError
+from ..imaging.fileutil import read_json
 from .plans_check import check_dataset, check_plans
 
 CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint_best.pth")
@@ -60,10 +60,7 @@ def find_results_folder(path: Union[str, Path]) -> Path:
 
 
 def _load_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise ModelFolderError(f"{path}: cannot read JSON ({error})") from error
+    data = read_json(path, "JSON", ModelFolderError)
     if not isinstance(data, dict):
         raise ModelFolderError(f"{path}: expected a JSON object")
     return data
