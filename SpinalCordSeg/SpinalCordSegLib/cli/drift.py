@@ -68,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="take the cord as perpendicular to the slices")
     parser.add_argument("--max-std-increase", type=number(float), metavar="MM2",
                         help="fail when a model's mean across-contrast CSA SD exceeds the reference's by more")
-    parser.add_argument("--max-scaling-deviation", type=number(float, minimum=0), metavar="FRACTION",
+    parser.add_argument("--max-scaling-deviation", type=number(float), metavar="FRACTION",
                         help="fail when a model's mean CSA ratio to the reference is off 1 by more (0.03 = 3%%)")
     steps = parser.add_mutually_exclusive_group()
     steps.add_argument("--shard", help="K/N: only predict shard K of N (a SLURM array task); then run --merge")

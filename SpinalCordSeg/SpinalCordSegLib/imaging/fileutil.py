@@ -51,7 +51,8 @@ STALE_AGE_S = 24 * 3600
 #: Marks the owner tag of this tool's temporary files and staging folders (see :func:`owner_tag`).
 OWNER_MARKER = "scs"
 #: ``<prefix>.scs-<pid>@<host>.<8 hex>[<suffix>]``: a name made by :func:`owner_tag` and a random part.
-_OWNED = re.compile(rf"(?P<prefix>.+)\.{OWNER_MARKER}-(?P<pid>\d+)@(?P<host>[A-Za-z0-9-]+)\.[0-9a-f]{{8}}(?P<suffix>.*)")
+_OWNED = re.compile(
+    rf"(?P<prefix>.+)\.{OWNER_MARKER}-(?P<pid>\d+)@(?P<host>[A-Za-z0-9-]+)\.[0-9a-f]{{8}}(?P<suffix>.*)")
 #: What ends the name of a temporary file of :func:`write_atomic`.
 _TEMPORARY_SUFFIX = re.compile(r"\.part(?:\.\w+)+|\.tmp")
 
@@ -309,7 +310,8 @@ def remove_stale_temporaries(folder: PathLike, recursive: bool = False) -> List[
     for root, _, files in walk:  # os.walk does not follow links to folders
         for name in files:
             path = Path(root) / name
-            if not owned_prefix(name, _TEMPORARY_SUFFIX) or not path.is_file() or path.is_symlink() or not is_stale(path, now):
+            ours = owned_prefix(name, _TEMPORARY_SUFFIX) is not None
+            if not ours or not path.is_file() or path.is_symlink() or not is_stale(path, now):
                 continue
             size = path.stat().st_size
             try:

@@ -88,9 +88,9 @@ def refuse_name_collisions(outputs: Mapping[str, str], what: str = "inputs") -> 
     Names are compared case-insensitively: they collide on the file systems of macOS and
     Windows. Raises SpinalCordSegError naming every colliding input, before anything runs.
 
-    >>> refuse_name_collisions({"a/scan.nii.gz": "scan", "b/scan.nii.gz": "scan"})
+    >>> refuse_name_collisions({"a/scan.nii.gz": "scan", "b/scan.nii.gz": "scan"})  # doctest: +ELLIPSIS
     Traceback (most recent call last):
-    SpinalCordSegLib.errors.SpinalCordSegError: 2 inputs would write the same output files (nothing was run): scan <- a/scan.nii.gz, b/scan.nii.gz; rename one or give them to separate runs
+    SpinalCordSegLib.errors.SpinalCordSegError: 2 inputs would write the same output ...: scan <- a/scan.nii.gz, ...
     """
     by_name: Dict[str, List[str]] = {}
     for source, name in outputs.items():

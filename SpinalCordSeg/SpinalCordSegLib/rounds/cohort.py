@@ -118,8 +118,8 @@ def find_scans(bids_root: Union[str, Path], include: str = "sub-*_T2w.nii.gz",
             subject, session = bids_entities(path)
             scan = Scan(path, relative.as_posix(), subject, session)
             if not is_safe_id(scan.case):
-                raise SpinalCordSegError(f"{_printable(path)}: case id {scan.case!r} cannot name output files (use letters, "
-                                         "digits, '_', '-' or '.')")
+                raise SpinalCordSegError(f"{_printable(path)}: case id {scan.case!r} cannot name output files "
+                                         "(use letters, digits, '_', '-' or '.')")
         except SpinalCordSegError as error:
             logger.error("%s; skipped", error)
             if skipped is not None:
