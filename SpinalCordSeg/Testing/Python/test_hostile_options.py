@@ -205,3 +205,17 @@ def test_a_closed_pipe_ends_quietly(arguments, tmp_path):
     stderr = done.stderr.decode()
     assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
     assert done.returncode in (0, 141), (done.returncode, stderr)
+
+
+@pytest.mark.parametrize("case", ["../../escape", "c1\n", "a/b", ".."])
+def test_a_worklist_with_a_case_id_that_is_a_path_is_refused(case, tmp_path):
+    """``round export`` writes ``imagesTr/<case>_0000.nii.gz``: an edited worklist must not aim it elsewhere."""
+    import pandas as pd
+
+    from SpinalCordSegLib.rounds.worklist import Worklist
+
+    path = tmp_path / "worklist.csv"
+    pd.DataFrame([{"case": case, "subject": "01", "session": "", "scan": "x.nii.gz", "status": "corrected"}]
+                 ).to_csv(path, index=False)
+    with pytest.raises(SpinalCordSegError, match=f"{path}: case id .* cannot name files"):
+        Worklist.load(path)
