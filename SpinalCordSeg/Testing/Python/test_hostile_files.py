@@ -13,6 +13,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -39,10 +40,13 @@ def _dead_pid() -> int:
 
 
 def _users_files(folder: Path) -> dict:
+    """The user's hidden files, last changed a week ago (older than any stale temporary file)."""
     folder.mkdir(parents=True, exist_ok=True)
     files = {folder / name: f"the user's {name}".encode() for name in USERS_HIDDEN_FILES}
+    week_ago = time.time() - 7 * 24 * 3600
     for path, content in files.items():
         path.write_bytes(content)
+        os.utime(path, (week_ago, week_ago))
     return files
 
 
