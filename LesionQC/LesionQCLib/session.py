@@ -598,8 +598,8 @@ def _check_options(session_dir: Path, seed: Optional[int], sample: Optional[int]
                            " characters would be misread in lists and logs; choose another name")
 
 
-#: ``.<session>.building.<pid>@<host>.<8 hex>``: the staging folder of build_session (make_staging_folder's name).
-_BUILDING = re.compile(r"\..+\.building\.\d+@[A-Za-z0-9-]+\.[0-9a-f]{8}")
+#: The end of a build_session staging folder's prefix (``fileutil.make_staging_folder`` adds the owner tag).
+_BUILDING = ".building"
 
 
 def remove_stale_builds(parent: Path) -> List[Path]:
@@ -608,7 +608,7 @@ def remove_stale_builds(parent: Path) -> List[Path]:
     Only folders named as :func:`build_session` names them whose process is gone
     (``fileutil.is_stale``): never a live build's, never a folder of the user's.
     """
-    from SpinalCordSegLib.imaging.fileutil import is_stale  # see build_session
+    from SpinalCordSegLib.imaging.fileutil import is_stale, owned_prefix  # see build_session
 
     removed = []
     try:
@@ -616,7 +616,9 @@ def remove_stale_builds(parent: Path) -> List[Path]:
     except OSError:
         return removed
     for folder in entries:
-        if not _BUILDING.fullmatch(folder.name) or folder.is_symlink() or not folder.is_dir() or not is_stale(folder):
+        prefix = owned_prefix(folder.name)
+        if (not prefix or not prefix.startswith(".") or not prefix.endswith(_BUILDING) or folder.is_symlink()
+                or not folder.is_dir() or not is_stale(folder)):
             continue
         shutil.rmtree(folder, ignore_errors=True)
         log.warning("removed %s, left by an interrupted 'lesionqc make-session'", folder)
@@ -692,7 +694,7 @@ def build_session(cases: Sequence[ManifestCase], session_dir: PathLike, origin: 
 
     session_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_builds(session_dir.parent)
-    building = make_staging_folder(session_dir.parent, f".{session_dir.name}.building")  # raters must read it
+    building = make_staging_folder(session_dir.parent, f".{session_dir.name}{_BUILDING}")  # raters must read it
     external_key: Optional[Path] = None  # a key written outside the folder, removed if the build fails
     try:
         session_cases, key_cases, values = [], {}, set()

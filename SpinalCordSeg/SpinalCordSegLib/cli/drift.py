@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import List, Tuple
 
 from ..imaging.binarization import parse_thresholds
+from .arguments import number
 from .segment import add_inference_arguments, mask_options
 from ..rounds.cohort import DISCS_SUFFIX, LEVELS_SUFFIX, LEVELS_WITH
 from ..rounds.drift import DEFAULT_VERT, TRUTH_SUFFIX
@@ -72,9 +73,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--binary", action="store_true", help="measure the binary masks, not the soft maps")
     parser.add_argument("--no-angle-correction", dest="angle_correction", action="store_false",
                         help="take the cord as perpendicular to the slices")
-    parser.add_argument("--max-std-increase", type=float, metavar="MM2",
+    parser.add_argument("--max-std-increase", type=number(float), metavar="MM2",
                         help="fail when a model's mean across-contrast CSA SD exceeds the reference's by more")
-    parser.add_argument("--max-scaling-deviation", type=float, metavar="FRACTION",
+    parser.add_argument("--max-scaling-deviation", type=number(float), metavar="FRACTION",
                         help="fail when a model's mean CSA ratio to the reference is off 1 by more (0.03 = 3%%)")
     steps = parser.add_mutually_exclusive_group()
     steps.add_argument("--shard", help="K/N: only predict shard K of N (a SLURM array task); then run --merge")

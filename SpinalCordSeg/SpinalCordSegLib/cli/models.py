@@ -107,7 +107,7 @@ def _row(notes: List[str], model_id: str, name: str, size: int, state, source: s
     """A table row; the details of a changed or unusable model go to ``notes``, printed below the table."""
     if state.changes or state.problem:
         notes.append(f"{model_id}: {state}")
-    return (model_id, name, format_size(size), "unusable" if state.problem else state.summary, source)
+    return (model_id, name, format_size(size), state.status if state.problem else state.summary, source)
 
 
 def run_install(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from ..imaging.binarization import parse_thresholds
+from .arguments import number
 from .segment import add_inference_arguments, mask_options
 from ..rounds.cohort import LEVELS_WITH
 from ..rounds.worklist import STATUSES, Worklist
@@ -65,8 +66,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     actions = rounds.add_subparsers(dest="action", metavar="ACTION", required=True)
     rank = actions.add_parser("rank", help="order cases by uncertainty, with a random share")
     rank.add_argument("-w", "--worklist", required=True)
-    rank.add_argument("--random-fraction", type=float, default=0.2, help="share of random picks (default 0.2)")
-    rank.add_argument("--seed", type=int, default=0)
+    rank.add_argument("--random-fraction", type=number(float, minimum=0, maximum=1), default=0.2,
+                      help="share of random picks (default 0.2)")
+    rank.add_argument("--seed", type=number(int, minimum=0), default=0)
     rank.set_defaults(func=run_rank)
     mark = actions.add_parser("mark", help="set a case's status")
     mark.add_argument("-w", "--worklist", required=True)
@@ -92,8 +94,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("-w", "--worklist", required=True)
     export.add_argument("-o", "--output", required=True, help="nnUNet_raw/DatasetNNN_Name")
     export.add_argument("--cord-only", action="store_true", help="label scheme of a cord model (sc = 1)")
-    export.add_argument("--folds", type=int, default=5)
-    export.add_argument("--seed", type=int, default=0)
+    export.add_argument("--folds", type=number(int, minimum=1), default=5)
+    export.add_argument("--seed", type=number(int, minimum=0), default=0)
     export.set_defaults(func=run_export)
     _register_train(actions)
     _register_promote(actions)
@@ -165,40 +167,52 @@ def _register_promote(actions: argparse._SubParsersAction) -> None:
 
 
 def run_batch_command(args: argparse.Namespace) -> int:
-    from .segment import engines_from_arguments
-    from ..rounds.cohort import find_scans, in_shard, parse_shard, run_batch, write_level_tables
+    """Check options, scans, model, output folder and worklist; then load the model and predict."""
+    from .segment import check_options, load_engines, prepare_output_folder, resolve_models
+    from ..rounds.cohort import WORKLIST_FILE, find_scans, in_shard, parse_shard, run_batch, write_level_tables
     from ..errors import SpinalCordSegError
 
     if args.crop_mask:
         raise SpinalCordSegError("--crop-mask gives one mask for every scan; in a batch use --crop-with CORD_MODEL")
+    check_options(args)
     if args.levels_with == "spine":
         from ..inference.spine import require_spine
 
         require_spine()  # before the predictions, not after
     k, n = parse_shard(args.shard)
-    found = find_scans(args.input, args.include)
-    if not found:
+    skipped: dict = {}
+    found = find_scans(args.input, args.include, skipped)
+    if not found and not skipped:
         raise SpinalCordSegError(f"{args.input}: no scan matches --include {args.include!r} (derivatives/, "
                                  "sourcedata/ and code/ are not searched); nothing was run")
     scans = [s for s in found if in_shard(s.relative, k, n)]
     if not scans:  # a small cohort leaves some shards of an array empty: not a failure of this job
-        print(f"shard {k}/{n}: none of the {len(found)} scan(s) falls in this shard; nothing to do")
-        return 0
-    engine, crop_engine = engines_from_arguments(args)
+        print(f"shard {k}/{n}: none of the {len(found)} usable scan(s) falls in this shard; nothing to do")
+        return 1 if skipped else 0
+    resolved, cord = resolve_models(args)
+    output = Path(args.output)
+    prepare_output_folder(output)
     # Shards run at the same time: each keeps its own worklist, merged afterwards.
-    worklist = args.worklist or (Path(args.output) / f"worklist-shard{k}of{n}.csv" if n > 1 else None)
-    report = run_batch(scans, engine, Path(args.output), parse_thresholds(args.threshold, engine.structures),
+    worklist = Path(args.worklist or (output / (f"worklist-shard{k}of{n}.csv" if n > 1 else WORKLIST_FILE)))
+    if worklist.is_dir():
+        raise SpinalCordSegError(f"--worklist {worklist}: is a folder; give a CSV file")
+    prepare_output_folder(worklist.parent, "the worklist's folder")
+    Worklist.load(worklist, create=True)  # a damaged worklist is refused now, not after the model loaded
+    engine, crop_engine = load_engines(args, resolved, cord)
+    report = run_batch(scans, engine, output, parse_thresholds(args.threshold, engine.structures),
                        worklist, crop_engine=crop_engine, options=mask_options(args))
+    rebinarized = f", masks remade with this run's thresholds {len(report.rebinarized)}" if report.rebinarized else ""
+    unusable = f", file names skipped {len(skipped)}" if skipped else ""
     print(f"shard {k}/{n}: {len(scans)} scan(s); predicted {len(report.predicted)}, "
-          f"already done {len(report.skipped)}, failed {len(report.failed)}")
+          f"already done {len(report.skipped)}{rebinarized}, failed {len(report.failed)}{unusable}")
     if args.levels_with:
         done = [s for s in scans if s.relative not in report.failed]
         thresholds = parse_thresholds(args.threshold, engine.structures)
-        outcome = write_level_tables(done, Path(args.output), engine.structures, thresholds,
+        outcome = write_level_tables(done, output, engine.structures, thresholds,
                                      args.labels or Path(args.input) / "derivatives" / "labels", args.levels_with)
         for scan, what in outcome.items():
             print(f"{scan}: {what}")
-    return 1 if report.failed else 0
+    return 1 if report.failed or skipped else 0
 
 
 def run_rank(args: argparse.Namespace) -> int:

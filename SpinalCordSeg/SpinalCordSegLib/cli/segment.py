@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Iterator, List, Optional, Sequence
 
 from ..imaging.binarization import MaskOptions, parse_thresholds, threshold_items
-from ..errors import SpinalCordSegError
+from ..errors import InputImageError, SpinalCordSegError
 from ..models.catalogue import DEMO_MODEL
+from .arguments import number
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +26,8 @@ DEVICE_HELP = ("where to run (default: auto = CUDA, then MPS, then the CPU, sayi
                "an explicit cuda or mps that is missing is an error")
 #: Orientation letter -> axis (SimpleITK letters).
 AXIS_OF = {"R": "x", "L": "x", "A": "y", "P": "y", "S": "z", "I": "z"}
+#: A crop margin past this (1 m) is a typo: the whole field of view is --no-crop.
+MAX_CROP_MARGIN_MM = 1000.0
 
 
 def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,9 +39,9 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tta", action="store_true",
                         help="test-time augmentation by mirroring (off by default: about 8x slower)")
     parser.add_argument("--no-tta", action="store_true", help="deprecated: mirroring is off by default")
-    parser.add_argument("--step-size", type=float, default=None,
+    parser.add_argument("--step-size", type=number(float, above=0, maximum=1), default=None,
                         help="sliding-window step, fraction of a patch (default: nnU-Net's 0.5)")
-    parser.add_argument("--threads", type=int, help="CPU threads for PyTorch")
+    parser.add_argument("--threads", type=number(int, minimum=1), help="CPU threads for PyTorch")
     parser.add_argument("--threshold", help="binarization threshold(s): 0.5, or sc=0.5,lesion=0.3")
     add_mask_arguments(parser)
     parser.add_argument("--orientation", help="orientation to predict in when the model records none "
@@ -51,7 +54,8 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     crop.add_argument("--no-crop", action="store_true",
                       help="predict the whole field of view (default: inside the cord's box found by a fast "
                            "localizer pass, plus the margin)")
-    parser.add_argument("--crop-margin", type=float, default=None, help="crop margin in mm (default 20)")
+    parser.add_argument("--crop-margin", type=number(float, minimum=0, maximum=MAX_CROP_MARGIN_MM), default=None,
+                        help="crop margin in mm (default 20)")
     parser.add_argument("--save-cropbox", action="store_true",
                         help="also write the crop box as <scan>_cropbox.nii.gz (as SCT does)")
     parser.add_argument("--trust", action="store_true",
@@ -193,17 +197,11 @@ def segment_files(
 
 def check_options(args: argparse.Namespace) -> None:
     """Refuse bad option values before anything slow runs (SpinalCordSegError naming the option)."""
-    threshold_items(args.threshold)
+    threshold_items(args.threshold)  # the numbers' ranges are checked while parsing (arguments.number)
     if args.device not in ("auto", "cpu"):  # a missing GPU stops the run before models or folders are touched
         from ..inference.engine import select_device
 
         select_device(args.device)
-    if args.step_size is not None and not 0.0 < args.step_size <= 1.0:
-        raise SpinalCordSegError(f"--step-size {args.step_size}: must be above 0 and at most 1")
-    if args.threads is not None and args.threads < 1:
-        raise SpinalCordSegError(f"--threads {args.threads}: must be at least 1")
-    if args.crop_margin is not None and args.crop_margin < 0:
-        raise SpinalCordSegError(f"--crop-margin {args.crop_margin}: must not be negative")
     orientation = (args.orientation or "").upper()
     if orientation and sorted(AXIS_OF.get(letter, "?") for letter in orientation) != ["x", "y", "z"]:
         raise SpinalCordSegError(f"--orientation {args.orientation!r}: give one letter per axis "
@@ -213,6 +211,8 @@ def check_options(args: argparse.Namespace) -> None:
 def input_problem(path: str) -> Optional[str]:
     """Why ``path`` cannot be segmented, from its header only (no voxels read); None when usable."""
     import SimpleITK as sitk
+
+    from ..imaging.image_io import check_image_file
 
     file = Path(path)
     if not file.exists():
@@ -231,10 +231,14 @@ def input_problem(path: str) -> Optional[str]:
         return f"{path}: has {reader.GetNumberOfComponents()} components per voxel; a single-channel scan is needed"
     if not (len(size) == 3 or (len(size) == 4 and size[3] == 1)):
         return f"{path}: image is {len(size)}D with size {size}; a 3D scan is needed"
+    try:
+        check_image_file(file)  # geometry, truncation, stored NaN: before the model loads, not after
+    except InputImageError as error:
+        return str(error)
     return None
 
 
-def prepare_output_folder(folder: Path) -> Optional[Path]:
+def prepare_output_folder(folder: Path, what: str = "the output folder") -> Optional[Path]:
     """Create ``folder`` if needed and check that files can be made there; clear stale temporaries.
 
     Returns the top-most folder this call created (None when ``folder`` existed).
@@ -245,14 +249,14 @@ def prepare_output_folder(folder: Path) -> Optional[Path]:
     from ..imaging.fileutil import remove_stale_temporaries
 
     if folder.exists() and not folder.is_dir():
-        raise SpinalCordSegError(f"{folder}: the output folder exists and is not a folder")
+        raise SpinalCordSegError(f"{folder}: {what} exists and is not a folder")
     created = next((parent for parent in reversed([folder, *folder.parents]) if not parent.exists()), None)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as error:
-        raise SpinalCordSegError(f"{folder}: cannot write to the output folder ({error.strerror or error})") from error
+        raise SpinalCordSegError(f"{folder}: cannot write to {what} ({error.strerror or error})") from error
     remove_stale_temporaries(folder)
     return created
 
@@ -284,13 +288,20 @@ def output_folder(folder: Path) -> Iterator[Path]:
 
 
 def resolve_models(args: argparse.Namespace):
-    """(model, crop model or None) for the inference arguments; may ask to install or trust; loads nothing."""
+    """(model, crop model or None) for the inference arguments; may ask to install or trust; loads nothing.
+
+    The model folder's files, the thresholds and the folds are checked here, before anything slow.
+    """
+    from ..models.model_folder import ModelFolder
     from ..models.model_store import resolve_model
 
     confirm = (lambda message: True) if args.yes else _confirm_on_terminal
     resolved = resolve_model(args.model, trust=args.trust, offline=args.offline, confirm=confirm)
     crop_model = None if args.no_crop else args.crop_with or (None if args.crop_mask else resolved.crop_with)
     cord = resolve_model(crop_model, trust=args.trust, offline=args.offline, confirm=confirm) if crop_model else None
+    model = ModelFolder.open(resolved.folder)
+    parse_thresholds(args.threshold, model.structures)
+    model.select_folds(args.folds)
     return resolved, cord
 
 
@@ -315,9 +326,13 @@ def engines_from_arguments(args: argparse.Namespace):
 
 def run_segment(args: argparse.Namespace) -> int:
     """Check inputs, options and the output folder; then load the model and segment each usable scan."""
-    from ..models.model_folder import ModelFolder
+    from ..imaging.naming import refuse_name_collisions, source_name
 
     check_options(args)
+    given_twice = sorted({path for path in args.input if args.input.count(path) > 1})
+    if given_twice:
+        raise SpinalCordSegError(f"input(s) given more than once (nothing was run): {', '.join(given_twice)}")
+    refuse_name_collisions({path: source_name(path) for path in args.input})
     problems = {path: input_problem(path) for path in args.input}
     crop_mask_problem = input_problem(args.crop_mask) if args.crop_mask else None
     if crop_mask_problem:
@@ -328,9 +343,6 @@ def run_segment(args: argparse.Namespace) -> int:
     if not usable:
         raise SpinalCordSegError(f"none of the {len(args.input)} input(s) can be segmented; nothing was run")
     resolved, cord = resolve_models(args)
-    model = ModelFolder.open(resolved.folder)
-    parse_thresholds(args.threshold, model.structures)
-    model.select_folds(args.folds)
     with output_folder(Path(args.output)) as output:
         engine, crop_engine = load_engines(args, resolved, cord)
         if args.no_tta:

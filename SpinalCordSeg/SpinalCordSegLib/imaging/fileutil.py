@@ -10,10 +10,11 @@ over the target. On any failure the temporary file is removed and
 files get the mode the user's umask gives (not ``mkstemp``'s private 0600),
 so that a shared derivatives or models folder stays readable by colleagues.
 
-Temporary names carry their writer's process id and host
-(``.<name>.<pid>@<host>.<random>.part.nii.gz`` or ``.tmp``), so that
-:func:`remove_stale_temporaries` can remove those left by a killed process
-and never one that a live process is still writing.
+Temporary names carry this tool's owner tag, a marker and their writer's
+process id and host (``.<name>.scs-<pid>@<host>.<8 hex>.part.nii.gz`` or
+``.tmp``), so that :func:`remove_stale_temporaries` removes only those left
+by a killed process of this tool: never one a live process is still writing,
+and never a user's file that merely looks temporary (``.thesis.chapter3.part.docx``).
 
 Example:
     >>> from SpinalCordSegLib.imaging.fileutil import format_size
@@ -40,19 +41,22 @@ import time
 from pathlib import Path
 from typing import Callable, List, Optional, Union
 
-from ..errors import FileWriteError
+from ..errors import FileWriteError, SpinalCordSegError
 
 logger = logging.getLogger(__name__)
 
 #: What every path argument of the Lib packages accepts.
 PathLike = Union[str, Path]
-#: A temporary file or staging folder whose writer cannot be checked (another host, an
-#: older release's name without owner) is stale once untouched for this long.
+#: A temporary file or staging folder whose writer cannot be checked (another host)
+#: is stale once untouched for this long.
 STALE_AGE_S = 24 * 3600
-#: ``.<name>.[<pid>@<host>.]<8 random characters>`` then ``.part<image suffix>`` or ``.tmp``:
-#: this module's temporary files, and those of earlier releases (mkstemp names, no owner).
-_TEMPORARY = re.compile(r"^\.(?P<name>.+?)\.(?:\d+@[A-Za-z0-9-]+\.)?[a-z0-9_]{8}(?:\.part(?:\.\w+)+|\.tmp)$")
-_OWNER = re.compile(r"\.(?P<pid>\d+)@(?P<host>[A-Za-z0-9-]+)\.")
+#: Marks the owner tag of this tool's temporary files and staging folders (see :func:`owner_tag`).
+OWNER_MARKER = "scs"
+#: ``<prefix>.scs-<pid>@<host>.<8 hex>[<suffix>]``: a name made by :func:`owner_tag` and a random part.
+_OWNED = re.compile(
+    rf"(?P<prefix>.+)\.{OWNER_MARKER}-(?P<pid>\d+)@(?P<host>[A-Za-z0-9-]+)\.[0-9a-f]{{8}}(?P<suffix>.*)")
+#: What ends the name of a temporary file of :func:`write_atomic`.
+_TEMPORARY_SUFFIX = re.compile(r"\.part(?:\.\w+)+|\.tmp")
 
 
 def format_size(size: Optional[int]) -> str:
@@ -72,9 +76,30 @@ def disk_full_hint(error: OSError) -> str:
     return " (disk full)" if error.errno == errno.ENOSPC else ""
 
 
-def owner_tag() -> str:
-    """``<pid>@<host>``: who writes a temporary file or staging folder (see :func:`is_stale`)."""
-    return f"{os.getpid()}@{_host()}"
+def owner_tag(pid: Optional[int] = None) -> str:
+    """``scs-<pid>@<host>``: this tool and the process (default: this one) that writes a temporary name.
+
+    >>> owner_tag(42).startswith("scs-42@")
+    True
+    """
+    return f"{OWNER_MARKER}-{os.getpid() if pid is None else pid}@{_host()}"
+
+
+def owned_prefix(name: str, suffix: Optional[re.Pattern] = None) -> Optional[str]:
+    """The part before the owner tag when ``name`` is one of this tool's temporary names, else None.
+
+    ``suffix`` must match what follows the random part in full (default: nothing follows, as
+    in a staging folder's name).
+
+    >>> owned_prefix(f".install-m.{owner_tag(42)}.0a1b2c3d")
+    '.install-m'
+    >>> owned_prefix(".thesis.chapter3.part.docx") is None
+    True
+    """
+    match = _OWNED.fullmatch(name)
+    if not match or not (suffix.fullmatch(match.group("suffix")) if suffix else not match.group("suffix")):
+        return None
+    return match.group("prefix")
 
 
 def _host() -> str:
@@ -95,14 +120,17 @@ def _process_running(pid: int) -> Optional[bool]:
 
 
 def is_stale(path: Path, now: Optional[float] = None) -> bool:
-    """True when nobody can still be writing ``path`` (a temporary file or staging folder).
+    """True when ``path`` (a temporary file or staging folder) is this tool's and nobody can still write it.
 
-    Its name's ``<pid>@<host>`` (see :func:`owner_tag`) names a process of this host
-    that no longer runs; or, when the writer cannot be checked (another host, no owner
-    in the name), it has not been modified for :data:`STALE_AGE_S`.
+    Its name carries :func:`owner_tag`, whose ``<pid>@<host>`` names a process of this
+    host that no longer runs; or, when the writer cannot be checked (another host), it
+    has not been modified for :data:`STALE_AGE_S`. A name without this tool's owner tag
+    is never stale: it may be the user's.
     """
-    owner = _OWNER.search(path.name)
-    if owner and owner.group("host") == _host():
+    owner = _OWNED.fullmatch(path.name)
+    if owner is None:
+        return False
+    if owner.group("host") == _host():
         running = _process_running(int(owner.group("pid")))
         if running is not None:
             return not running
@@ -240,6 +268,24 @@ def write_text_atomic(text: Union[str, bytes], path: PathLike, replace: bool = T
     return write_atomic(path, write, verify, replace=replace)
 
 
+def read_json(path: PathLike, what: str = "JSON", error: type = SpinalCordSegError) -> object:
+    """The JSON content of ``path``; ``error`` (a SpinalCordSegError class) names the file and the problem.
+
+    Unreadable files, bad UTF-8, bad JSON and JSON nested past Python's recursion limit
+    (``[[[[...``, which the json module reports as RecursionError) all end the same way,
+    so that a hostile file is one clear error, not a traceback.
+
+    >>> read_json("model/plans.json", "the plans")  # doctest: +SKIP
+    """
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise error(f"{path}: cannot read {what} (JSON nested too deeply)") from None
+    except (OSError, ValueError) as problem:  # ValueError: bad UTF-8 and bad JSON
+        raise error(f"{path}: cannot read {what} ({problem})") from problem
+
+
 def write_json_atomic(data: object, path: PathLike) -> Path:
     """Write ``data`` as indented JSON with sorted keys (see :func:`write_text_atomic`)."""
     return write_text_atomic(json.dumps(data, indent=2, sort_keys=True), path)
@@ -351,9 +397,9 @@ def read_csv_table(path: PathLike):
 def remove_stale_temporaries(folder: PathLike, recursive: bool = False) -> List[Path]:
     """Remove the temporary files that killed writers left in ``folder``; return (and log) them.
 
-    Only names of this module's pattern (``.<name>.<pid>@<host>.<random>.part.nii.gz``,
-    ``....tmp``, and earlier releases' owner-less names) that :func:`is_stale` calls
-    stale are removed: never a file a live process is still writing.
+    Only names that :func:`write_atomic` makes (``.<name>.scs-<pid>@<host>.<8 hex>.part.nii.gz``
+    or ``....tmp``) and that :func:`is_stale` calls stale are removed: never a file a live
+    process is still writing, never a name without this tool's owner tag.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -364,7 +410,8 @@ def remove_stale_temporaries(folder: PathLike, recursive: bool = False) -> List[
     for root, _, files in walk:  # os.walk does not follow links to folders
         for name in files:
             path = Path(root) / name
-            if not _TEMPORARY.match(name) or not path.is_file() or path.is_symlink() or not is_stale(path, now):
+            ours = owned_prefix(name, _TEMPORARY_SUFFIX) is not None
+            if not ours or not path.is_file() or path.is_symlink() or not is_stale(path, now):
                 continue
             size = path.stat().st_size
             try:

@@ -25,7 +25,7 @@ import os
 import struct
 import zlib
 from pathlib import Path
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -48,6 +48,8 @@ _DEFLATE_MAX_RATIO = 1032  # deflate cannot expand data more than this
 FULL_CHECK_BYTES = 32 << 20
 _CHUNK = 4 << 20
 _NIFTI_HEADER_BYTES = 544  # a NIfTI-2 header and its extension flag; a NIfTI-1 header is shorter
+#: Voxel spacings (mm) outside this range are a damaged header, not a scan: 1 micrometre to 1 metre.
+SPACING_RANGE_MM = (1e-3, 1e3)
 
 
 def max_voxels() -> int:
@@ -143,8 +145,43 @@ def _scan(path: Path, compressed: bool, offset: int, expected: int,
     return present, nans, infinities, ""
 
 
+def spacing_problem(spacing: Sequence[float]) -> Optional[str]:
+    """Why voxel ``spacing`` (mm) cannot be a scan's (NaN, zero, negative, outside :data:`SPACING_RANGE_MM`), or None.
+
+    >>> spacing_problem((0.5, 0.5, 3.0)) is None, spacing_problem((1.0, 0.0, 1.0))
+    (True, 'voxel spacing (1.0, 0.0, 1.0) mm is not usable (each must be finite, between 0.001 and 1000 mm)')
+    """
+    low, high = SPACING_RANGE_MM
+    if all(math.isfinite(value) and low <= value <= high for value in spacing):
+        return None
+    shown = tuple(float(f"{value:.6g}") for value in spacing)
+    return f"voxel spacing {shown} mm is not usable (each must be finite, between {low:g} and {high:g} mm)"
+
+
+def _nifti_pixdims(path: Path) -> Tuple[float, ...]:
+    """The spatial ``pixdim`` values stored in a NIfTI header (ITK reads 0 and NaN there as 1 mm)."""
+    with open(path, "rb") as raw:
+        compressed = raw.read(2) == b"\x1f\x8b"
+    with (gzip.open(path, "rb") if compressed else open(path, "rb")) as stream:
+        header = stream.read(_NIFTI_HEADER_BYTES)
+    order = _nifti_layout(header)[0]
+    if struct.unpack(f"{order}i", header[:4])[0] == 348:
+        ndim = struct.unpack(f"{order}h", header[40:42])[0]
+        values = struct.unpack(f"{order}8f", header[76:108])
+    else:
+        ndim = struct.unpack(f"{order}q", header[16:24])[0]
+        values = struct.unpack(f"{order}8d", header[104:168])
+    return tuple(abs(v) if math.isfinite(v) else v for v in values[1:1 + min(max(ndim, 0), 3)])
+
+
 def _check_nifti(path: Path, reader: sitk.ImageFileReader, voxels: int, cap: int) -> None:
     """Compare the bytes a NIfTI header declares with those present; count stored NaN / Inf in float data."""
+    try:
+        problem = spacing_problem(_nifti_pixdims(path))
+    except (OSError, ValueError, EOFError, struct.error, zlib.error):
+        problem = None  # a header ITK reads but this does not: ITK's own spacing is checked instead
+    if problem:
+        raise InputImageError(f"{path}: {problem} in its NIfTI header; fix the header (pixdim) first")
     meta = {key: reader.GetMetaData(key) for key in ("datatype", "vox_offset", "nifti_type", "dim[0]")}
     try:
         datatype, nifti_type, ndim = int(meta["datatype"]), int(meta["nifti_type"]), int(meta["dim[0]"])
@@ -221,6 +258,9 @@ def check_image_file(path: PathLike, voxel_limit: Optional[int] = None) -> None:
         reason = str(error).strip().splitlines()[-1] if str(error).strip() else "unreadable"
         raise InputImageError(f"{path}: cannot be read as an image ({reason})") from error
     voxels = math.prod(reader.GetSize())
+    problem = spacing_problem(reader.GetSpacing())
+    if problem:
+        raise InputImageError(f"{path}: {problem}")
     if reader.HasMetaDataKey("nifti_type"):  # ITK's NIfTI reader describes the header with these keys
         _check_nifti(path, reader, voxels, cap)
     elif voxels > cap:
@@ -275,6 +315,9 @@ def check_scan(image: sitk.Image, name: str = "image") -> sitk.Image:
         raise InputImageError(f"{name}: image is {image.GetDimension()}D with size {image.GetSize()} ({detail})")
     if min(image.GetSize()) < 2:
         raise InputImageError(f"{name}: image of size {image.GetSize()} is a single slice, not a 3D volume")
+    problem = spacing_problem(image.GetSpacing())
+    if problem:
+        raise InputImageError(f"{name}: {problem}")
     array = sitk.GetArrayViewFromImage(image)
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         bad = int(np.count_nonzero(~np.isfinite(array)))

@@ -29,7 +29,7 @@ from typing import Dict, List, Mapping, Optional, Union
 
 from .binarization import MaskOptions
 from ..errors import SpinalCordSegError
-from .fileutil import write_text_atomic
+from .fileutil import read_json, write_text_atomic
 from .naming import source_name
 
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -121,10 +121,7 @@ class Sidecar:
         path = sidecar_path(image_path)
         if not path.is_file():
             return cls()
-        try:
-            content = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise SpinalCordSegError(f"{path}: cannot read the sidecar ({error})") from error
+        content = read_json(path, "the sidecar")
         if not isinstance(content, dict):
             raise SpinalCordSegError(f"{path}: a sidecar must hold a JSON object")
         return cls.from_json(content, str(path))

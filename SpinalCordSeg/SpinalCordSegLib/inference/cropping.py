@@ -24,7 +24,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,6 +33,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputImageError, ModelFolderError
+from ..imaging.fileutil import read_json
 
 #: The padding keys of ``crop_metadata.json`` (SCT's ``CROP_PAD_KEYS``), in mm.
 CROP_PAD_KEYS = ("pad_superior", "pad_inferior", "pad_left", "pad_right", "pad_anterior", "pad_posterior")
@@ -232,10 +232,7 @@ def load_crop_metadata(model_path: Union[str, Path], required: bool = False) -> 
                 "('spinalcordseg models install ID --force') or check its release assets."
             )
         return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise ModelFolderError(f"{path}: cannot read JSON ({error})") from error
+    data = read_json(path, "JSON", ModelFolderError)
     missing = [key for key in CROP_PAD_KEYS if not isinstance(data, dict) or key not in data]
     if missing:
         raise ModelFolderError(f"{path}: padding key(s) {missing} missing; all of {list(CROP_PAD_KEYS)} are needed")

@@ -1,4 +1,4 @@
-"""Extract model zips safely.
+"""Extract model zips safely; check model folders the same way (:func:`check_plain_folder`).
 
 Release zips come from the network: every member is checked before anything
 is written. Refused: absolute paths and drive letters, ``..`` components,
@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 import posixpath
 import re
 import shutil
@@ -97,6 +98,39 @@ def _plan(archive: Path, zip_file: zipfile.ZipFile, max_bytes: int,
     # Members may share compressed data (overlapping entries): hold the whole archive to the ratio too.
     _check_ratio(archive, "the archive", total, archive.stat().st_size, max_ratio)
     return members
+
+
+def check_plain_folder(folder: Union[str, Path], max_bytes: int = DEFAULT_MAX_BYTES) -> int:
+    """Refuse a model folder holding anything but plain files and folders; return its size in bytes.
+
+    The rule of the zip path, for a folder given to ``models install --from``: a symbolic link
+    (to a secret file, to ``/root``...) or a special file (``/dev/zero``, a FIFO, a socket)
+    would be copied into the model store, or never end. Nothing is followed. Raises
+    ModelInstallError naming the entry; a folder past ``max_bytes`` is refused too.
+
+    >>> check_plain_folder("results/Dataset101_SC/nnUNetTrainer__nnUNetPlans__3d_fullres")  # doctest: +SKIP
+    """
+    folder = Path(folder)
+    total = 0
+    for root, folders, files in os.walk(folder, onerror=_raise):  # os.walk does not follow links
+        for name in folders + files:
+            path = Path(root) / name
+            mode = path.lstat().st_mode
+            if stat.S_ISLNK(mode):
+                raise ModelInstallError(f"{path}: is a symbolic link (to {os.readlink(path)!r}); model folders must "
+                                        "hold plain files: refusing to install")
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                raise ModelInstallError(f"{path}: is a special file (device, FIFO or socket), not a model file: "
+                                        "refusing to install")
+            total += path.lstat().st_size if stat.S_ISREG(mode) else 0
+            if total > max_bytes:
+                raise ModelInstallError(f"{folder}: holds more than the limit of {format_size(max_bytes)}; "
+                                        "refusing to install")
+    return total
+
+
+def _raise(error: OSError) -> None:
+    raise ModelInstallError(f"{error.filename}: cannot read ({error.strerror or error})") from error
 
 
 def extract_zip(

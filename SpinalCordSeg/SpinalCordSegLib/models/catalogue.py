@@ -28,7 +28,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -36,6 +35,8 @@ from pathlib import Path, PurePosixPath
 from typing import Dict, Iterator, List, Optional, Tuple, Union
 
 from ..errors import SpinalCordSegError
+from ..imaging.fileutil import read_json
+from ..imaging.naming import is_orientation_code, is_safe_id
 from ..resources import resources_dir
 
 #: The embedded model that `spinalcordseg demo`, the panel and the self-test use by default.
@@ -48,10 +49,8 @@ CATALOGUE_FORMAT = 1
 #: What every output of a demo model (``"demo": true``) says: command line, sidecar, overlay, Slicer panel.
 DEMO_NOTE = "demo model: not for clinical use"
 
-# Ids name folders in the models directory: keep them to safe file-name characters.
-_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-_SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
-_CHECKPOINT_PATTERN = re.compile(r"^fold_[^/]+/checkpoint_(final|best)\.pth$")
+_SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
+_CHECKPOINT_PATTERN = re.compile(r"fold_[^/]+/checkpoint_(final|best)\.pth")
 _PINNED_NEEDS = ("dataset.json", "plans.json")
 
 
@@ -61,7 +60,7 @@ class CatalogueError(SpinalCordSegError):
 
 def is_valid_id(text: str) -> bool:
     """True when ``text`` can be a model id (and so a folder name)."""
-    return bool(_ID_PATTERN.match(text))
+    return is_safe_id(text)  # ids name folders in the models directory
 
 
 @dataclass(frozen=True)
@@ -135,7 +134,7 @@ class CatalogueEntry:
     def checkpoint_sha256(self) -> Dict[str, str]:
         """The pinned checkpoints of ``files_sha256``, fold name to sha256."""
         return {name.split("/")[0][len("fold_"):]: digest for name, digest in (self.files_sha256 or {}).items()
-                if _CHECKPOINT_PATTERN.match(name)}
+                if _CHECKPOINT_PATTERN.fullmatch(name)}
 
     @property
     def download_size(self) -> Optional[int]:
@@ -176,7 +175,7 @@ class _Reader:
     def sha256(self, value: object, key: str) -> Optional[str]:
         if value is None:
             return None
-        if not isinstance(value, str) or not _SHA256_PATTERN.match(value):
+        if not isinstance(value, str) or not _SHA256_PATTERN.fullmatch(value):
             raise CatalogueError(f"{self.where}: '{key}' is not a lower-case hex sha256 (or null): {value!r}")
         return value
 
@@ -219,7 +218,7 @@ def _parse_entry(data: object, where: str, models_root: Path) -> CatalogueEntry:
     if pins is not None:
         pins = {name: reader.sha256(value, f"files_sha256.{name}") for name, value in pins.items()}
         missing = [name for name in _PINNED_NEEDS if name not in pins]
-        if missing or not any(_CHECKPOINT_PATTERN.match(name) for name in pins):
+        if missing or not any(_CHECKPOINT_PATTERN.fullmatch(name) for name in pins):
             raise CatalogueError(f"{where}: 'files_sha256' must pin dataset.json, plans.json and each "
                                  f"fold_*/checkpoint_*.pth (missing: {', '.join(missing) or 'checkpoints'})")
     assets = tuple(
@@ -237,7 +236,7 @@ def _parse_entry(data: object, where: str, models_root: Path) -> CatalogueEntry:
     if per_fold and (len(per_fold) != len(assets) or not folds or sorted(per_fold) != sorted(folds)):
         raise CatalogueError(f"{where}: per-fold assets {per_fold} do not match 'folds' {folds}")
     orientation = reader.get("orientation", str, required=False)
-    if orientation is not None and not re.match(r"^(?=.*[LR])(?=.*[AP])(?=.*[IS])[LRAPIS]{3}$", orientation):
+    if orientation is not None and not is_orientation_code(orientation):
         raise CatalogueError(f"{where}: 'orientation' must be three letters such as RAS: {orientation!r}")
     return CatalogueEntry(
         id=model_id,
@@ -310,10 +309,7 @@ def model_note(model_id: Optional[str]) -> Optional[str]:
 def load_catalogue(path: Union[str, Path, None] = None) -> Catalogue:
     """Read and check a catalogue file (default: :func:`catalogue_path`)."""
     path = Path(path) if path is not None else catalogue_path()
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise CatalogueError(f"{path}: cannot read the model catalogue ({error})") from error
+    data = read_json(path, "the model catalogue", CatalogueError)
     reader = _Reader(data, str(path))
     if reader.get("format", int) != CATALOGUE_FORMAT:
         raise CatalogueError(

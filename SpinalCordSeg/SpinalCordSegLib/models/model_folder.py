@@ -14,7 +14,6 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import threading
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
 from ..errors import ModelFolderError
+from ..imaging.fileutil import read_json
 from .plans_check import check_dataset, check_plans
 
 CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint_best.pth")
@@ -62,10 +62,7 @@ def find_results_folder(path: Union[str, Path]) -> Path:
 
 
 def _load_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise ModelFolderError(f"{path}: cannot read JSON ({error})") from error
+    data = read_json(path, "JSON", ModelFolderError)
     if not isinstance(data, dict):
         raise ModelFolderError(f"{path}: expected a JSON object")
     return data

@@ -23,7 +23,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -37,11 +36,12 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Un
 from .. import __version__
 
 from .. import paths
-from .archive import extract_zip
+from .archive import check_plain_folder, extract_zip
 from .catalogue import Catalogue, CatalogueEntry, is_valid_id, load_catalogue
 from .download import Progress, download, verify_file
-from ..errors import ModelFolderError, ModelInstallError, UntrustedModelError
-from ..imaging.fileutil import disk_full_hint, format_size, is_stale, make_staging_folder, write_json_atomic
+from ..errors import ModelFolderError, ModelInstallError, SpinalCordSegError, UntrustedModelError
+from ..imaging.fileutil import (disk_full_hint, format_size, is_stale, make_staging_folder, owned_prefix,
+                                read_json, write_json_atomic)
 from .model_folder import ModelFolder, find_results_folder, sha256_of_file
 from .trust import TrustStore, changed_files, check_weights_only, untrusted_message
 
@@ -95,7 +95,7 @@ class TrustState:
             ``plans.json changed (sha256 ... is now ...)``.
         since: what ``changes`` compare with (``"since you trusted it"``,
             ``"since install"``, ``"compared with the catalogue's pinned checksums"``).
-        problem: the ModelFolderError message when unusable.
+        problem: why the state is ``unusable`` (the ModelFolderError) or ``unknown`` (the trust store is unreadable).
     """
 
     status: str
@@ -118,7 +118,7 @@ class TrustState:
 
     def __str__(self) -> str:
         if self.problem:
-            return f"unusable: {self.problem}"
+            return f"{self.status}: {self.problem}"
         if self.changes:
             return f"{self.status}: {'; '.join(self.changes.values())} {self.since}"
         return self.status
@@ -225,9 +225,9 @@ class ModelStore:
     def _installed_at(path: Path) -> InstalledModel:
         record_path = path / RECORD_FILE
         try:
-            record = json.loads(record_path.read_text(encoding="utf-8")) if record_path.is_file() else {}
-        except (OSError, ValueError) as error:
-            logger.warning("%s: unreadable install record (%s)", record_path, error)
+            record = read_json(record_path, "the install record") if record_path.is_file() else {}
+        except SpinalCordSegError as error:
+            logger.warning("%s", error)
             record = {}
         return InstalledModel(path.name, path, record if isinstance(record, dict) else {})
 
@@ -242,7 +242,10 @@ class ModelStore:
             model = ModelFolder.open(folder)
         except ModelFolderError as error:
             return TrustState("unusable", {}, {}, problem=str(error))
-        return self._trust_state(model, entry, installed)
+        try:
+            return self._trust_state(model, entry, installed)
+        except SpinalCordSegError as error:  # the trust store cannot be read: say so for this model, list the others
+            return TrustState("unknown", {}, {}, problem=str(error))
 
     def _trust_state(self, model: ModelFolder, entry: Optional[CatalogueEntry],
                      installed: Optional[InstalledModel]) -> TrustState:
@@ -369,12 +372,9 @@ class ModelStore:
     def current(self) -> Optional[dict]:
         """The round's model as ``round promote`` recorded it (``{"model": id, ...}``), or None."""
         path = self.models_dir / CURRENT_FILE
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
+        if not path.is_file():
             return None
-        except (OSError, ValueError) as error:
-            raise ModelInstallError(f"{path}: unreadable ({error}); promote a model again") from error
+        data = read_json(path, "the round's model record (promote a model again)", ModelInstallError)
         return data if isinstance(data, dict) and isinstance(data.get("model"), str) else None
 
     def set_current(self, model_id: str, **details: object) -> Path:
@@ -408,7 +408,8 @@ class ModelStore:
         staged = work / f"staged{index}"
         if source.is_dir():
             results = ModelFolder.open(source).path  # validate in place: errors name the user's folder
-            shutil.copytree(results, staged / results.name)
+            check_plain_folder(results)  # no link or device is followed into the store
+            shutil.copytree(results, staged / results.name, symlinks=True)
             return staged, staged / results.name
         extract_zip(source, staged)
         with _named_after(source, staged):
@@ -490,8 +491,8 @@ class ModelStore:
         for folder in sorted(self.models_dir.glob(".install-*")) + sorted(self.models_dir.glob(".remove-*")):
             if not folder.is_dir() or folder.is_symlink() or not is_stale(folder):
                 continue
-            install = re.fullmatch(r"\.install-(.+?)(?:\.\d+@[A-Za-z0-9-]+\.|-)[a-z0-9_]{8}", folder.name)
-            target = self.models_dir / install.group(1) if install else None
+            prefix = owned_prefix(folder.name) or ""
+            target = self.models_dir / prefix[len(".install-"):] if prefix.startswith(".install-") else None
             if target and (folder / "previous").is_dir() and not target.exists():
                 os.rename(folder / "previous", target)
                 logger.warning("restored model %s, moved aside by an interrupted reinstall", target)

@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import numbers
 from pathlib import PurePath
-import re
 from typing import Dict, Iterable, List, Mapping, Optional
 
 from ..errors import ModelFolderError
+from ..imaging.naming import is_orientation_code, is_safe_id
 
 # Segmentation networks of dynamic_network_architectures (module under .architectures, class).
 _NETWORK_MODULE = "dynamic_network_architectures.architectures."
@@ -264,6 +264,9 @@ def check_dataset(dataset: dict, where: str) -> None:
     if not isinstance(labels, dict) or not labels:
         check.fail("labels", "must be a non-empty mapping of name to value", labels)
     for name, value in labels.items():
+        if not is_safe_id(name):  # a structure's name goes into output file names
+            check.fail(f"labels.{name!r:.60}", "is not a structure name: use letters, digits, '_', '-' or '.'",
+                       show=False)
         if _label_values(value) is None:
             check.fail(f"labels.{name}", "must be a label value (integer >= 0) or a list of them", value)
     if not any(v == 0 for v in labels.values()):
@@ -284,8 +287,7 @@ def check_dataset(dataset: dict, where: str) -> None:
         if key in dataset and (not isinstance(dataset[key], kind) or isinstance(dataset[key], bool)):
             check.fail(key, f"must be {'a string' if kind is str else 'an integer'}", dataset[key])
     orientation = dataset.get("image_orientation")
-    if orientation is not None and not (
-            isinstance(orientation, str) and re.match(r"^(?=.*[LR])(?=.*[AP])(?=.*[IS])[LRAPIS]{3}$", orientation.upper())):
+    if orientation is not None and not (isinstance(orientation, str) and is_orientation_code(orientation.upper())):
         check.fail("image_orientation", "must be three letters such as RAS", orientation)
     if "overwrite_image_reader_writer" in dataset:
         check.require_name("overwrite_image_reader_writer", dataset["overwrite_image_reader_writer"], READER_WRITERS,

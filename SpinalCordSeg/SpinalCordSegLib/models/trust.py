@@ -20,7 +20,6 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Dict, Mapping, Optional, Sequence, Union
 
 from ..errors import SpinalCordSegError
-from ..imaging.fileutil import write_json_atomic
+from ..imaging.fileutil import read_json, write_json_atomic
 from ..paths import config_dir
 
 # Format 1 (trusted_checkpoints.json) trusted checkpoints alone; it is not read, so such models are asked about again.
@@ -125,12 +124,7 @@ class TrustStore:
     def _load(self) -> dict:
         if not self.path.exists():
             return {"format": TRUST_FORMAT, "models": {}}
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as error:
-            raise TrustStoreError(
-                f"{self.path}: cannot read the trust store ({error}); fix or delete it"
-            ) from error
+        data = read_json(self.path, "the trust store (fix or delete it)", TrustStoreError)
         if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
             raise TrustStoreError(f"{self.path}: not a SpinalCordSeg trust store (no 'models' object)")
         return data

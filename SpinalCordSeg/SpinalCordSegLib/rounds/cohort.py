@@ -22,7 +22,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath, PureWindowsPath
 from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import SimpleITK as sitk
@@ -30,9 +30,9 @@ import SimpleITK as sitk
 from ..imaging.binarization import MaskOptions
 from ..errors import SpinalCordSegError
 from ..imaging.fileutil import csv_text, remove_stale_temporaries, write_text_atomic
-from ..imaging.image_io import read_scan
+from ..imaging.image_io import read_image, read_scan
 from ..models.model_folder import sha256_of_file
-from ..imaging.naming import bids_label, output_name, source_name
+from ..imaging.naming import bids_label, is_safe_id, output_name, refuse_name_collisions, source_name
 from ..imaging.outputs import write_outputs
 from ..imaging.sidecar import Sidecar, now
 from ..measures.uncertainty import uncertainty
@@ -85,19 +85,65 @@ def bids_entities(path: Path) -> Tuple[str, str]:
     return subject.group(1), session.group(1) if session else ""
 
 
-def find_scans(bids_root: Union[str, Path], include: str = "sub-*_T2w.nii.gz") -> List[Scan]:
-    """Scans under ``bids_root`` matching ``include``, sorted, derivatives excluded."""
+def check_include(include: str) -> str:
+    """``include`` when it is a file name pattern confined to the BIDS root; else SpinalCordSegError.
+
+    >>> check_include("sub-*_T2w.nii.gz")
+    'sub-*_T2w.nii.gz'
+    """
+    parts = PurePath(include).parts
+    if not include or PurePath(include).is_absolute() or PureWindowsPath(include).anchor or ".." in parts:
+        raise SpinalCordSegError(f"--include {include!r}: give a file name pattern inside the BIDS folder "
+                                 "(such as sub-*_T2w.nii.gz), without '..' or a leading '/'")
+    return include
+
+
+def _printable(path: Path) -> str:
+    """``path`` as text that any terminal and log can show (undecodable bytes as ``\\xff``)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def find_scans(bids_root: Union[str, Path], include: str = "sub-*_T2w.nii.gz",
+               skipped: Optional[Dict[str, str]] = None) -> List[Scan]:
+    """Scans under ``bids_root`` matching ``include``, sorted, derivatives excluded.
+
+    A matching file that cannot be a case (a name that is not UTF-8, no BIDS subject,
+    a case id that cannot name files) is logged and left out, with its reason in
+    ``skipped`` when given: one odd file does not stop a cohort. Two scans that would
+    share a case id (and so their output files and worklist row) are refused by name
+    (:func:`refuse_case_collisions`).
+    """
     root = Path(bids_root)
     if not root.is_dir():
         raise SpinalCordSegError(f"{root}: BIDS folder not found")
     scans = []
-    for path in sorted(root.rglob(include)):
+    for path in sorted(root.rglob(check_include(include))):
         relative = path.relative_to(root)
         if relative.parts[0] in ("derivatives", "sourcedata", "code") or not path.is_file():
             continue
-        subject, session = bids_entities(path)
-        scans.append(Scan(path, relative.as_posix(), subject, session))
+        try:
+            try:
+                relative.as_posix().encode("utf-8")
+            except UnicodeEncodeError:
+                raise SpinalCordSegError(f"{_printable(path)}: the file name is not valid UTF-8; rename it") from None
+            subject, session = bids_entities(path)
+            scan = Scan(path, relative.as_posix(), subject, session)
+            if not is_safe_id(scan.case):
+                raise SpinalCordSegError(f"{_printable(path)}: case id {scan.case!r} cannot name output files "
+                                         "(use letters, digits, '_', '-' or '.')")
+        except SpinalCordSegError as error:
+            logger.error("%s; skipped", error)
+            if skipped is not None:
+                skipped[_printable(path)] = str(error)
+            continue
+        scans.append(scan)
+    refuse_case_collisions(scans)
     return scans
+
+
+def refuse_case_collisions(scans: List[Scan]) -> None:
+    """Refuse scans that share a case id: they would write the same outputs and one worklist row."""
+    refuse_name_collisions({scan.relative: scan.case for scan in scans}, "scans of the BIDS folder")
 
 
 def parse_shard(text: Optional[str]) -> Tuple[int, int]:
@@ -161,6 +207,25 @@ class BatchReport:
     failed: Dict[str, str] = field(default_factory=dict)
     #: done scans missing from the worklist (or newer than their row), added from the files on disk
     recovered: List[str] = field(default_factory=list)
+    #: done scans whose masks were made with other thresholds or mask options: re-binarized from
+    #: their stored soft maps (no prediction)
+    rebinarized: List[str] = field(default_factory=list)
+
+
+def _rebinarize_if_needed(scan: Scan, folder: Path, structures: List[str], thresholds: Mapping[str, float],
+                          options: MaskOptions) -> bool:
+    """Rewrite a done scan's masks from its stored soft maps when they were made with other thresholds or options.
+
+    Returns True when it did. The automatic step (input, model, date) is kept: the prediction is the same.
+    """
+    sidecars = {s: Sidecar.read(folder / output_name(scan.case, s, "seg")) for s in structures}
+    if all(sidecar.threshold == float(thresholds[s]) and sidecar.mask_options == options
+           for s, sidecar in sidecars.items()):
+        return False
+    soft_maps = {s: read_image(folder / output_name(scan.case, s, "probseg")) for s in structures}
+    step = {k: v for k, v in sidecars[structures[0]].automatic_step.items() if k != "Thresholds"}
+    write_outputs(soft_maps, scan.case, folder, thresholds, step, write_soft=False, options=options)
+    return True
 
 
 def _record_failure(derivatives: Path, scan: Scan, message: str) -> None:
@@ -197,12 +262,15 @@ def run_batch(
 ) -> BatchReport:
     """Predict every scan not done yet; record failures and go on; update the worklist.
 
-    Masks follow ``thresholds`` and the mask ``options`` (default: the field's, as the panel's).
+    Masks follow ``thresholds`` and the mask ``options`` (default: the field's, as the panel's); a
+    scan done earlier with other thresholds or options gets new masks from its stored soft maps.
 
     ``crop_engine``, a cord model, runs first on each scan and the main model
     predicts only around its cord. Temporary files of killed runs are removed
     first, and finished scans missing from the worklist are added to it.
     """
+    refuse_case_collisions(scans)
+    options = options if options is not None else MaskOptions()
     derivatives = Path(derivatives)
     derivatives.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(derivatives, recursive=True)  # left by a killed run; each one is logged
@@ -224,7 +292,12 @@ def run_batch(
                     _record(worklist, scan, folder, soft_maps)
                     report.recovered.append(scan.relative)
                     logger.warning("%s: finished earlier but missing from %s; added", scan.relative, worklist.path)
-                report.skipped.append(scan.relative)
+                if _rebinarize_if_needed(scan, folder, engine.structures, thresholds, options):
+                    logger.info("%s: masks made again from the stored soft maps with the thresholds and mask "
+                                "options of this run", scan.relative)
+                    report.rebinarized.append(scan.relative)
+                else:
+                    report.skipped.append(scan.relative)
                 continue
             image = read_scan(scan.path)
             mask = crop_engine.cord_mask(image, str(scan.path)) if crop_engine is not None else None

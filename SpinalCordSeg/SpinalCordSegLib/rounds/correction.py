@@ -111,9 +111,9 @@ def bids_location(scan_path: PathLike) -> Optional[BidsLocation]:
     scan = Path(scan_path).expanduser().absolute()
     datatype_dir = scan.parent
     above = datatype_dir.parent
-    session = above.name if SESSION.match(above.name) else None
+    session = above.name if SESSION.fullmatch(above.name) else None
     subject_dir = above.parent if session else above
-    if not SUBJECT.match(subject_dir.name) or not scan.name.startswith(subject_dir.name + "_"):
+    if not SUBJECT.fullmatch(subject_dir.name) or not scan.name.startswith(subject_dir.name + "_"):
         return None
     if session and f"_{session}_" not in scan.name:
         return None

@@ -129,7 +129,8 @@ class DriftResult:
 
 def contrast_of(case: str) -> str:
     """The scan's name without its subject and session: ``sub-01_acq-MTon_MTS`` -> ``acq-MTon_MTS``."""
-    return "_".join(part for part in case.split("_") if not (SUBJECT.match(part) or SESSION.match(part))) or case
+    entities = (SUBJECT, SESSION)
+    return "_".join(part for part in case.split("_") if not any(e.fullmatch(part) for e in entities)) or case
 
 
 def overlap_metrics(prediction: sitk.Image, truth: sitk.Image) -> Dict[str, float]:

@@ -31,6 +31,7 @@ import numpy as np
 from ..imaging.binarization import DEFAULT_THRESHOLD, MaskOptions
 from ..errors import SpinalCordSegError
 from ..imaging.fileutil import read_csv_table, spreadsheet_value, write_csv_atomic
+from ..imaging.naming import is_safe_id
 from ..imaging.sidecar import now
 from ..imaging.sidecar import Sidecar
 
@@ -90,6 +91,10 @@ class Worklist:
         missing = [c for c in BASE_COLUMNS + ["status"] if c not in table.columns]
         if missing:
             raise SpinalCordSegError(f"{path}: not a worklist (missing columns {missing})")
+        unsafe = [case for case in table["case"] if not is_safe_id(case)]
+        if unsafe:  # case ids become file names (export, corrections): no path or control character in them
+            raise SpinalCordSegError(f"{path}: case id {unsafe[0]!r} cannot name files (use letters, digits, "
+                                     "'_', '-' or '.')")
         return cls(path, table)
 
     def save(self) -> Path:

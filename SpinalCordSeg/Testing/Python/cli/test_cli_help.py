@@ -26,7 +26,8 @@ def _command_modules():
     """Every command module of the ``cli`` package, whether COMMANDS names it or not."""
     import SpinalCordSegLib.cli
 
-    return sorted(m.name for m in pkgutil.iter_modules(SpinalCordSegLib.cli.__path__) if m.name != "__main__")
+    helpers = ("__main__", "arguments")  # the entry point and the argument types the commands share
+    return sorted(m.name for m in pkgutil.iter_modules(SpinalCordSegLib.cli.__path__) if m.name not in helpers)
 
 
 def _registered():

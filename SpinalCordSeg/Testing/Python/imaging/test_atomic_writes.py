@@ -22,7 +22,7 @@ import SimpleITK as sitk
 
 from SpinalCordSegLib.rounds.cohort import run_batch
 from SpinalCordSegLib.errors import FileWriteError
-from SpinalCordSegLib.imaging.fileutil import STALE_AGE_S, _host, write_atomic, write_json_atomic, write_text_atomic
+from SpinalCordSegLib.imaging.fileutil import STALE_AGE_S, owner_tag, write_atomic, write_json_atomic, write_text_atomic
 from SpinalCordSegLib.imaging.image_io import write_image_atomic
 from SpinalCordSegLib.models.model_store import RECORD_FILE, ModelStore
 from SpinalCordSegLib.imaging.outputs import write_outputs
@@ -173,21 +173,21 @@ def test_temporaries_of_killed_writers_are_removed_on_the_next_run(tmp_path, cap
         in_progress = _wait_for(".live_probseg.nii.gz.*.part.nii.gz", anat, live)
         live.send_signal(signal.SIGSTOP)  # alive, in the middle of a write
         # Another host's writer cannot be asked: fresh means maybe live, a day old means dead.
-        other_host_fresh = anat / ".x_seg.nii.gz.4242@another-node.abcd1234.part.nii.gz"
-        other_host_old = anat / ".y_seg.nii.gz.4242@another-node.abcd1234.part.nii.gz"
-        older_release = derivatives / ".worklist.csv.k2j4_x9q.tmp"  # mkstemp name, no owner
+        other_host_fresh = anat / ".x_seg.nii.gz.scs-4242@another-node.abcd1234.part.nii.gz"
+        other_host_old = anat / ".y_seg.nii.gz.scs-4242@another-node.abcd1234.part.nii.gz"
+        no_owner = derivatives / ".worklist.csv.k2j4_x9q.tmp"  # could be the user's: never removed
         not_ours = anat / ".notes.txt"
-        for path in (other_host_fresh, other_host_old, older_release, not_ours):
+        for path in (other_host_fresh, other_host_old, no_owner, not_ours):
             path.write_bytes(b"partial")
-        for path in (other_host_old, older_release):
+        for path in (other_host_old, no_owner):
             os.utime(path, (time.time() - STALE_AGE_S - 60,) * 2)
         assert orphan.is_file()
 
         with caplog.at_level(logging.WARNING):
             report = run_batch([], None, derivatives, {})  # the next run, here with nothing to predict
         assert report.predicted == [] and report.failed == {}
-        assert not orphan.exists() and not other_host_old.exists() and not older_release.exists()
-        assert in_progress.is_file() and other_host_fresh.is_file() and not_ours.is_file()
+        assert not orphan.exists() and not other_host_old.exists()
+        assert in_progress.is_file() and other_host_fresh.is_file() and not_ours.is_file() and no_owner.is_file()
         logged = caplog.text
         assert f"removed {orphan} (" in logged and "left by an interrupted write" in logged
         assert str(in_progress) not in logged
@@ -238,7 +238,7 @@ def test_a_killed_reinstall_gives_the_previous_model_back(tiny_model, tmp_path):
     store = ModelStore()
     store.install_from(tiny_model, "mine")
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    staging = models_dir() / f".install-mine.{dead.stdout.strip()}@{_host()}.ab12cd34"
+    staging = models_dir() / f".install-mine.{owner_tag(int(dead.stdout))}.ab12cd34"
     staging.mkdir()
     os.rename(models_dir() / "mine", staging / "previous")
     store.remove_stale_staging()
