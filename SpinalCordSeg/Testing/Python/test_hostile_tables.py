@@ -71,8 +71,9 @@ def test_appended_rows_are_safe_too():
     assert text == "'@a,b,c\n'=1+1,-2,ok\n"
 
 
-def test_worklist_reasons_raters_and_cases_are_safe_and_the_worklist_reads_them_back(tmp_path):
-    rows = [{"case": f"=case{i}" if i % 2 else f"sub-{i:02d}", "subject": "@sub", "session": "", "scan": "-x.nii.gz",
+def test_worklist_reasons_and_raters_are_safe_and_the_worklist_reads_them_back(tmp_path):
+    # Case ids name files, so '=case1' is refused on load (test_hostile_options); the other cells are free text.
+    rows = [{"case": f"sub-{i:02d}", "subject": "@sub", "session": "", "scan": "-x.nii.gz",
              "status": "excluded", "reason": reason, "rater": "+rater", "rank": str(i), "uncertainty": "-0.0"}
             for i, reason in enumerate(HOSTILE)]
     worklist = Worklist(tmp_path / "worklist.csv", pd.DataFrame(rows, columns=BASE_COLUMNS + TAIL_COLUMNS,
@@ -83,10 +84,10 @@ def test_worklist_reasons_raters_and_cases_are_safe_and_the_worklist_reads_them_
     assert again.table["reason"].tolist() == HOSTILE
     assert again.table["case"].tolist() == [row["case"] for row in rows]
     assert set(again.table["rater"]) == {"+rater"} and set(again.table["scan"]) == {"-x.nii.gz"}
-    again.mark("=case1", "approved", rater="@jd", reason="=evil()")  # a change and a save keep them safe
+    again.mark("sub-01", "approved", rater="@jd", reason="=evil()")  # a change and a save keep them safe
     again.save()
     assert not dangerous(raw_cells(worklist.path))
-    row = Worklist.load(worklist.path).table.set_index("case").loc["=case1"]
+    row = Worklist.load(worklist.path).table.set_index("case").loc["sub-01"]
     assert (row["rater"], row["reason"], row["status"]) == ("@jd", "=evil()", "approved")
 
 

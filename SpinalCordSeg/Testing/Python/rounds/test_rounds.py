@@ -359,6 +359,7 @@ class OutOfMemoryOnce:
     def __init__(self, engine):
         self.engine, self.calls = engine, 0
         self.structures, self.checkpoint_sha256 = engine.structures, engine.checkpoint_sha256
+        self.provenance = engine.provenance
 
     def predict(self, image, **kwargs):
         self.calls += 1
