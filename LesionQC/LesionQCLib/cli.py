@@ -22,7 +22,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -216,21 +215,10 @@ def _serve(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the command line; return the process exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s")
-    logging.getLogger("numexpr").setLevel(logging.WARNING)  # pandas' thread-count notice is noise here
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    try:
-        return int(args.func(args) or 0)
-    except LesionQCError as error:
-        print(f"lesionqc: error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("lesionqc: interrupted", file=sys.stderr)
-        return 130
+    from SpinalCordSegLib.commandline import run_command
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return run_command("lesionqc", build_parser(), argv, (LesionQCError,))
 
 
 if __name__ == "__main__":

@@ -14,12 +14,11 @@ Example:
 
 import argparse
 import importlib
-import logging
-import os
 import sys
 from typing import List, Optional
 
 from .. import __version__
+from ..commandline import run_command
 from ..errors import SpinalCordSegError
 
 #: Every command, in the order of ``--help``: name -> (module that registers it, its
@@ -65,50 +64,8 @@ def _command_of(argv: List[str]) -> Optional[str]:
     return next((word for word in argv if not word.startswith("-")), None)
 
 
-def _stdout_closed() -> int:
-    """The exit code when the reader of our output went away (``spinalcordseg models list | head -1``).
-
-    Python would report a BrokenPipeError, and again when it flushes stdout at exit: point
-    stdout at the null device instead and exit quietly, as ``cat`` does (status 141 = 128 + SIGPIPE).
-    """
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError):  # no real stdout (embedded Python): nothing is flushed at exit
-        pass
-    return 141
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the command line; return the process exit code."""
-    try:
-        try:
-            return _main(argv)
-        finally:
-            sys.stdout.flush()  # here, not at exit, where a closed pipe could not be caught
-    except BrokenPipeError:
-        return _stdout_closed()
-
-
-def _main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(_command_of(argv))
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s: %(message)s",
-    )
-    logging.getLogger("numexpr").setLevel(logging.WARNING)  # pandas' thread-count notice is noise here
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    try:
-        return int(args.func(args) or 0)
-    except SpinalCordSegError as error:
-        print(f"spinalcordseg: error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("spinalcordseg: interrupted", file=sys.stderr)
-        return 130
+    return run_command("spinalcordseg", build_parser(_command_of(argv)), argv, (SpinalCordSegError,))
 

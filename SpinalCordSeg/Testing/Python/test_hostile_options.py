@@ -191,14 +191,18 @@ def test_include_patterns_stay_inside_the_bids_root(bids):
 
 # -- item 15: a closed pipe ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("arguments", [["models", "list"], ["--help"], ["segment", "--help"]])
-def test_a_closed_pipe_ends_quietly(arguments, tmp_path):
-    """``spinalcordseg models list | head -0``: the reader is gone before anything is written."""
+@pytest.mark.parametrize("module, arguments", [
+    ("SpinalCordSegLib.cli", ["models", "list"]), ("SpinalCordSegLib.cli", ["--help"]),
+    ("SpinalCordSegLib.cli", ["segment", "--help"]), ("LesionQCLib.cli", ["--help"]),
+    ("LesionQCLib.cli", ["make-session", "--help"]),
+])
+def test_a_closed_pipe_ends_quietly(module, arguments, tmp_path):
+    """``spinalcordseg models list | head -0`` (and lesionqc's): the reader is gone before anything is written."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "SpinalCordSeg"), str(REPO / "LesionQC")]))
     reader, writer = os.pipe()
     os.close(reader)  # a real pipe whose reader has exited, as head's does
     try:
-        done = subprocess.run([sys.executable, "-m", "SpinalCordSegLib.cli", *arguments], stdout=writer,
+        done = subprocess.run([sys.executable, "-m", module, *arguments], stdout=writer,
                               stderr=subprocess.PIPE, env=env, cwd=tmp_path, timeout=120)
     finally:
         os.close(writer)
