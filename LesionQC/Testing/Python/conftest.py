@@ -14,17 +14,28 @@ import SimpleITK as sitk
 SOURCES = ("manualRef", "modelOut")
 
 
-@pytest.fixture
-def web_session(tmp_path, shared_data):
+def _web_session(tmp_path, scan, cord):
     from LesionQCLib.session import make_session
 
-    folder = shared_data / "sct_testing_data/t2"
     model = tmp_path / f"{SOURCES[1]}.nii.gz"
-    sitk.WriteImage(sitk.BinaryErode(sitk.ReadImage(str(folder / "t2_seg-manual.nii.gz")), [1, 1, 1]), str(model))
+    sitk.WriteImage(sitk.BinaryErode(sitk.ReadImage(str(cord)), [1, 1, 1]), str(model))
     manifest = tmp_path / "manifest.csv"
     manifest.write_text(f"case_id,image,seg:{SOURCES[0]},seg:{SOURCES[1]}\n" + "".join(
-        f"sub-0{i},{folder / 't2.nii.gz'},{folder / 't2_seg-manual.nii.gz'},{model}\n" for i in range(1, 4)))
+        f"sub-0{i},{scan},{cord},{model}\n" for i in range(1, 4)))
     return make_session(manifest, tmp_path / "session", seed=5, key_path=tmp_path / "private" / "key.json")
+
+
+@pytest.fixture
+def web_session(tmp_path, sample_data):
+    """A three-case session of the bundled sample scan and its cord mask (two sources)."""
+    return _web_session(tmp_path, sample_data.scan, sample_data.cord)
+
+
+@pytest.fixture
+def shared_web_session(tmp_path, shared_data):
+    """The same session on SCT's larger t2 scan, whose intensities a window/level drag can narrow."""
+    folder = shared_data / "sct_testing_data/t2"
+    return _web_session(tmp_path, folder / "t2.nii.gz", folder / "t2_seg-manual.nii.gz")
 
 
 def _run(server, stopped):

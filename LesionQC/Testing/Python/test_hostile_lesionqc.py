@@ -29,10 +29,10 @@ PYTHONPATH = os.pathsep.join([str(ROOT / "SpinalCordSeg"), str(ROOT / "LesionQC"
 TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
 
 
-def write_manifest(folder, shared_data, count=3, site="A"):
+def write_manifest(folder, sample_data, count=3, site="A"):
     """A CSV manifest of ``count`` cases of the real T2w scan, sources ``manual`` and ``model`` (eroded)."""
-    image = shared_data / "sct_testing_data/t2/t2.nii.gz"
-    manual = shared_data / "sct_testing_data/t2/t2_seg-manual.nii.gz"
+    image = sample_data.scan
+    manual = sample_data.cord
     model = folder / "model.nii.gz"
     if not model.exists():
         sitk.WriteImage(sitk.BinaryErode(sitk.ReadImage(str(manual)), [1, 1, 1]), str(model))
@@ -58,9 +58,9 @@ def rate_everything(view, raters=("alice", "bob"), comment=None):
 
 
 @pytest.fixture
-def rated(tmp_path, shared_data):
+def rated(tmp_path, sample_data):
     """A session of 3 cases scored by two raters; its key beside it."""
-    view = make_session(write_manifest(tmp_path, shared_data), tmp_path / "session", seed=4)
+    view = make_session(write_manifest(tmp_path, sample_data), tmp_path / "session", seed=4)
     rate_everything(view)
     return view
 
@@ -82,8 +82,8 @@ def test_analyze_refuses_an_output_inside_the_session_folder(rated, capsys, wher
     assert files_under(rated.folder) == before  # no ratings.csv (with its source column) for the raters
 
 
-def test_analyze_refuses_an_output_inside_any_session_folder(rated, tmp_path, shared_data, capsys):
-    other = make_session(write_manifest(tmp_path, shared_data), tmp_path / "other", seed=5)
+def test_analyze_refuses_an_output_inside_any_session_folder(rated, tmp_path, sample_data, capsys):
+    other = make_session(write_manifest(tmp_path, sample_data), tmp_path / "other", seed=5)
     before = files_under(other.folder)
     link = tmp_path / "innocent-looking"
     link.symlink_to(other.folder)  # a link to a session is that session
@@ -141,13 +141,13 @@ WRITERS = ("w1", "w2", "w3", "w4")
 
 
 @pytest.mark.slow
-def test_writers_of_one_new_table_never_corrupt_it(tmp_path, shared_data):
+def test_writers_of_one_new_table_never_corrupt_it(tmp_path, sample_data):
     """Four real processes that loaded the same missing table write it at the same instant, 150 times.
 
     Before the fix, some trials ended with two headers: the table could not be loaded and
     the rater was locked out. Now exactly one writer wins each trial; the others are refused.
     """
-    view = make_session(write_manifest(tmp_path, shared_data, count=1), tmp_path / "session", seed=1)
+    view = make_session(write_manifest(tmp_path, sample_data, count=1), tmp_path / "session", seed=1)
     trials, step, go = 150, 0.02, tmp_path / "go"
     environment = {**os.environ, "PYTHONPATH": PYTHONPATH}
     writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(view.folder), str(trials), str(go), str(step),
@@ -178,8 +178,8 @@ def test_writers_of_one_new_table_never_corrupt_it(tmp_path, shared_data):
     assert not corrupt, f"{len(corrupt)} of {trials} tables cannot be loaded (the rater is locked out): {corrupt}"
 
 
-def test_the_same_rater_open_twice_is_refused_before_anything_is_written(tmp_path, shared_data):
-    view = make_session(write_manifest(tmp_path, shared_data, count=1), tmp_path / "session", seed=1)
+def test_the_same_rater_open_twice_is_refused_before_anything_is_written(tmp_path, sample_data):
+    view = make_session(write_manifest(tmp_path, sample_data, count=1), tmp_path / "session", seed=1)
     first, second = ReviewState(view, "alice"), ReviewState(view, "alice")  # both load an empty table
     first.set_score(4)
     with pytest.raises(RaterTableError, match="alice.csv"):
@@ -196,9 +196,9 @@ BAD_IDS = ["c1\n", "c1\r", "c1\x00", "a\nb", "a/b", "..", "c1/..", "../c1", "\nc
 
 
 @pytest.mark.parametrize("case_id", BAD_IDS)
-def test_case_ids_with_line_breaks_nul_or_slashes_are_refused(tmp_path, shared_data, case_id):
-    image = shared_data / "sct_testing_data/t2/t2.nii.gz"
-    manual = shared_data / "sct_testing_data/t2/t2_seg-manual.nii.gz"
+def test_case_ids_with_line_breaks_nul_or_slashes_are_refused(tmp_path, sample_data, case_id):
+    image = sample_data.scan
+    manual = sample_data.cord
     manifest = tmp_path / "manifest.json"
     manifest.write_text(json.dumps({"cases": [{"case_id": case_id, "image": str(image),
                                                "segmentations": [{"source": "manual", "path": str(manual)}]}]}))
@@ -208,9 +208,9 @@ def test_case_ids_with_line_breaks_nul_or_slashes_are_refused(tmp_path, shared_d
 
 
 @pytest.mark.parametrize("source", BAD_IDS)
-def test_source_names_with_line_breaks_are_refused(tmp_path, shared_data, source):
-    image = shared_data / "sct_testing_data/t2/t2.nii.gz"
-    manual = shared_data / "sct_testing_data/t2/t2_seg-manual.nii.gz"
+def test_source_names_with_line_breaks_are_refused(tmp_path, sample_data, source):
+    image = sample_data.scan
+    manual = sample_data.cord
     manifest = tmp_path / "manifest.json"
     manifest.write_text(json.dumps({"cases": [{"case_id": "c1", "image": str(image),
                                                "segmentations": [{"source": source, "path": str(manual)}]}]}))
@@ -271,8 +271,8 @@ def test_a_rater_table_row_with_a_rater_id_that_is_not_a_name_is_refused(rated):
 
 
 @pytest.mark.parametrize("name", ["qc\nsession", "qc\rsession", "qc\tsession"])
-def test_a_session_folder_name_with_control_characters_is_refused(tmp_path, shared_data, name, capsys):
-    manifest = write_manifest(tmp_path, shared_data, count=1)
+def test_a_session_folder_name_with_control_characters_is_refused(tmp_path, sample_data, name, capsys):
+    manifest = write_manifest(tmp_path, sample_data, count=1)
     assert lesionqc(["make-session", str(manifest), "-o", str(tmp_path / name), "--seed", "1"]) == 1
     assert "lesionqc: error:" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.csv", "model.nii.gz"]
@@ -309,10 +309,10 @@ def _is_number(text):
 
 @pytest.mark.parametrize("comment", ["=HYPERLINK(\"http://evil\",\"x\")", "+1+cmd|' /C calc'!A0", "-2+3",
                                      "@SUM(1+1)", "\t=1+1", "'=already quoted"])
-def test_comments_and_metadata_reach_every_table_neutralized_and_read_back_true(tmp_path, shared_data, comment):
+def test_comments_and_metadata_reach_every_table_neutralized_and_read_back_true(tmp_path, sample_data, comment):
     from SpinalCordSegLib.imaging.fileutil import read_csv_table
 
-    view = make_session(write_manifest(tmp_path, shared_data, count=4, site=comment), tmp_path / "session", seed=4)
+    view = make_session(write_manifest(tmp_path, sample_data, count=4, site=comment), tmp_path / "session", seed=4)
     rate_everything(view, comment=comment)
     expected = comment.strip()  # the panel trims a comment's blanks
     table_path = rater_table_path(view, "alice")
@@ -334,8 +334,8 @@ def test_comments_and_metadata_reach_every_table_neutralized_and_read_back_true(
                                     ["--sample", "-3"], ["--repeat-fraction", "nan"],
                                     ["--repeat-fraction", "inf"], ["--repeat-fraction", "-0.1"],
                                     ["--repeat-fraction", "1.5"]])
-def test_make_session_numeric_options_are_refused_cleanly(tmp_path, shared_data, option):
-    manifest = write_manifest(tmp_path, shared_data, count=2)
+def test_make_session_numeric_options_are_refused_cleanly(tmp_path, sample_data, option):
+    manifest = write_manifest(tmp_path, sample_data, count=2)
     run = subprocess.run([sys.executable, "-m", "LesionQCLib.cli", "make-session", str(manifest), "-o",
                           str(tmp_path / "session"), *option], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": PYTHONPATH}, timeout=120)
@@ -355,8 +355,8 @@ def test_failed_case_thresholds_outside_the_scale_are_refused(rated, tmp_path, t
 # --------------------------------------------------------------------------- 13: killed make-session
 
 
-def test_a_killed_make_session_leaves_nothing_that_the_next_run_keeps(tmp_path, shared_data):
-    manifest = write_manifest(tmp_path, shared_data, count=60)
+def test_a_killed_make_session_leaves_nothing_that_the_next_run_keeps(tmp_path, sample_data):
+    manifest = write_manifest(tmp_path, sample_data, count=60)
     output = tmp_path / "session"
     command = [sys.executable, "-m", "LesionQCLib.cli", "make-session", str(manifest), "-o", str(output),
                "--seed", "1"]
@@ -388,8 +388,8 @@ def test_a_killed_make_session_leaves_nothing_that_the_next_run_keeps(tmp_path, 
     assert len(SessionView.load(output).cases) == 60
 
 
-def test_make_session_refuses_a_session_or_key_inside_another_session(rated, tmp_path, shared_data, capsys):
-    manifest = write_manifest(tmp_path, shared_data, count=1)
+def test_make_session_refuses_a_session_or_key_inside_another_session(rated, tmp_path, sample_data, capsys):
+    manifest = write_manifest(tmp_path, sample_data, count=1)
     before = files_under(rated.folder)
     for options in (["-o", str(rated.folder / "inner")],
                     ["-o", str(tmp_path / "new"), "--key", str(rated.folder / "new-key.json")]):

@@ -201,9 +201,9 @@ def test_a_rater_follows_their_token_link_from_another_site(web_session, serve_s
     page.close()
 
 
-def test_the_viewer_scrolls_windows_and_fades_the_overlay(web_session, serve_session, browser):
+def test_the_viewer_scrolls_windows_and_fades_the_overlay(shared_web_session, serve_session, browser):
     """Wheel, right-drag, Reset window and the opacity slider act on NiiVue's real state."""
-    base = serve_session(web_session.folder)
+    base = serve_session(shared_web_session.folder)
     errors = []
     page = _open(browser, base, 1280, 800, errors)
     page.locator("#login").wait_for(state="visible")

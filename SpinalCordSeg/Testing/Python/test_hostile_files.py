@@ -74,8 +74,8 @@ def test_stale_temporary_clean_up_removes_only_this_tools_names(tmp_path, caplog
 
 # -- item 2: output name collisions -------------------------------------------------------------
 
-def test_segment_refuses_two_inputs_with_one_output_name(shared_data, tiny_model, tmp_path, capsys):
-    t2 = shared_data / "sct_testing_data/t2/t2.nii.gz"
+def test_segment_refuses_two_inputs_with_one_output_name(sample_data, tiny_model, tmp_path, capsys):
+    t2 = sample_data.scan
     first, second = tmp_path / "a" / "scan.nii.gz", tmp_path / "b" / "scan.nii.gz"
     upper = tmp_path / "c" / "SCAN.nii.gz"  # the same file on macOS and Windows
     for path in (first, second, upper):
@@ -93,12 +93,12 @@ def test_segment_refuses_two_inputs_with_one_output_name(shared_data, tiny_model
     assert code == 1 and f"given more than once (nothing was run): {first}" in capsys.readouterr().err
 
 
-def test_batch_refuses_scans_that_share_a_case_id(shared_data, tmp_path, caplog):
+def test_batch_refuses_scans_that_share_a_case_id(sample_data, tmp_path, caplog):
     """A session folder without the session in the file name: one case id for two scans."""
     root = tmp_path / "bids"
     for relative in ("sub-01/anat/sub-01_T2w.nii.gz", "sub-01/ses-2/anat/sub-01_T2w.nii.gz"):
         (root / relative).parent.mkdir(parents=True)
-        shutil.copy(shared_data / "sct_testing_data/t2/t2.nii.gz", root / relative)
+        shutil.copy(sample_data.scan, root / relative)
     with pytest.raises(SpinalCordSegError) as refused:
         find_scans(root)
     message = str(refused.value)
@@ -108,12 +108,12 @@ def test_batch_refuses_scans_that_share_a_case_id(shared_data, tmp_path, caplog)
 
 # -- item 10: non-UTF-8 file names ---------------------------------------------------------------
 
-def test_a_file_name_that_is_not_utf8_is_reported_and_the_others_go_on(shared_data, tiny_model, tmp_path,
+def test_a_file_name_that_is_not_utf8_is_reported_and_the_others_go_on(sample_data, tiny_model, tmp_path,
                                                                        caplog, capsys):
     root = tmp_path / "bids"
     good = root / "sub-01" / "anat" / "sub-01_T2w.nii.gz"
     good.parent.mkdir(parents=True)
-    shutil.copy(shared_data / "sct_testing_data/t2/t2.nii.gz", good)
+    shutil.copy(sample_data.scan, good)
     for raw in (b"sub-02/anat/sub-02\xff_T2w.nii.gz", b"sub-0\xe93/anat/sub-03_T2w.nii.gz"):
         bad = os.path.join(os.fsencode(root), raw)
         os.makedirs(os.path.dirname(bad), exist_ok=True)
@@ -141,38 +141,38 @@ def _with_pixdim(source: Path, target: Path, value: float) -> Path:
 
 
 @pytest.mark.parametrize("value", [math.nan, 0.0, -1.0, math.inf, 1e30, 1e-30])
-def test_absurd_voxel_spacing_is_refused_naming_the_file(shared_data, tmp_path, value):
-    path = _with_pixdim(shared_data / "sct_testing_data/t2/t2.nii.gz", tmp_path / f"pixdim_{value}.nii.gz", value)
+def test_absurd_voxel_spacing_is_refused_naming_the_file(sample_data, tmp_path, value):
+    path = _with_pixdim(sample_data.scan, tmp_path / f"pixdim_{value}.nii.gz", value)
     with pytest.raises(InputImageError, match=r"pixdim_.*\.nii\.gz: voxel spacing .* is not usable"):
         read_scan(path)
 
 
-def test_absurd_spacing_of_an_image_in_memory_is_refused(shared_data):
+def test_absurd_spacing_of_an_image_in_memory_is_refused(sample_data):
     """The Slicer panel hands images, not files, to the engine: check_scan sees them."""
-    image = sitk.ReadImage(str(shared_data / "sct_testing_data/t2/t2.nii.gz"))
+    image = sitk.ReadImage(str(sample_data.scan))
     image.SetSpacing((1e-30, 1.0, 1.0))
     with pytest.raises(InputImageError, match="panel volume: voxel spacing"):
         from SpinalCordSegLib.imaging.image_io import check_scan
         check_scan(image, "panel volume")
 
 
-def test_segment_refuses_absurd_spacing_before_the_model_loads(shared_data, tiny_model, tmp_path, capsys, caplog):
-    bad = _with_pixdim(shared_data / "sct_testing_data/t2/t2.nii.gz", tmp_path / "zero.nii.gz", 0.0)
+def test_segment_refuses_absurd_spacing_before_the_model_loads(sample_data, tiny_model, tmp_path, capsys, caplog):
+    bad = _with_pixdim(sample_data.scan, tmp_path / "zero.nii.gz", 0.0)
     code = main(["segment", "-i", str(bad), "-o", str(tmp_path / "out"), "-m", str(tiny_model), "--trust"])
     assert code == 1
-    assert f"{bad}: voxel spacing (0.0, 1.0, 1.0) mm is not usable" in caplog.text
+    assert f"{bad}: voxel spacing (0.0, " in caplog.text and "mm is not usable" in caplog.text
     assert "nothing was run" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
 # -- item 14: a batch rerun with other thresholds or mask options --------------------------------
 
-def test_batch_rerun_with_other_thresholds_remakes_masks_from_the_soft_maps(shared_data, tiny_region_model,
+def test_batch_rerun_with_other_thresholds_remakes_masks_from_the_soft_maps(sample_data, tiny_region_model,
                                                                              tmp_path):
     root = tmp_path / "bids"
     scan = root / "sub-01" / "anat" / "sub-01_T2w.nii.gz"
     scan.parent.mkdir(parents=True)
-    shutil.copy(shared_data / "sct_testing_data/t2/t2.nii.gz", scan)
+    shutil.copy(sample_data.scan, scan)
     out = tmp_path / "derivatives"
     engine = SegmentationEngine(tiny_region_model, InferenceOptions(device="cpu", crop=False))
     predictions = []

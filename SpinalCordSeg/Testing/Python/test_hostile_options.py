@@ -40,11 +40,11 @@ def loads(monkeypatch):
 
 
 @pytest.fixture
-def bids(shared_data, tmp_path):
+def bids(sample_data, tmp_path):
     root = tmp_path / "bids"
     scan = root / "sub-01" / "anat" / "sub-01_T2w.nii.gz"
     scan.parent.mkdir(parents=True)
-    shutil.copy(shared_data / "sct_testing_data/t2/t2.nii.gz", scan)
+    shutil.copy(sample_data.scan, scan)
     return root
 
 
@@ -156,9 +156,9 @@ def test_batch_output_and_worklist_are_checked_before_the_model_loads(bids, tiny
     (["--threads", "two"], "argument --threads: 'two' is not an integer"),
     (["--threshold", "nan"], "--threshold: 'nan': 'nan' must lie strictly between 0 and 1"),
 ])
-def test_segment_numbers_must_be_finite_and_in_range(arguments, message, shared_data, tiny_model, tmp_path,
+def test_segment_numbers_must_be_finite_and_in_range(arguments, message, sample_data, tiny_model, tmp_path,
                                                      loads, capsys):
-    scan = str(shared_data / "sct_testing_data/t2/t2.nii.gz")
+    scan = str(sample_data.scan)
     try:
         code = main(["segment", "-i", scan, "-o", str(tmp_path / "out"), "-m", str(tiny_model), "--trust",
                      *arguments])
