@@ -6,6 +6,7 @@
   orientations and sizes.
 - ``mrml_scene``: a fresh, real MRML scene from ``slicer-core``, set as
   ``slicer.mrmlScene`` for the duration of the test.
+- ``loads``: the model folders that SegmentationEngine loads during a test.
 - ``tiny_model`` / ``tiny_region_model``: small nnU-Net v2 results folders
   with random weights and nnU-Net's real file layout, generated once per run.
 """
@@ -63,6 +64,22 @@ def mrml_scene():
     yield scene
     scene.Clear(True)
     slicer.mrmlScene = previous
+
+
+@pytest.fixture
+def loads(monkeypatch):
+    """Every model load of the run (the real SegmentationEngine, watched)."""
+    from SpinalCordSegLib.inference import engine
+
+    folders = []
+    real_init = engine.SegmentationEngine.__init__
+
+    def watched_init(self, model, *args, **kwargs):
+        folders.append(str(model))
+        real_init(self, model, *args, **kwargs)
+
+    monkeypatch.setattr(engine.SegmentationEngine, "__init__", watched_init)
+    return folders
 
 
 @pytest.fixture(scope="session")

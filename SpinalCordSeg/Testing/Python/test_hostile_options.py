@@ -24,22 +24,6 @@ HOSTILE_IDS = ["c1\n", "c1\r", "c1\x00", "a/b", "..", "../x", "c1\n\n", "\nc1"]
 
 
 @pytest.fixture
-def loads(monkeypatch):
-    """Every model load of the run (the real SegmentationEngine, watched)."""
-    from SpinalCordSegLib.inference import engine
-
-    folders = []
-    real_init = engine.SegmentationEngine.__init__
-
-    def watched_init(self, model, *args, **kwargs):
-        folders.append(str(model))
-        real_init(self, model, *args, **kwargs)
-
-    monkeypatch.setattr(engine.SegmentationEngine, "__init__", watched_init)
-    return folders
-
-
-@pytest.fixture
 def bids(sample_data, tmp_path):
     root = tmp_path / "bids"
     scan = root / "sub-01" / "anat" / "sub-01_T2w.nii.gz"

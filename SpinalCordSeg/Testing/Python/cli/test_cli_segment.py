@@ -117,22 +117,6 @@ def test_crop_with_a_first_cord_model(tiny_region_model, sample_data, tmp_path):
     assert soft[~box].max() == 0.0 and soft[box].max() > 0.0
 
 
-@pytest.fixture
-def loads(monkeypatch):
-    """Every model load of the run (the real SegmentationEngine, watched)."""
-    from SpinalCordSegLib.inference import engine
-
-    folders = []
-    real_init = engine.SegmentationEngine.__init__
-
-    def watched_init(self, model, *args, **kwargs):
-        folders.append(str(model))
-        real_init(self, model, *args, **kwargs)
-
-    monkeypatch.setattr(engine.SegmentationEngine, "__init__", watched_init)
-    return folders
-
-
 def test_inputs_options_and_output_folder_are_checked_before_the_model_loads(
         tiny_region_model, sample_data, tmp_path, loads, caplog, capsys):
     scan = str(sample_data.scan)
