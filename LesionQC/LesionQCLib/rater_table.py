@@ -230,20 +230,6 @@ def _cells(line: bytes, where: str) -> List[str]:
         raise RaterTableError(f"{where}: malformed CSV ({error})") from None
 
 
-def _lock(fd: int, message: str) -> None:
-    """Take an exclusive lock on the open table, or raise RaterTableError(message) if another writer has it."""
-    try:
-        import fcntl
-    except ImportError:
-        return  # Windows: O_EXCL creation and the size check remain
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when the file is closed, or its process dies
-    except BlockingIOError:
-        raise RaterTableError(message) from None
-    except OSError as error:  # file systems without locks (some network mounts): as without fcntl
-        log.debug("cannot lock the rater table (%s)", error)
-
-
 class RaterTableWriter:
     """Appends rows to a loaded rater table, each flushed to disk before returning.
 
@@ -262,18 +248,19 @@ class RaterTableWriter:
         self.table = table
         path = table.path
         path.parent.mkdir(parents=True, exist_ok=True)
-        created = not table.exists
         twice = (f"{path}: changed since it was loaded, or another program writes it"
                  " (is this rater's session open twice?)")
-        flags = os.O_WRONLY | os.O_APPEND | getattr(os, "O_BINARY", 0) | (os.O_CREAT | os.O_EXCL if created else 0)
+        # Imported here: LesionQC.py loads this module before Slicer has loaded SpinalCordSeg's folder.
+        from SpinalCordSegLib.imaging.fileutil import fsync_folder, open_locked
+
         try:
-            self._fd = os.open(str(path), flags, 0o644)
-        except (FileExistsError, FileNotFoundError):
-            raise RaterTableError(twice) from None  # created or removed by someone else since it was loaded
+            # A new table with O_EXCL (two panels must not both write a header), locked without waiting.
+            self._fd, created = open_locked(path, create=not table.exists, wait=False)
+        except (FileExistsError, FileNotFoundError, BlockingIOError):
+            raise RaterTableError(twice) from None  # created, removed or held by someone else since it was loaded
         except OSError as error:
             raise RaterTableError(f"{path}: cannot open the rater table for writing ({error})") from None
         try:
-            _lock(self._fd, twice)
             size = os.fstat(self._fd).st_size
             if size != table.complete_size + len(table.torn_tail):
                 raise RaterTableError(twice)
@@ -285,9 +272,6 @@ class RaterTableWriter:
             if table.complete_size == 0:
                 self._write((",".join(COLUMNS) + "\n").encode("utf-8"))
             if created:
-                # Imported here: LesionQC.py loads this module before Slicer has loaded SpinalCordSeg's folder.
-                from SpinalCordSegLib.imaging.fileutil import fsync_folder
-
                 fsync_folder(path.parent)  # the new file's entry must survive a power cut too
         except BaseException:
             os.close(self._fd)

@@ -39,7 +39,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Callable, List, Optional, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 from ..errors import FileWriteError, SpinalCordSegError
 
@@ -181,6 +181,105 @@ def fsync_folder(folder: Path) -> None:
         # Some network and FUSE file systems cannot flush a folder: the file itself is on disk.
         if error.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EACCES):
             raise
+
+
+def lock_file(fd: int, wait: bool = True) -> None:
+    """Take an exclusive lock on the open file ``fd``; it is released when the file is closed or its process dies.
+
+    ``wait=False`` raises BlockingIOError when another process holds it. Where the system
+    has no locks (Windows, some network mounts) this returns without one: the
+    ``O_EXCL`` creation of :func:`open_locked` remains.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        raise
+    except OSError as error:
+        logger.debug("cannot lock file descriptor %d (%s)", fd, error)
+
+
+def open_locked(path: PathLike, create: Optional[bool] = None, wait: bool = True) -> Tuple[int, bool]:
+    """Open ``path`` to read and append, locked (:func:`lock_file`); return the descriptor and whether it was created.
+
+    ``create=True`` makes a new file only (``O_EXCL``: FileExistsError when it exists),
+    ``False`` opens an existing one only (FileNotFoundError), ``None`` either: a missing
+    file is created with ``O_EXCL``, so that of the processes that open it at once exactly
+    one is told it created it. Whoever gets the lock on an empty file writes its header.
+
+    Example:
+        >>> fd, created = open_locked("derivatives/failures.csv")  # doctest: +SKIP
+    """
+    flags = os.O_RDWR | os.O_APPEND | getattr(os, "O_BINARY", 0)
+    while True:
+        try:
+            if create is not False:
+                try:
+                    fd, created = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o666), True
+                except FileExistsError:
+                    if create:
+                        raise
+                    fd, created = os.open(path, flags), False
+            else:
+                fd, created = os.open(path, flags), False
+            break
+        except FileNotFoundError:
+            if create is not None:
+                raise
+            continue  # removed between the two opens: create it again
+    try:
+        lock_file(fd, wait)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, created
+
+
+def append_csv_rows(path: PathLike, rows, header: Sequence[str], what: str = "log",
+                    error: type = SpinalCordSegError) -> Path:
+    """Append ``rows`` to the CSV log ``path`` (created with ``header``), flushed to disk; return ``path``.
+
+    The file is opened with :func:`open_locked`: writers that start at once write one
+    header and all their rows, one after the other. A row that a killed writer left
+    without its line end is ended first. ``error`` names the file when it cannot be
+    written or has another header (the file is then left as it is).
+
+    Example:
+        >>> append_csv_rows("derivatives/failures.csv", [["2025-01-01", "sub-01", "bad"]],
+        ...                 ["date", "scan", "error"], "failure log")  # doctest: +SKIP
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, created = open_locked(path)
+    except OSError as problem:
+        raise error(f"{path}: cannot append to the {what}{disk_full_hint(problem)} ({problem})") from problem
+    try:
+        with open(fd, "r+b", buffering=0) as stream:  # O_APPEND: every write goes to the end
+            size = os.fstat(fd).st_size
+            prefix = b""
+            if size:
+                first = stream.readline().decode("utf-8", "replace")
+                columns = next(csv.reader([first]), [])
+                if columns != list(header):
+                    raise error(f"{path}: existing {what} has columns {columns}, expected {list(header)}; "
+                                "move it aside or choose another output folder")
+                stream.seek(-1, os.SEEK_END)
+                if stream.read(1) != b"\n":
+                    prefix = b"\n"  # a killed writer left a partial line: start a new one
+            data = prefix + csv_text(rows, header=None if size else header).encode("utf-8")
+            written = 0
+            while written < len(data):  # short writes (signals, full disk) go on where they stopped
+                written += stream.write(data[written:])
+            os.fsync(fd)
+        if created:
+            fsync_folder(path.parent)  # the new file's entry must survive a power cut too
+    except OSError as problem:
+        raise error(f"{path}: cannot append to the {what}{disk_full_hint(problem)} ({problem})") from problem
+    return path
 
 
 def _space_hint(folder: Path) -> str:

@@ -29,7 +29,7 @@ import SimpleITK as sitk
 
 from ..imaging.binarization import MaskOptions
 from ..errors import SpinalCordSegError
-from ..imaging.fileutil import csv_text, remove_stale_temporaries, write_text_atomic
+from ..imaging.fileutil import append_csv_rows, remove_stale_temporaries, write_text_atomic
 from ..imaging.image_io import read_image, read_scan
 from ..models.model_folder import sha256_of_file
 from ..imaging.naming import bids_label, is_safe_id, output_name, refuse_name_collisions, source_name
@@ -229,12 +229,9 @@ def _rebinarize_if_needed(scan: Scan, folder: Path, structures: List[str], thres
 
 
 def _record_failure(derivatives: Path, scan: Scan, message: str) -> None:
-    path = derivatives / FAILURES_FILE
-    new = not path.is_file()
-    with open(path, "a", newline="", encoding="utf-8") as stream:
-        stream.write(csv_text([[now(), scan.relative, message]], header=["date", "scan", "error"] if new else None))
-        stream.flush()
-        os.fsync(stream.fileno())
+    # Locked: two batch runs on one derivatives folder write one header.
+    append_csv_rows(derivatives / FAILURES_FILE, [[now(), scan.relative, message]], ["date", "scan", "error"],
+                    "failure log")
 
 
 def _record(worklist: Worklist, scan: Scan, folder: Path, soft_maps: Mapping[str, sitk.Image]) -> None:

@@ -22,8 +22,6 @@ Example:
 
 from __future__ import annotations
 
-import csv
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
@@ -33,7 +31,7 @@ import SimpleITK as sitk
 
 from ..imaging.binarization import MaskOptions
 from ..errors import InputImageError, SpinalCordSegError
-from ..imaging.fileutil import PathLike, csv_text
+from ..imaging.fileutil import PathLike, append_csv_rows
 from ..imaging.grid import same_grid
 from ..imaging.image_io import orientation_of, reorient, write_image_atomic
 from ..imaging.naming import SESSION, SUBJECT, output_name
@@ -191,34 +189,11 @@ def on_grid(image: sitk.Image, reference: sitk.Image, interpolator: int = sitk.s
 def append_correction_log(path: PathLike, rows: Sequence[Mapping[str, object]]) -> Path:
     """Append rows to the CSV correction log, creating it with its header; flushed and fsync'd.
 
-    Raises SpinalCordSegError when an existing log has other columns.
+    Two saves at once (two panels, two raters) write one header and both rows
+    (``fileutil.append_csv_rows``). Raises SpinalCordSegError when an existing log has other columns.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    exists = path.is_file() and path.stat().st_size > 0
-    prefix = ""
-    if exists:
-        with open(path, "r", encoding="utf-8", newline="") as stream:
-            header = next(csv.reader(stream), [])
-        if header != LOG_COLUMNS:
-            raise SpinalCordSegError(
-                f"{path}: existing correction log has columns {header}, expected {LOG_COLUMNS}; "
-                "move it aside or choose another output folder"
-            )
-        with open(path, "rb") as stream:
-            stream.seek(-1, os.SEEK_END)
-            if stream.read(1) != b"\n":
-                prefix = "\n"  # an interrupted write left a partial line: start a new one
-    text = csv_text(([row.get(column, "") for column in LOG_COLUMNS] for row in rows),
-                    header=None if exists else LOG_COLUMNS)
-    try:
-        with open(path, "a", encoding="utf-8", newline="") as stream:
-            stream.write(prefix + text)
-            stream.flush()
-            os.fsync(stream.fileno())
-    except OSError as error:
-        raise SpinalCordSegError(f"{path}: cannot append to the correction log ({error})") from error
-    return path
+    return append_csv_rows(path, ([row.get(column, "") for column in LOG_COLUMNS] for row in rows), LOG_COLUMNS,
+                           "correction log")
 
 
 # ------------------------------------------------------------------ saving

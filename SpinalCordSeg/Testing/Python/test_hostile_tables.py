@@ -3,11 +3,13 @@
 Comments, reasons, rater ids, metadata and file names that start with ``= + - @``
 (or a tab or a line break) are quoted with ``'`` in every CSV file that a person may
 open in Excel or LibreOffice; the tools' own readers give the true value back. Real
-files throughout (worklist, correction log, failure log).
+files throughout (worklist, correction log, failure log). Two writers: processes that
+create a log at the same moment write one header, and every row.
 """
 
 import ast
 import csv
+import multiprocessing
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -114,6 +116,44 @@ def test_the_failure_log_of_a_batch_is_safe(tmp_path):
     cells = raw_cells(tmp_path / FAILURES_FILE)
     assert cells[:3] == ["date", "scan", "error"] and len(cells) == 9
     assert not dangerous(cells)
+
+
+WRITERS = 8
+
+
+def _append_when_all_are_ready(barrier, log, folder, number):
+    """One writer process: wait for the others, then append one row to ``log`` in ``folder``."""
+    from SpinalCordSegLib.rounds.cohort import _record_failure
+
+    barrier.wait()
+    if log == "correction":
+        append_correction_log(folder / "correction_log.csv", [{**dict.fromkeys(LOG_COLUMNS, ""), "case": f"c{number}"}])
+    else:
+        _record_failure(folder, SimpleNamespace(relative=f"c{number}"), "cannot read")
+
+
+@pytest.mark.parametrize("log", ["correction", "failures"])
+def test_processes_that_create_a_log_at_once_write_one_header_and_every_row(tmp_path, log):
+    from SpinalCordSegLib.rounds.cohort import FAILURES_FILE
+
+    name, header, case = (("correction_log.csv", LOG_COLUMNS, LOG_COLUMNS.index("case")) if log == "correction"
+                          else (FAILURES_FILE, ["date", "scan", "error"], 1))
+    context = multiprocessing.get_context("fork")  # real processes, started fast
+    for attempt in range(4):  # the race is in the first microseconds: several tries
+        folder = tmp_path / str(attempt)
+        folder.mkdir()
+        barrier = context.Barrier(WRITERS)
+        writers = [context.Process(target=_append_when_all_are_ready, args=(barrier, log, folder, number))
+                   for number in range(WRITERS)]
+        for writer in writers:
+            writer.start()
+        for writer in writers:
+            writer.join(60)
+        assert [writer.exitcode for writer in writers] == [0] * WRITERS
+        with open(folder / name, newline="", encoding="utf-8") as stream:
+            rows = list(csv.reader(stream))
+        assert rows[0] == header and rows.count(header) == 1, f"try {attempt}: {rows}"
+        assert sorted(row[case] for row in rows[1:]) == [f"c{number}" for number in range(WRITERS)]
 
 
 def test_every_csv_write_of_both_libs_goes_through_fileutil():
