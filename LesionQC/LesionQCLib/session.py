@@ -606,24 +606,12 @@ def remove_stale_builds(parent: Path) -> List[Path]:
     """Remove the staging folders that killed session builds left in ``parent``; return (and log) them.
 
     Only folders named as :func:`build_session` names them whose process is gone
-    (``fileutil.is_stale``): never a live build's, never a folder of the user's.
+    (``fileutil.stale_owned``): never a live build's, never a folder of the user's.
     """
-    from SpinalCordSegLib.imaging.fileutil import is_stale, owned_prefix  # see build_session
+    from SpinalCordSegLib.imaging.fileutil import remove_stale  # see build_session
 
-    removed = []
-    try:
-        entries = sorted(parent.iterdir())
-    except OSError:
-        return removed
-    for folder in entries:
-        prefix = owned_prefix(folder.name)
-        if (not prefix or not prefix.startswith(".") or not prefix.endswith(_BUILDING) or folder.is_symlink()
-                or not folder.is_dir() or not is_stale(folder)):
-            continue
-        shutil.rmtree(folder, ignore_errors=True)
-        log.warning("removed %s, left by an interrupted 'lesionqc make-session'", folder)
-        removed.append(folder)
-    return removed
+    return remove_stale(parent, "an interrupted 'lesionqc make-session'", folders=True,
+                        prefix=lambda name: name.startswith(".") and name.endswith(_BUILDING))
 
 
 def _showings(count: int, repeat_fraction: float, rng: np.random.Generator) -> List[Tuple[int, int]]:

@@ -493,6 +493,70 @@ def read_csv_table(path: PathLike):
     return table
 
 
+def stale_owned(folder: PathLike, prefix: Callable[[str], bool] = lambda name: True,
+                suffix: Optional[re.Pattern] = None, folders: bool = False, recursive: bool = False) -> List[Path]:
+    """This tool's temporary files (with ``folders``: staging folders) in ``folder`` that nobody can still write.
+
+    The one walker of every clean-up: an entry counts when its name carries the owner tag
+    (:func:`owned_prefix`, with ``suffix``), ``prefix`` accepts the part before the tag, it
+    is a plain file (a folder), not a link, and :func:`is_stale` calls it stale. A user's
+    look-alike name never counts. ``recursive`` looks in sub-folders too, without following
+    links to folders.
+
+    Example:
+        >>> stale_owned("nnUNet_raw", lambda name: name.startswith(".Dataset"), folders=True)  # doctest: +SKIP
+        [PosixPath('nnUNet_raw/.Dataset123_R2.scs-4242@node1.0a1b2c3d')]
+    """
+    found: List[Path] = []
+    now = time.time()
+    for root, dirs, files in os.walk(folder):  # nothing when folder is not a readable folder
+        for name in dirs if folders else files:
+            path = Path(root) / name
+            owned = owned_prefix(name, suffix)
+            if (owned is None or not prefix(owned) or path.is_symlink()
+                    or not (path.is_dir() if folders else path.is_file()) or not is_stale(path, now)):
+                continue
+            found.append(path)
+        if not recursive:
+            break
+        dirs[:] = [name for name in dirs if Path(root) / name not in found]  # a stale folder goes whole
+    return sorted(found)
+
+
+def _size(path: Path) -> int:
+    """Bytes in a file, or in the plain files under a folder (links not followed)."""
+    if not path.is_dir():
+        return path.lstat().st_size
+    return sum(p.lstat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def remove_stale(folder: PathLike, left_by: str, before: Optional[Callable[[Path], None]] = None,
+                 **which) -> List[Path]:
+    """Remove what :func:`stale_owned` (given ``which``) finds in ``folder``; return (and log) it.
+
+    ``left_by`` ends the log line (``removed X (1.2 MiB), left by an interrupted install``);
+    ``before(path)`` runs first on each (e.g. to move back what it holds of the user's).
+
+    Example:
+        >>> remove_stale("nnUNet_raw", "an interrupted 'round export'", folders=True)  # doctest: +SKIP
+    """
+    removed = []
+    for path in stale_owned(folder, **which):
+        try:
+            if before is not None:
+                before(path)
+            size = _size(path)
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink()
+        except FileNotFoundError:
+            continue  # another clean-up got it first
+        logger.warning("removed %s (%s), left by %s", path, format_size(size), left_by)
+        removed.append(path)
+    return removed
+
+
 def remove_stale_temporaries(folder: PathLike, recursive: bool = False) -> List[Path]:
     """Remove the temporary files that killed writers left in ``folder``; return (and log) them.
 
@@ -500,23 +564,4 @@ def remove_stale_temporaries(folder: PathLike, recursive: bool = False) -> List[
     or ``....tmp``) and that :func:`is_stale` calls stale are removed: never a file a live
     process is still writing, never a name without this tool's owner tag.
     """
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    removed: List[Path] = []
-    now = time.time()
-    walk = os.walk(folder) if recursive else [(str(folder), [], os.listdir(folder))]
-    for root, _, files in walk:  # os.walk does not follow links to folders
-        for name in files:
-            path = Path(root) / name
-            ours = owned_prefix(name, _TEMPORARY_SUFFIX) is not None
-            if not ours or not path.is_file() or path.is_symlink() or not is_stale(path, now):
-                continue
-            size = path.stat().st_size
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                continue  # another clean-up got it first
-            logger.warning("removed %s (%s), left by an interrupted write", path, format_size(size))
-            removed.append(path)
-    return removed
+    return remove_stale(folder, "an interrupted write", suffix=_TEMPORARY_SUFFIX, recursive=recursive)

@@ -40,8 +40,8 @@ from .archive import check_plain_folder, extract_zip
 from .catalogue import Catalogue, CatalogueEntry, is_valid_id, load_catalogue
 from .download import Progress, download, verify_file
 from ..errors import ModelFolderError, ModelInstallError, SpinalCordSegError, UntrustedModelError
-from ..imaging.fileutil import (disk_full_hint, format_size, is_stale, make_staging_folder, owned_prefix,
-                                read_json, write_json_atomic)
+from ..imaging.fileutil import (disk_full_hint, format_size, make_staging_folder, owned_prefix, read_json,
+                                remove_stale, write_json_atomic)
 from .model_folder import ModelFolder, find_results_folder, sha256_of_file
 from .trust import TrustStore, changed_files, check_weights_only, untrusted_message
 
@@ -483,24 +483,19 @@ class ModelStore:
     def remove_stale_staging(self) -> List[Path]:
         """Delete the staging folders of killed installs and removals; return (and log) them.
 
-        Only ``.install-*`` / ``.remove-*`` folders that ``fileutil.is_stale`` calls stale
+        Only ``.install-*`` / ``.remove-*`` folders that ``fileutil.stale_owned`` finds
         (their process is gone, or untouched for a day): never a live install's.
         A model that a killed reinstall had moved aside is moved back first.
         """
-        removed = []
-        for folder in sorted(self.models_dir.glob(".install-*")) + sorted(self.models_dir.glob(".remove-*")):
-            if not folder.is_dir() or folder.is_symlink() or not is_stale(folder):
-                continue
+        def restore(folder: Path) -> None:
             prefix = owned_prefix(folder.name) or ""
             target = self.models_dir / prefix[len(".install-"):] if prefix.startswith(".install-") else None
             if target and (folder / "previous").is_dir() and not target.exists():
                 os.rename(folder / "previous", target)
                 logger.warning("restored model %s, moved aside by an interrupted reinstall", target)
-            size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
-            shutil.rmtree(folder, ignore_errors=True)
-            logger.warning("removed %s (%s), left by an interrupted install or removal", folder, format_size(size))
-            removed.append(folder)
-        return removed
+
+        return remove_stale(self.models_dir, "an interrupted install or removal", before=restore, folders=True,
+                            prefix=lambda name: name.startswith((".install-", ".remove-")))
 
     @staticmethod
     def _move_into_place(new: Path, target: Path, work: Path) -> None:

@@ -26,7 +26,7 @@ import SimpleITK as sitk
 
 from .correction import plan_outputs
 from ..errors import SpinalCordSegError
-from ..imaging.fileutil import make_staging_folder
+from ..imaging.fileutil import make_staging_folder, remove_stale
 from ..imaging.grid import same_grid
 from ..imaging.image_io import read_image, read_scan, write_image_atomic
 from ..imaging.naming import output_name
@@ -68,6 +68,8 @@ def export_round(
 
     Corrected masks are read from ``derivatives/labels`` of the scans' BIDS
     dataset, where the Slicer module saves them (:func:`correction.plan_outputs`).
+    The dataset is built in a hidden staging folder beside ``output``, then renamed;
+    staging folders of killed exports are removed first.
     """
     output = Path(output)
     if output.exists():
@@ -79,6 +81,9 @@ def export_round(
     if rows.empty:
         raise SpinalCordSegError(f"{worklist.path}: no corrected or approved case to export")
     output.parent.mkdir(parents=True, exist_ok=True)
+    # Left by killed exports (their process is gone): never a live export's, never a user's folder.
+    remove_stale(output.parent, "an interrupted 'round export'", folders=True,
+                 prefix=lambda name: name.startswith(".Dataset"))
     staging = make_staging_folder(output.parent, f".{output.name}")  # the umask's mode, not mkdtemp's 0700
     try:
         (staging / "imagesTr").mkdir()

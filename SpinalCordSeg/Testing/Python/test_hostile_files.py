@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -23,7 +24,7 @@ import SimpleITK as sitk
 from SpinalCordSegLib.cli import main
 from SpinalCordSegLib.cli.segment import prepare_output_folder
 from SpinalCordSegLib.errors import InputImageError, SpinalCordSegError
-from SpinalCordSegLib.imaging.fileutil import owner_tag, remove_stale_temporaries
+from SpinalCordSegLib.imaging.fileutil import make_staging_folder, owner_tag, remove_stale_temporaries
 from SpinalCordSegLib.imaging.image_io import read_scan
 from SpinalCordSegLib.imaging.sidecar import Sidecar
 from SpinalCordSegLib.inference.engine import InferenceOptions, SegmentationEngine
@@ -70,6 +71,81 @@ def test_stale_temporary_clean_up_removes_only_this_tools_names(tmp_path, caplog
     assert not any(orphan.exists() for orphan in orphans)
     assert all(f"removed {orphan} (" in caplog.text for orphan in orphans)
     assert remove_stale_temporaries(myproj, recursive=True) == []
+
+
+def test_stale_clean_up_never_follows_links(tmp_path):
+    """A link named like a stale staging folder, or a link to a folder with stale files: what they point to stays."""
+    from SpinalCordSegLib.imaging.fileutil import remove_stale
+
+    elsewhere = tmp_path / "elsewhere"
+    outside = elsewhere / f".x.nii.gz.{owner_tag(_dead_pid())}.0a1b2c3d.part.nii.gz"
+    _users_files(elsewhere)
+    outside.write_bytes(b"not in the cleaned folder")
+    folder = tmp_path / "derivatives"
+    folder.mkdir()
+    (folder / "sub-01").symlink_to(elsewhere, target_is_directory=True)
+    (folder / f".Dataset1_A.{owner_tag(_dead_pid())}.0a1b2c3d").symlink_to(elsewhere, target_is_directory=True)
+    assert remove_stale_temporaries(folder, recursive=True) == []
+    assert remove_stale(folder, "a test", folders=True) == []
+    assert outside.exists() and len(list(elsewhere.iterdir())) == len(USERS_HIDDEN_FILES) + 1
+
+
+# -- a killed 'round export' ----------------------------------------------------------------------
+
+def _corrected_cohort(sample_data, root: Path, count: int) -> Path:
+    """A BIDS cohort of ``count`` copies of the sample scan, each corrected; its worklist's path."""
+    import pandas as pd
+
+    from SpinalCordSegLib.rounds.worklist import BASE_COLUMNS, TAIL_COLUMNS, Worklist
+
+    rows = []
+    for number in range(1, count + 1):
+        subject = f"sub-{number:02d}"
+        scan = root / subject / "anat" / f"{subject}_T2w.nii.gz"
+        labels = root / "derivatives" / "labels" / subject / "anat"
+        scan.parent.mkdir(parents=True)
+        labels.mkdir(parents=True)
+        shutil.copy(sample_data.scan, scan)
+        shutil.copy(sample_data.cord, labels / f"{subject}_T2w_label-SC_seg.nii.gz")
+        rows.append({"case": f"{subject}_T2w", "subject": subject, "session": "", "scan": str(scan),
+                     "status": "corrected", "rater": "jd"})
+    worklist = Worklist(root / "derivatives" / "spinalcordseg" / "worklist.csv",
+                        pd.DataFrame(rows, columns=BASE_COLUMNS + TAIL_COLUMNS, dtype=object).fillna(""))
+    worklist.save()
+    return worklist.path
+
+
+def test_a_killed_round_export_leaves_nothing_that_the_next_export_keeps(sample_data, tmp_path):
+    worklist = _corrected_cohort(sample_data, tmp_path / "bids", 24)
+    raw = tmp_path / "nnUNet_raw"
+    output = raw / "Dataset123_Round2"
+    command = [sys.executable, "-m", "SpinalCordSegLib.cli", "round", "export", "-w", str(worklist), "-o",
+               str(output), "--cord-only"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    staging = []
+    while time.time() < deadline and process.poll() is None:
+        staging = [p for p in raw.glob(".Dataset123_Round2.*") if (p / "imagesTr").is_dir()]
+        if staging and len(list((staging[0] / "imagesTr").glob("*_0000.nii.gz"))) >= 2:
+            break
+        time.sleep(0.01)
+    assert staging and process.poll() is None, "the export ended before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert staging[0].is_dir() and not output.exists()  # what the kill leaves
+
+    # A live export's staging folder (this process's) and the user's look-alike folders must stay.
+    live = make_staging_folder(raw, ".Dataset123_Round2")
+    users = [raw / ".Dataset123_Round2.notes", raw / f".Dataset123_Round2.{_dead_pid()}@node1.0a1b2c3d"]
+    for folder in users:
+        (folder / "imagesTr").mkdir(parents=True)
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert not staging[0].exists()
+    assert f"removed {staging[0]} (" in run.stderr and "left by an interrupted 'round export'" in run.stderr
+    assert live.is_dir() and all((folder / "imagesTr").is_dir() for folder in users)
+    assert len(list((output / "imagesTr").iterdir())) == 24
 
 
 # -- item 2: output name collisions -------------------------------------------------------------
