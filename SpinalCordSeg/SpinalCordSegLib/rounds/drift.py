@@ -37,8 +37,8 @@ Example:
 
 from __future__ import annotations
 
+import io
 import math
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +48,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputImageError, SpinalCordSegError
+from ..imaging.fileutil import remove_stale_temporaries, write_csv_atomic, write_text_atomic
 from ..imaging.naming import SESSION, SUBJECT, output_name
 from .cohort import DISCS_SUFFIX, LEVELS_SUFFIX, level_source
 
@@ -383,15 +384,10 @@ def analyse_drift(scans: Sequence["Scan"], models: Sequence[ModelPredictions], s
 # ------------------------------------------------------------------ plots and report
 
 def _save_figure(figure, path: Path) -> Path:
-    """Save a matplotlib figure through a temporary file, so no half-written PNG is left."""
-    temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    try:
-        figure.savefig(temporary, dpi=120)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return path
+    """Save a matplotlib figure with the atomic writer: no half-written PNG, no temporary file a rerun keeps."""
+    png = io.BytesIO()
+    figure.savefig(png, format="png", dpi=120)
+    return write_text_atomic(png.getvalue(), path)
 
 
 def plot_drift(result: DriftResult, folder: Path) -> Dict[str, Path]:
@@ -538,10 +534,9 @@ def report_markdown(result: DriftResult, tolerances: Dict[str, Optional[float]])
 def write_drift(result: DriftResult, folder: Union[str, Path],
                 tolerances: Optional[Dict[str, Optional[float]]] = None) -> List[Path]:
     """Write the CSV tables, the figures and ``report.md`` into ``folder``; return the paths."""
-    from ..imaging.fileutil import write_csv_atomic, write_text_atomic
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(folder)  # left by a killed run; each one is logged
     written = []
     for name, table in (("drift.csv", result.drift), ("summary.csv", result.summary),
                         ("scaling.csv", result.scaling)):

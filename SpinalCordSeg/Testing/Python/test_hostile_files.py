@@ -90,6 +90,33 @@ def test_stale_clean_up_never_follows_links(tmp_path):
     assert outside.exists() and len(list(elsewhere.iterdir())) == len(USERS_HIDDEN_FILES) + 1
 
 
+#: A child that draws a drift figure and is SIGKILLed when the figure is renamed into place: the
+#: os.replace hook only picks the worst moment to die, the kill and the files are real.
+_KILLED_WHILE_SAVING = """
+import os, signal, sys
+from pathlib import Path
+from matplotlib.figure import Figure
+from SpinalCordSegLib.rounds import drift
+figure = Figure()
+figure.add_subplot().plot([0, 1], [1, 0])
+os.replace = lambda *args: os.kill(os.getpid(), signal.SIGKILL)
+drift._save_figure(figure, Path(sys.argv[1]))
+"""
+
+
+def test_a_drift_figure_killed_while_saved_leaves_only_what_the_next_run_removes(tmp_path):
+    folder = tmp_path / "drift"
+    folder.mkdir()
+    _users_files(folder)
+    run = subprocess.run([sys.executable, "-c", _KILLED_WHILE_SAVING, str(folder / "csa_per_contrast.png")],
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, capture_output=True, timeout=120)
+    assert run.returncode == -signal.SIGKILL, run.stderr
+    left = [p for p in folder.iterdir() if p.name not in USERS_HIDDEN_FILES]
+    assert len(left) == 1 and not (folder / "csa_per_contrast.png").exists()  # the half-published figure
+    assert remove_stale_temporaries(folder) == left  # what 'drift' does first (write_drift)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(USERS_HIDDEN_FILES)
+
+
 # -- a killed 'round export' ----------------------------------------------------------------------
 
 def _corrected_cohort(sample_data, root: Path, count: int) -> Path:

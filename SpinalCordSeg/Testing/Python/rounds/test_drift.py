@@ -312,7 +312,8 @@ def test_overlap_metrics_of_empty_masks():
 def test_a_model_that_loses_the_cord_drifts(tmp_path):
     """Synthetic cylinders: model 'new' finds no cord in one scan; the gate must not pass it."""
     from SpinalCordSegLib.rounds.cohort import Scan
-    from SpinalCordSegLib.rounds.drift import DriftSettings, ModelPredictions, analyse_drift, check_tolerances
+    from SpinalCordSegLib.rounds.drift import (DriftSettings, ModelPredictions, analyse_drift, check_tolerances,
+                                               write_drift)
 
     k, j, i = np.indices((10, 20, 20))
     cylinder = ((j - 10) ** 2 + (i - 10) ** 2 <= 16).astype(np.float32)
@@ -332,3 +333,6 @@ def test_a_model_that_loses_the_cord_drifts(tmp_path):
                                  "new: std_increase_mm2 cannot be computed (no participant with two measured "
                                  "contrasts in both models)"]
     assert check_tolerances(result.summary) == []  # no tolerance, no verdict
+    written = write_drift(result, tmp_path / "report")  # figures of a partly failed model, atomically written
+    assert sorted(p.name for p in (tmp_path / "report").iterdir()) == sorted(p.name for p in written)
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written if p.suffix == ".png")
