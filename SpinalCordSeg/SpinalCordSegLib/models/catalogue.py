@@ -58,9 +58,32 @@ class CatalogueError(SpinalCordSegError):
     """The catalogue file is missing, unreadable or inconsistent."""
 
 
+#: What ``-m current`` means: the round's promoted model (``round promote``).
+CURRENT = "current"
+#: The file in the models folder that records the promoted model.
+CURRENT_FILE = "current.json"
+#: Names that a model id may not take, in any case (``Current`` is ``current`` on macOS and Windows).
+RESERVED_IDS = (CURRENT, CURRENT_FILE)
+
+
 def is_valid_id(text: str) -> bool:
     """True when ``text`` can be a model id (and so a folder name)."""
     return is_safe_id(text)  # ids name folders in the models directory
+
+
+def reserved_id_problem(model_id: str) -> Optional[str]:
+    """Why ``model_id`` cannot name a model (a reserved name), or None when it can.
+
+    >>> reserved_id_problem("current")
+    "model id 'current' is reserved: it names the promoted model (-m current)"
+    >>> reserved_id_problem("sct-deepseg-v3") is None
+    True
+    """
+    if model_id.lower() == CURRENT:
+        return f"model id {model_id!r} is reserved: it names the promoted model (-m {CURRENT})"
+    if model_id.lower() == CURRENT_FILE:
+        return f"model id {model_id!r} is reserved: {CURRENT_FILE} in the models folder records the promoted model"
+    return None
 
 
 @dataclass(frozen=True)
@@ -205,6 +228,8 @@ def _parse_entry(data: object, where: str, models_root: Path) -> CatalogueEntry:
     model_id = reader.get("id", str)
     if not is_valid_id(model_id):
         raise CatalogueError(f"{where}: id {model_id!r} must be letters, digits, '_', '-' or '.'")
+    if reserved_id_problem(model_id):
+        raise CatalogueError(f"{where}: {reserved_id_problem(model_id)}")
     where = f"{where} ({model_id})"
     reader.where = where
     builtin = bool(reader.get("builtin", bool, required=False))

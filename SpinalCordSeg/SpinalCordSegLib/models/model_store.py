@@ -37,7 +37,8 @@ from .. import __version__
 
 from .. import paths
 from .archive import check_plain_folder, extract_zip
-from .catalogue import Catalogue, CatalogueEntry, is_valid_id, load_catalogue
+from .catalogue import (CURRENT, CURRENT_FILE, Catalogue, CatalogueEntry, is_valid_id, load_catalogue,
+                        reserved_id_problem)
 from .download import Progress, download, verify_file
 from ..errors import ModelFolderError, ModelInstallError, SpinalCordSegError, UntrustedModelError
 from ..imaging.fileutil import (disk_full_hint, format_size, make_staging_folder, owned_prefix, read_json,
@@ -48,9 +49,6 @@ from .trust import TrustStore, changed_files, check_weights_only, untrusted_mess
 logger = logging.getLogger(__name__)
 
 RECORD_FILE = "spinalcordseg-model.json"
-#: The round's model (what ``-m current`` means), set only by ``round promote``.
-CURRENT_FILE = "current.json"
-CURRENT = "current"
 Confirm = Callable[[str], bool]
 
 
@@ -167,6 +165,14 @@ def _id_from_name(path: Path) -> str:
 def _check_id(model_id: str) -> None:
     if not is_valid_id(model_id):
         raise ModelInstallError(f"invalid model id {model_id!r}: use letters, digits, '_', '-' or '.'")
+
+
+def _check_new_id(model_id: str, hint: str = "choose another id") -> None:
+    """Refuse an id that cannot name a new model: not a name, or reserved (``current``: the promoted model)."""
+    _check_id(model_id)
+    problem = reserved_id_problem(model_id)
+    if problem:
+        raise ModelInstallError(f"{problem}; {hint}")
 
 
 @contextmanager
@@ -319,8 +325,9 @@ class ModelStore:
         source = Path(source).expanduser()
         if not source.exists():
             raise ModelInstallError(f"{source}: no such file or folder")
+        hint = "choose another id" if model_id else f"the id comes from the name of {source}; give another id"
         model_id = model_id or _id_from_name(source)
-        _check_id(model_id)
+        _check_new_id(model_id, f"{hint}: 'spinalcordseg models install ID --from {source}'")
         if self.catalogue.get(model_id) is not None:
             raise ModelInstallError(
                 f"'{model_id}' is a catalogue id: choose another id, or install the catalogue model from "
@@ -343,9 +350,9 @@ class ModelStore:
         The hashes are those of the training's output (``lineage["files_sha256"]``): if
         the installed files differ, the install is undone and refused.
         """
-        _check_id(model_id)
-        if model_id == CURRENT or self.catalogue.get(model_id) is not None or (self.models_dir / model_id).exists():
-            raise ModelInstallError(f"'{model_id}' is taken (a catalogue id, an installed model, or 'current'); "
+        _check_new_id(model_id)
+        if self.catalogue.get(model_id) is not None or (self.models_dir / model_id).exists():
+            raise ModelInstallError(f"'{model_id}' is taken (a catalogue id or an installed model); "
                                     "choose another name")
         record = {"source": "trained", "id": model_id, "name": model_id, "version": lineage.get("trained_at"),
                   "lineage": lineage}
@@ -563,7 +570,8 @@ class ModelStore:
             if model.record.get("source") == "zip" and digest in archives.values():
                 return model
         model_id = _id_from_name(archive)
-        if (self.models_dir / model_id).exists() or self.catalogue.get(model_id) is not None:
+        if (self.models_dir / model_id).exists() or self.catalogue.get(model_id) is not None \
+                or reserved_id_problem(model_id):
             model_id = f"{model_id}-{digest[:8]}"
         return self.install_from(archive, model_id)
 

@@ -115,3 +115,32 @@ def test_deeply_nested_sidecar_and_catalogue_are_refused_naming_the_file(tmp_pat
     monkeypatch.setenv("SPINALCORDSEG_CATALOGUE", str(catalogue))
     assert main(["models", "list"]) == 1
     assert f"spinalcordseg: error: {catalogue}: cannot read the model catalogue" in capsys.readouterr().err
+
+
+# -- reserved model ids ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("model_id", ["current", "CURRENT", "current.json"])
+def test_install_refuses_a_reserved_id_naming_it(model_id, tiny_model, tmp_path, capsys):
+    """'current' names the promoted model (``-m current``); current.json records it in the models folder."""
+    store = ModelStore()
+    store.set_current("promoted")
+    record = (models_dir() / "current.json").read_bytes()
+    model = _copy(tiny_model, tmp_path / "model")
+    assert main(["models", "install", model_id, "--from", str(model), "--force"]) == 1
+    error = capsys.readouterr().err
+    assert f"spinalcordseg: error: model id '{model_id}' is reserved" in error
+    assert sorted(p.name for p in models_dir().iterdir()) == ["current.json"]  # nothing installed, nothing moved
+    assert (models_dir() / "current.json").read_bytes() == record
+    with pytest.raises(ModelInstallError, match=f"model id '{model_id}' is reserved"):
+        store.install_trained(model, model_id, {"files_sha256": {}})
+
+
+def test_a_model_named_current_gets_another_id(tiny_model, tmp_path, capsys):
+    """A folder or zip called 'current' without an id: the error says how to name it; a zip used with -m still works."""
+    model = tmp_path / "current"
+    shutil.copytree(tiny_model, model / tiny_model.name)
+    assert main(["models", "install", "--from", str(model)]) == 1
+    assert "model id 'current' is reserved" in capsys.readouterr().err
+    archive = Path(shutil.make_archive(str(tmp_path / "zips" / "current"), "zip", model))
+    installed = ModelStore()._installed_zip(archive)
+    assert installed.id.startswith("current-") and installed.path.parent == models_dir()

@@ -94,6 +94,7 @@ def _broken(base: dict, change) -> dict:
     (lambda m: m[0]["assets"][0].update(sha256="abc"), "not a lower-case hex sha256"),
     (lambda m: m[0]["assets"][0].update(urls=["ftp://x/y.zip"]), "not an http"),
     (lambda m: m[0].update(id="../escape"), "must be letters"),
+    (lambda m: m[0].update(id="Current"), "model id 'Current' is reserved: it names the promoted model"),
     (lambda m: m[0].update(crop_with="missing"), "crops with unknown model 'missing'"),
     (lambda m: m[0].update(orientation="RAR"), "'orientation' must be three letters"),
     (lambda m: m[0].pop("name"), "missing 'name'"),
