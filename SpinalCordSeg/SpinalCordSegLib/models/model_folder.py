@@ -34,10 +34,20 @@ def _is_results_folder(path: Path) -> bool:
     return (path / "dataset.json").is_file() and (path / "plans.json").is_file()
 
 
+def _is_plain_folder(path: Path) -> bool:
+    """A folder, not a link to one (nor a Windows junction, which Python before 3.12 does not call a link)."""
+    return path.is_dir() and not path.is_symlink() and not getattr(path, "is_junction", lambda: False)()
+
+
 def find_results_folder(path: Union[str, Path]) -> Path:
     """Return the single nnU-Net results folder at or below ``path``.
 
+    The search does not follow links to folders below ``path`` (a link in a stranger's
+    model folder may point anywhere, or back to itself); ``path`` itself may be one.
     Raises ModelFolderError when there is none, or more than one.
+
+    >>> find_results_folder("Dataset101_SC/")  # doctest: +SKIP
+    PosixPath('Dataset101_SC/nnUNetTrainer__nnUNetPlans__3d_fullres')
     """
     root = Path(path).expanduser()
     if not root.is_dir():
@@ -47,7 +57,7 @@ def find_results_folder(path: Union[str, Path]) -> Path:
     found: List[Path] = []
     level = [root]
     for _ in range(_SEARCH_DEPTH):
-        level = [child for parent in level for child in sorted(parent.iterdir()) if child.is_dir()]
+        level = [child for parent in level for child in sorted(parent.iterdir()) if _is_plain_folder(child)]
         found = [child for child in level if _is_results_folder(child)]
         if found:
             break

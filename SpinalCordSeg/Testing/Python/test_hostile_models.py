@@ -144,3 +144,28 @@ def test_a_model_named_current_gets_another_id(tiny_model, tmp_path, capsys):
     archive = Path(shutil.make_archive(str(tmp_path / "zips" / "current"), "zip", model))
     installed = ModelStore()._installed_zip(archive)
     assert installed.id.startswith("current-") and installed.path.parent == models_dir()
+
+
+# -- links inside a model folder ------------------------------------------------------------------------
+
+def test_the_results_folder_search_never_follows_links(tiny_model, tmp_path):
+    """A stranger's model folder: links back to itself (a loop) and out to another model are not searched."""
+    from SpinalCordSegLib.models.model_folder import find_results_folder
+
+    elsewhere = _copy(tiny_model, tmp_path / "someone-else")  # another results folder, outside
+    folder = tmp_path / "download"
+    real = _copy(tiny_model, folder / "model")
+    for number in range(8):  # 8 links to the folder itself: 8**3 folders if followed
+        (folder / f"loop{number}").symlink_to(folder, target_is_directory=True)
+    (folder / "model" / "other").symlink_to(elsewhere.parent, target_is_directory=True)
+    (folder / "out").symlink_to(elsewhere, target_is_directory=True)
+    assert find_results_folder(folder) == real
+    assert ModelFolder.open(folder).path == real
+
+    only_links = tmp_path / "only-links"
+    only_links.mkdir()
+    (only_links / "out").symlink_to(elsewhere, target_is_directory=True)
+    (only_links / "loop").symlink_to(only_links, target_is_directory=True)
+    with pytest.raises(ModelFolderError, match=f"{only_links}: no nnU-Net results folder"):
+        find_results_folder(only_links)
+    assert find_results_folder(only_links / "out") == only_links / "out"  # a link given by the user is followed
