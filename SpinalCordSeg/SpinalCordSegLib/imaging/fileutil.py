@@ -36,6 +36,7 @@ import re
 import secrets
 import shutil
 import socket
+import stat
 import sys
 import time
 from pathlib import Path
@@ -214,22 +215,27 @@ def open_locked(path: PathLike, create: Optional[bool] = None, wait: bool = True
         >>> fd, created = open_locked("derivatives/failures.csv")  # doctest: +SKIP
     """
     flags = os.O_RDWR | os.O_APPEND | getattr(os, "O_BINARY", 0)
-    while True:
+    for attempt in range(3):
         try:
-            if create is not False:
+            if create is False:
+                fd, created = os.open(path, flags), False
+            else:
                 try:
                     fd, created = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o666), True
                 except FileExistsError:
                     if create:
                         raise
                     fd, created = os.open(path, flags), False
-            else:
-                fd, created = os.open(path, flags), False
             break
         except FileNotFoundError:
-            if create is not None:
+            if create is not None or attempt == 2:
+                if os.path.islink(path):  # O_EXCL never follows a link: a dangling one exists and is missing
+                    raise FileNotFoundError(errno.ENOENT, "a link to a missing file", str(path)) from None
                 raise
-            continue  # removed between the two opens: create it again
+            # removed between the two opens: create it again
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or a device would block or swallow the rows
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a plain file", str(path))
     try:
         lock_file(fd, wait)
     except BaseException:

@@ -10,6 +10,7 @@ create a log at the same moment write one header, and every row.
 import ast
 import csv
 import multiprocessing
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from SpinalCordSegLib.errors import SpinalCordSegError
 from SpinalCordSegLib.imaging.fileutil import (csv_text, read_csv_table, spreadsheet_safe, spreadsheet_value,
                                                write_csv_atomic)
 from SpinalCordSegLib.rounds.correction import LOG_COLUMNS, append_correction_log
@@ -154,6 +156,25 @@ def test_processes_that_create_a_log_at_once_write_one_header_and_every_row(tmp_
             rows = list(csv.reader(stream))
         assert rows[0] == header and rows.count(header) == 1, f"try {attempt}: {rows}"
         assert sorted(row[case] for row in rows[1:]) == [f"c{number}" for number in range(WRITERS)]
+
+
+@pytest.mark.parametrize("kind", ["dangling link", "fifo", "folder", "other header"])
+def test_a_log_that_is_not_a_log_is_refused_naming_it(tmp_path, kind):
+    log = tmp_path / "correction_log.csv"
+    target = tmp_path / "elsewhere.csv"
+    if kind == "dangling link":
+        log.symlink_to(target)
+    elif kind == "fifo":
+        os.mkfifo(log)
+    elif kind == "folder":
+        log.mkdir()
+    else:
+        log.write_text("subject,score\nsub-01,3\n")
+    with pytest.raises(SpinalCordSegError, match=f"{log}: (cannot append to the|existing) correction log"):
+        append_correction_log(log, [dict.fromkeys(LOG_COLUMNS, "x")])
+    assert not target.exists()  # nothing written where a link points
+    if kind == "other header":
+        assert log.read_text() == "subject,score\nsub-01,3\n"
 
 
 def test_every_csv_write_of_both_libs_goes_through_fileutil():
