@@ -43,7 +43,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import logging
 import os
 import re
 import secrets
@@ -60,8 +59,6 @@ import SimpleITK as sitk
 
 from .errors import KeyMismatchError, ManifestError, SessionError
 from .scales import Scale, default_scale
-
-log = logging.getLogger(__name__)
 
 SESSION_FILE = "session.json"
 KEY_FILE = "key.json"

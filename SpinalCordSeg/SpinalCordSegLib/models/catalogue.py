@@ -62,8 +62,6 @@ class CatalogueError(SpinalCordSegError):
 CURRENT = "current"
 #: The file in the models folder that records the promoted model.
 CURRENT_FILE = "current.json"
-#: Names that a model id may not take, in any case (``Current`` is ``current`` on macOS and Windows).
-RESERVED_IDS = (CURRENT, CURRENT_FILE)
 
 
 def is_valid_id(text: str) -> bool:
@@ -72,7 +70,9 @@ def is_valid_id(text: str) -> bool:
 
 
 def reserved_id_problem(model_id: str) -> Optional[str]:
-    """Why ``model_id`` cannot name a model (a reserved name), or None when it can.
+    """Why ``model_id`` cannot name a model (:data:`CURRENT` or :data:`CURRENT_FILE`), or None when it can.
+
+    Compared in any case: ``Current`` is ``current`` on macOS and Windows.
 
     >>> reserved_id_problem("current")
     "model id 'current' is reserved: it names the promoted model (-m current)"
