@@ -55,7 +55,7 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
                       help="predict the whole field of view (default: inside the cord's box found by a fast "
                            "localizer pass, plus the margin)")
     parser.add_argument("--crop-margin", type=number(float, minimum=0, maximum=MAX_CROP_MARGIN_MM), default=None,
-                        help="crop margin in mm (default 20)")
+                        help="crop margin around the cord in mm (default 10)")
     parser.add_argument("--save-cropbox", action="store_true",
                         help="also write the crop box as <scan>_cropbox.nii.gz (as SCT does)")
     parser.add_argument("--trust", action="store_true",

@@ -36,7 +36,7 @@ import SimpleITK as sitk
 from .. import __version__
 from ..imaging.binarization import DEFAULT_THRESHOLD, above, binarize, cord_structure
 from ..models.catalogue import model_note
-from .cropping import (CropBox, axis_faces, box_of_mask, crop, face_names, grow_box, load_crop_metadata,
+from .cropping import (CROP_PAD_KEYS, CropBox, box_of_mask, crop, cropbox_image, face_names, load_crop_metadata,
                        pad_box, superior_inferior_axis, truncated_faces, uncrop, uniform_padding)
 from ..errors import DeviceUnavailableError, InputImageError, ModelFolderError
 from ..imaging.grid import same_grid
@@ -44,11 +44,15 @@ from ..imaging.image_io import check_scan, orientation_of, read_image, reorient
 from ..models.model_folder import ModelFolder
 from ..imaging.sidecar import now
 from .localizer import LOCALIZER_MODEL, CordLocalizer, sccrop_box
+from .tiles import TileSelection
 
 logger = logging.getLogger(__name__)
 
 #: How many times a localizer box is grown on the faces the prediction reaches before the whole field of view.
 MAX_GROWTHS = 3
+#: The logit of certain background, where no predicted tile holds a voxel: within nnU-Net's float16 logits, and far
+#: enough that sigmoid and softmax give exactly 0 there, as around a cut-out box.
+BACKGROUND_LOGIT = 60000.0
 #: The stages of ``Timing`` (seconds) in a prediction's provenance, in the order they run; the command line adds
 #: ``Reading`` (the scan), ``ModelLoad`` (once per process) and ``Writing`` (the images).
 STAGES = ("Reading", "Checks", "ModelLoad", "Localizer", "Preprocessing", "SlidingWindow", "ResamplingBack",
@@ -91,7 +95,7 @@ class InferenceOptions:
     num_threads: Optional[int] = None
     orientation: Optional[str] = None
     crop: bool = True
-    crop_margin_mm: float = 20.0
+    crop_margin_mm: float = 10.0
     whole_if_truncated: bool = True
     localizer: str = "demo-sc"
     offline: Optional[bool] = None
@@ -163,21 +167,17 @@ def _make_predictor(device: str, options: InferenceOptions):
 
     class ProgressPredictor(nnUNetPredictor):
         progress: Optional[ProgressCallback] = None
+        #: Only these tiles of the whole field's grid are predicted (see tiles.py); None: all.
+        selection: Optional[TileSelection] = None
         _tiles_done = 0
         _tiles_total = 1
 
         def _internal_get_sliding_window_slicers(self, image_size):
             slicers = super()._internal_get_sliding_window_slicers(image_size)
+            if self.selection is not None:
+                slicers = [s for s in slicers if self.selection.holds(s[1:])]
             self._tiles_total = max(1, len(slicers) * len(self.list_of_parameters))
             return slicers
-
-        def predict_logits_from_preprocessed_data(self, data):
-            # Marks where nnU-Net's preprocessing ends and its resampling back begins (see _predict_maps).
-            self.window_started = time.perf_counter()
-            try:
-                return super().predict_logits_from_preprocessed_data(data)
-            finally:
-                self.window_ended = time.perf_counter()
 
         def _internal_maybe_mirror_and_predict(self, x):
             result = super()._internal_maybe_mirror_and_predict(x)
@@ -200,6 +200,32 @@ def _make_predictor(device: str, options: InferenceOptions):
             verbose_preprocessing=False,
             allow_tqdm=False,
         )
+
+
+@dataclass
+class _Prepared:
+    """A scan through nnU-Net's preprocessing (reoriented, transposed, cropped to its nonzero part, resampled,
+    normalized): the scan, it in the model's orientation, nnU-Net's array (channels first) and properties, and the
+    network's patch per axis of that array (1: a 2D configuration, slice by slice)."""
+
+    image: sitk.Image
+    work: sitk.Image
+    data: object
+    properties: dict
+    patch: Tuple[int, ...]
+
+    @property
+    def shape(self) -> Tuple[int, ...]:
+        return tuple(int(n) for n in self.data.shape[1:])
+
+    @property
+    def padding(self) -> Tuple[int, ...]:
+        """Voxels nnU-Net pads before each axis that is shorter than the patch."""
+        return tuple(max(0, p - n) // 2 for n, p in zip(self.shape, self.patch))
+
+    @property
+    def padded(self) -> Tuple[int, ...]:
+        return tuple(max(n, p) for n, p in zip(self.shape, self.patch))
 
 
 class SegmentationEngine:
@@ -365,44 +391,20 @@ class SegmentationEngine:
         timing["Localizer"] = time.perf_counter() - started
         warnings = list(self.warnings) + warnings
         report(0.1, "preparing the scan")
-        cropped = box is not None and not box.covers(image.GetSize())
-        work = crop(image, box) if cropped else image
-        # A model trained on whole scans gets the intensities it would see on the whole scan.
-        normalize_like = image if cropped and not self.crop_padding else None
-        maps = self._predict_maps(work, report, normalize_like=normalize_like, timing=timing)
-        if cropped:
-            maps = {k: uncrop(v, image, box) for k, v in maps.items()}
+        if box is not None and self._on_whole_field_tiles(box):
+            maps, box, crop_record, more = self._predict_tiles_around(image, box, crop_record, name, report, timing)
+            warnings += more
+        elif box is not None and not box.covers(image.GetSize()):
+            # A model trained on whole scans gets the intensities it would see on the whole scan.
+            normalize_like = None if self.crop_padding else image
+            maps = {k: uncrop(v, image, box) for k, v in
+                    self._predict_maps(crop(image, box), report, normalize_like, timing).items()}
             reached = self._reached(maps, box, image)
-            grown = []
-            while reached and self._retry_whole(box) and len(grown) < MAX_GROWTHS:
-                # Most misses are a few mm: predict only the missing part, beyond the faces reached.
-                faces = sorted({key for keys in reached.values() for key in keys})
-                target = box
-                for key in faces:
-                    target = self._slab(image, target, key)[2]
-                if target.covers(image.GetSize()):
-                    break  # the grown box would be the whole field: predict that in one piece (below)
-                for key in faces:
-                    box, maps = self._grow(image, box, maps, key, normalize_like, report, timing)
-                grown.append(faces)
-                reached = self._reached(maps, box, image)
-            if grown:
-                crop_record = dict(crop_record, Box=box.to_dict(),
-                                   Grown=[face_names(faces, image) for faces in grown])
-            messages = [f"the {structure} prediction reaches the crop box at "
-                        + ", ".join(f"{key} ({face})" for key, face in zip(keys, face_names(keys, image)))
-                        for structure, keys in reached.items()]
-            if reached and self._retry_whole(box):
-                # The default crop is only a shortcut: when the structure seems to go on past the localizer's
-                # box even once grown (a missed or wrong cord), the whole field of view gives what an uncropped
-                # run gives.
-                warnings.append(f"{name}: {'; '.join(messages)}: predicting on the whole field of view instead")
-                crop_record = {"Source": "whole field of view (the prediction reached the localizer's box)",
-                               "Padding_mm": None, "LocalizerBox": box.to_dict()}
-                maps, cropped = self._predict_maps(image, report, timing=timing), False
-            elif reached:
-                warnings.append(f"{name}: {'; '.join(messages)}; it is likely cut off there: run with a larger "
-                                "--crop-margin or --no-crop")
+            if reached:
+                warnings.append(f"{name}: {self._reach_message(reached, image)}; it is likely cut off there: run "
+                                "with a larger --crop-margin or --no-crop")
+        else:
+            maps, box = self._predict_maps(image, report, timing=timing), None
         for soft in maps.values():
             soft.CopyInformation(image)
         report(1.0, "done")
@@ -411,7 +413,7 @@ class SegmentationEngine:
         provenance = self.provenance()
         provenance["Crop"] = crop_record
         provenance["Timing"] = {stage: round(seconds, 3) for stage, seconds in timing.items()}
-        return Prediction(maps, provenance, warnings, box if cropped else None)
+        return Prediction(maps, provenance, warnings, box)
 
     @staticmethod
     def _reached(maps: Dict[str, sitk.Image], box: CropBox, image: sitk.Image) -> Dict[str, List[str]]:
@@ -423,54 +425,63 @@ class SegmentationEngine:
                 reached[structure] = touched
         return reached
 
-    def _slab(self, image: sitk.Image, box: CropBox, key: str) -> Tuple[CropBox, Tuple[int, int], CropBox]:
-        """(slab to predict, the voxels along the axis it replaces as (start, end), grown box) for face ``key``.
+    @staticmethod
+    def _reach_message(reached: Dict[str, List[str]], image: sitk.Image) -> str:
+        return "; ".join(f"the {structure} prediction reaches the crop box at "
+                         + ", ".join(f"{key} ({face})" for key, face in zip(keys, face_names(keys, image)))
+                         for structure, keys in reached.items())
 
-        The box grows by the crop margin (at least 10 mm) on face ``key``; the
-        slab reaches back into the box by as much (and to a patch's length along
-        the axis), so the network sees the structure it continues. The slab's
-        maps replace the new voxels and the half of that overlap next to the
-        old face, where the first prediction saw the structure cut off by the box.
-        """
-        axis, high = "xyz".index(key[0]), key.endswith("max")
-        face = axis_faces(image)[axis][int(high)]
-        padding = self.crop_padding or uniform_padding(self.options.crop_margin_mm)
-        step = max(1, int(math.ceil(max(padding[f"pad_{face}"], 10.0) / image.GetSpacing()[axis])))
-        length, patch = image.GetSize()[axis], self._patch_voxels(image)[axis]
-        if high:
-            end = min(length, box.upper[axis] + step)
-            start = max(0, min(box.upper[axis] - step, end - patch))
-            new = (max(start, box.upper[axis] - step // 2), end)
+    def _on_whole_field_tiles(self, box: CropBox) -> bool:
+        """Whether ``box`` is predicted on the whole field's own tiles (the default localizer crop, tiles.py)
+        rather than cut out (a user's box, a mask's, a model trained on sc-crop boxes)."""
+        return box.source == "localizer" and self.crop_padding is None
+
+    def _predict_tiles_around(self, image: sitk.Image, box: CropBox, record: dict, name: str,
+                              report: ProgressCallback, timing: Dict[str, float]):
+        """(maps, box or None for the whole field, sidecar record, warnings): of the whole field of view, as
+        nnU-Net preprocesses it, only the tiles around ``box`` (tiles.py); where a structure reaches the faces of
+        those tiles, the box grows there by the margin (at most MAX_GROWTHS times), then every tile is predicted."""
+        prepared = self._prepare(image, timing)
+        selection = self._tiles_around(prepared, box)
+        grown: List[List[str]] = []
+        while selection is not None and not selection.is_whole:
+            maps = self._predict_prepared(prepared, report, timing, selection)
+            tiles = self._box_of_tiles(prepared, selection)
+            record = dict(record, Box=box.to_dict(), Tiles=f"{selection.count} of {selection.total}",
+                          TilesBox=tiles.to_dict())
+            # The tiles reach beyond the box: a structure is cut off only where it reaches their faces.
+            reached = self._reached(maps, tiles, image)
+            if not reached:
+                return maps, box, dict(record, Grown=grown) if grown else record, []
+            if not self.options.whole_if_truncated:
+                return maps, box, record, [f"{name}: {self._reach_message(reached, image)}; it is likely cut off "
+                                           "there: run with a larger --crop-margin or --no-crop"]
+            if len(grown) == MAX_GROWTHS:
+                break
+            # Most misses are a few mm: the box reaches the tiles' faces that were reached and the margin beyond,
+            # in fewer tiles than the whole field.
+            faces = sorted({key for keys in reached.values() for key in keys})
+            grown.append(face_names(faces, image))
+            low, high = list(box.index), list(box.upper)
+            for key in faces:
+                axis = "xyz".index(key[0])
+                high[axis], low[axis] = (tiles.upper[axis], low[axis]) if key.endswith("max") else \
+                    (high[axis], tiles.index[axis])
+            padding = dict.fromkeys(CROP_PAD_KEYS, 0.0)
+            padding.update({f"pad_{face}": max(self.options.crop_margin_mm, 10.0) for face in grown[-1]})
+            box = pad_box(CropBox(tuple(low), tuple(h - lo for lo, h in zip(low, high)), box.source), image, padding)
+            selection = self._tiles_around(prepared, box)
+        warnings = []
+        if grown:
+            # The default crop is only a shortcut: a structure that goes on past the box even once grown (a missed
+            # or wrong cord) gets what an uncropped run gives.
+            warnings.append(f"{name}: {self._reach_message(reached, image)}: predicting on the whole field of view "
+                            "instead")
+            record = {"Source": "whole field of view (the prediction reached the localizer's box)",
+                      "Padding_mm": None, "LocalizerBox": record["Box"], "Grown": grown}
         else:
-            start = max(0, box.index[axis] - step)
-            end = min(length, max(box.index[axis] + step, start + patch))
-            new = (start, min(end, box.index[axis] + step // 2))
-        index, size = list(box.index), list(box.size)
-        index[axis], size[axis] = start, end - start
-        slab = CropBox(tuple(index), tuple(size), box.source)
-        index, size = list(box.index), list(box.size)
-        first, last = (box.index[axis], end) if high else (start, box.upper[axis])
-        index[axis], size[axis] = first, last - first
-        return slab, new, CropBox(tuple(index), tuple(size), box.source)
-
-    def _grow(self, image: sitk.Image, box: CropBox, maps: Dict[str, sitk.Image], key: str,
-              normalize_like: Optional[sitk.Image], report: ProgressCallback,
-              timing: Dict[str, float]) -> Tuple[CropBox, Dict[str, sitk.Image]]:
-        """``box`` grown on face ``key`` (``xmax``...; see :meth:`_slab`), and ``maps`` with the new voxels (and
-        those next to the old face) predicted."""
-        axis = "xyz".index(key[0])
-        slab, new, grown_box = self._slab(image, box, key)
-        predicted = self._predict_maps(crop(image, slab), report, normalize_like=normalize_like, timing=timing)
-        region = [slice(lo, up) for lo, up in zip(box.index, box.upper)][::-1]  # numpy order z, y, x
-        region[2 - axis] = slice(*new)
-        local = tuple(slice(r.start - lo, r.stop - lo) for r, lo in zip(region, slab.index[::-1]))
-        grown = {}
-        for structure, soft in maps.items():
-            array = sitk.GetArrayFromImage(soft)
-            array[tuple(region)] = sitk.GetArrayViewFromImage(predicted[structure])[local]
-            grown[structure] = sitk.GetImageFromArray(array)
-            grown[structure].CopyInformation(image)
-        return grown_box, grown
+            record = dict(record, Source="whole field of view (the tiles around the cord are all the tiles)")
+        return self._predict_prepared(prepared, report, timing), None, record, warnings
 
     def crop_box_for(
         self,
@@ -523,42 +534,19 @@ class SegmentationEngine:
                   "Padding_mm": None if box.source == "user" else padding}
         return box, record, warnings
 
-    def _retry_whole(self, box: CropBox) -> bool:
-        """Whether a prediction reaching ``box`` is redone on the whole field of view (default localizer crops)."""
-        return box.source == "localizer" and self.crop_padding is None and self.options.whole_if_truncated
-
     def _localizer_box(self, image: sitk.Image, name: str, padding: Dict[str, float],
                        whole_length: bool) -> Optional[CropBox]:
-        """The localizer's box plus ``padding``; with ``whole_length``, the default crop (see crop_box_for)."""
+        """The localizer's box plus ``padding``; with ``whole_length``, along the body the whole scan (the cord
+        runs through it; a box cut short there would only risk cutting the cord)."""
         mask = cord_localizer(self.options.localizer, self.device, self.options.num_threads).cord_mask(image, name)
         tight = box_of_mask(mask, image, "localizer") if mask is not None else None
         if tight is None:
             return None
         box = pad_box(tight, image, padding)
         if whole_length:
-            patch = self._patch_voxels(image)
             axis = superior_inferior_axis(image)
             index, size = list(box.index), list(box.size)
             index[axis], size[axis] = 0, image.GetSize()[axis]
-            # A box smaller than the network's patch would be padded with zeros up to it: grow it
-            # to the patch instead, at no extra tile, so the network sees the anatomy around it.
-            box = grow_box(CropBox(tuple(index), tuple(size), box.source), patch, image.GetSize())
-            # Cropping an axis only changes where the tiles fall unless it saves tiles: keep such axes whole.
-            index, size = list(box.index), list(box.size)
-            faces = axis_faces(image)
-            for axis in range(3):
-                if self._tiles(size[axis], patch[axis]) >= self._tiles(image.GetSize()[axis], patch[axis]):
-                    index[axis], size[axis] = 0, image.GetSize()[axis]
-                    continue
-                # A box a few mm wider than a whole number of tiles takes one tile more: trim it to one tile less
-                # when the cord keeps at least half the margin on each side (growth catches a structure beyond).
-                tiles = self._tiles(size[axis], patch[axis])
-                fewer = patch[axis] + int(math.floor((tiles - 2) * patch[axis] * self.options.tile_step_size))
-                half = max(int(math.ceil(padding[f"pad_{face}"] / 2 / image.GetSpacing()[axis]))
-                           for face in faces[axis])
-                if tiles > 1 and tight.size[axis] + 2 * half <= fewer:
-                    start = tight.index[axis] + tight.size[axis] // 2 - fewer // 2
-                    index[axis], size[axis] = min(max(0, start), image.GetSize()[axis] - fewer), fewer
             box = CropBox(tuple(index), tuple(size), box.source)
         return box
 
@@ -591,41 +579,115 @@ class SegmentationEngine:
     def _predict_maps(self, image: sitk.Image, report: ProgressCallback,
                       normalize_like: Optional[sitk.Image] = None,
                       timing: Optional[Dict[str, float]] = None) -> Dict[str, sitk.Image]:
-        """Soft maps of ``image`` (on its grid), adding the seconds of each stage to ``timing``."""
+        """Soft maps of ``image`` (on its grid), every tile, adding the seconds of each stage to ``timing``."""
         timing = {} if timing is None else timing
+        return self._predict_prepared(self._prepare(image, timing, normalize_like), report, timing)
+
+    def _prepare(self, image: sitk.Image, timing: Dict[str, float],
+                 normalize_like: Optional[sitk.Image] = None) -> _Prepared:
+        """``image`` through nnU-Net's preprocessing, as ``nnUNetPredictor.predict_single_npy_array`` runs it;
+        z-scored with ``normalize_like``'s statistics when given (a crop of it)."""
+        from nnunetv2.inference.data_iterators import PreprocessAdapterFromNpy
+
         started = time.perf_counter()
-        original_orientation = orientation_of(image)
         work = reorient(image, self.orientation) if self.orientation else image
         array = sitk.GetArrayFromImage(work).astype(np.float32)[None]
-        properties = {"spacing": list(work.GetSpacing())[::-1]}
         predictor = self._predictor
-        schemes = predictor.configuration_manager.configuration["normalization_schemes"]
-        normalized = normalize_like is not None and self._zscore_on_whole_image()
-        if normalized:
+        configuration = predictor.configuration_manager.configuration
+        schemes = configuration["normalization_schemes"]
+        if normalize_like is not None and self._zscore_on_whole_image():
             mean, std = _zscore_statistics(normalize_like)
             array = (array - mean) / max(std, 1e-8)
-            predictor.configuration_manager.configuration["normalization_schemes"] = ["NoNormalization"]
-        predictor.progress = report
-        predictor._tiles_done = 0
+            configuration["normalization_schemes"] = ["NoNormalization"]
         try:
-            _, probabilities = predictor.predict_single_npy_array(array, properties, None, None, True)
+            prepared = next(PreprocessAdapterFromNpy(
+                [array], [None], [{"spacing": list(work.GetSpacing())[::-1]}], [None], predictor.plans_manager,
+                predictor.dataset_json, predictor.configuration_manager, num_threads_in_multithreaded=1))
         finally:
-            predictor.progress = None
-            predictor.configuration_manager.configuration["normalization_schemes"] = schemes
-        timing["Preprocessing"] = timing.get("Preprocessing", 0.0) + predictor.window_started - started
-        timing["SlidingWindow"] = timing.get("SlidingWindow", 0.0) + predictor.window_ended - predictor.window_started
-        resampled = predictor.window_ended
+            configuration["normalization_schemes"] = schemes
+        patch = list(predictor.configuration_manager.patch_size)
+        patch = [1] * (array.ndim - 1 - len(patch)) + patch  # a 2D configuration predicts slice by slice
+        timing["Preprocessing"] = timing.get("Preprocessing", 0.0) + time.perf_counter() - started
+        return _Prepared(image, work, prepared["data"], prepared["data_properties"], tuple(patch))
+
+    def _predict_prepared(self, prepared: _Prepared, report: ProgressCallback, timing: Dict[str, float],
+                          selection: Optional[TileSelection] = None) -> Dict[str, sitk.Image]:
+        """Soft maps of a prepared scan on its own grid: every tile, or only the tiles of ``selection`` (no tile
+        holds the rest of the field: background)."""
+        import torch
+        from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+
+        predictor = self._predictor
+        predictor.progress, predictor.selection, predictor._tiles_done = report, selection, 0
+        started = time.perf_counter()
+        try:
+            logits = predictor.predict_logits_from_preprocessed_data(torch.as_tensor(prepared.data)).cpu()
+        finally:
+            predictor.progress = predictor.selection = None
+        resampled = time.perf_counter()
+        if selection is not None:
+            # nnU-Net's blend divides 0 by 0 where no tile was predicted: there, certain background.
+            background = torch.tensor(self._background_logits(), dtype=logits.dtype)
+            logits = torch.where(torch.isnan(logits[:1]), background.reshape(-1, *[1] * (logits.ndim - 1)), logits)
         report(0.92, "writing soft maps")
+        _, probabilities = convert_predicted_logits_to_segmentation_with_correct_shape(
+            logits, predictor.plans_manager, predictor.configuration_manager, predictor.label_manager,
+            prepared.properties, return_probabilities=True)
         maps: Dict[str, sitk.Image] = {}
         for structure, channel in self._channels().items():
             soft = sitk.GetImageFromArray(np.clip(probabilities[channel], 0, 1).astype(np.float32))
-            soft.CopyInformation(work)
-            soft = reorient(soft, original_orientation)
-            if not same_grid(image, soft):
-                raise InputImageError(f"internal error: reoriented map does not match the scan grid of {image}")
+            soft.CopyInformation(prepared.work)
+            soft = reorient(soft, orientation_of(prepared.image))
+            if not same_grid(prepared.image, soft):
+                raise InputImageError(f"internal error: reoriented map does not match the scan grid of "
+                                      f"{prepared.image}")
             maps[structure] = soft
+        timing["SlidingWindow"] = timing.get("SlidingWindow", 0.0) + resampled - started
         timing["ResamplingBack"] = timing.get("ResamplingBack", 0.0) + time.perf_counter() - resampled
         return maps
+
+    def _background_logits(self) -> List[float]:
+        """Logits of certain background: -BACKGROUND_LOGIT for every region (sigmoid), or +BACKGROUND_LOGIT for
+        the background label only (softmax)."""
+        heads = self._predictor.label_manager.num_segmentation_heads
+        if self.model.is_region_based:
+            return [-BACKGROUND_LOGIT] * heads
+        return [BACKGROUND_LOGIT] + [-BACKGROUND_LOGIT] * (heads - 1)
+
+    def _tiles_around(self, prepared: _Prepared, box: CropBox) -> Optional[TileSelection]:
+        """The whole field's tiles around ``box`` (tiles.py), or None when the box misses the scan's nonzero part
+        (nnU-Net crops the rest away)."""
+        mask = cropbox_image(box, prepared.image)
+        mask = reorient(mask, self.orientation) if self.orientation else mask
+        array = sitk.GetArrayViewFromImage(mask).transpose(self._predictor.plans_manager.transpose_forward)
+        array = array[tuple(slice(low, high) for low, high in prepared.properties["bbox_used_for_cropping"])]
+        ranges = []
+        for axis, (old, new, offset) in enumerate(zip(array.shape, prepared.shape, prepared.padding)):
+            inside = np.nonzero(array.any(axis=tuple(a for a in range(array.ndim) if a != axis)))[0]
+            if inside.size == 0:
+                return None
+            ranges.append((int(math.floor(inside[0] * new / old)) + offset,
+                           int(math.ceil((inside[-1] + 1) * new / old)) + offset))
+        return TileSelection.around(prepared.padded, prepared.patch, self.options.tile_step_size, ranges)
+
+    def _box_of_tiles(self, prepared: _Prepared, selection: TileSelection) -> CropBox:
+        """The voxels of the scan (its own grid) that the tiles of ``selection`` hold whole (rounded inwards: the
+        voxel across a face mixes the tiles with the background when resampled back)."""
+        properties = prepared.properties
+        array = np.zeros(properties["shape_before_cropping"], dtype=np.uint8)
+        region = []
+        for (low, high), (first, last), new, offset in zip(selection.coverage, properties["bbox_used_for_cropping"],
+                                                           prepared.shape, prepared.padding):
+            old = last - first
+            low, high = max(0, low - offset), min(new, high - offset)
+            start, end = int(math.ceil(low * old / new - 1e-6)), int(math.floor(high * old / new + 1e-6))
+            # A face at the array's end is the scan's own: its last voxel is whole.
+            start, end = (first if low == 0 else first + start), (last if high == new else first + end)
+            region.append(slice(start, max(end, start + 1)))
+        array[tuple(region)] = 1
+        mask = sitk.GetImageFromArray(array.transpose(self._predictor.plans_manager.transpose_backward))
+        mask.CopyInformation(prepared.work)
+        return box_of_mask(reorient(mask, orientation_of(prepared.image)), prepared.image, "localizer")
 
     def _zscore_on_whole_image(self) -> bool:
         """True when nnU-Net z-scores each scan over all its voxels (the plans' usual CT-free setting)."""

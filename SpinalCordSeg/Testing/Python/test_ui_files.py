@@ -130,3 +130,13 @@ def test_libs_import_without_qt_ctk_or_slicer():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_the_panels_crop_margin_starts_at_the_engines_default():
+    # The panel and the command line give the same result for the same input: the same margin unless changed.
+    from SpinalCordSegLib.inference.engine import InferenceOptions
+
+    root = ElementTree.parse(_ui_file("SpinalCordSeg")).getroot()
+    spin_box = next(w for w in root.iter("widget") if w.get("name") == "cropMarginSpinBox")
+    value = next(p for p in spin_box.iter("property") if p.get("name") == "value").find("double").text
+    assert float(value) == InferenceOptions().crop_margin_mm

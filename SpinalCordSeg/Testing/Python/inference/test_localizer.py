@@ -85,16 +85,54 @@ def test_default_run_crops_and_records_the_box(tiny_region_model, wide_t1):
     assert box is not None and box.source == "localizer" and not box.covers(scan.GetSize())
     record = cropped.provenance["Crop"]
     assert record["Source"] == "localizer" and record["Box"] == box.to_dict()
-    assert record["Padding_mm"] == {key: 20.0 for key in PADDING}
-    # Nothing predicted outside the box; the box runs the whole length of the scan (the cord does).
-    inside = sitk.GetArrayFromImage(cropbox_image(box, scan)).astype(bool)
+    assert record["Padding_mm"] == {key: 10.0 for key in PADDING}
+    count, total = (int(n) for n in record["Tiles"].split(" of "))
+    assert 0 < count < total
+    # Predicted: the voxels of the whole field's tiles around the box (and the voxel across each face, which mixes
+    # them with the background), nothing outside them.
+    tiles = CropBox.from_dict(record["TilesBox"])
+    inside = sitk.GetArrayFromImage(cropbox_image(pad_box(tiles, scan, uniform_padding(min(scan.GetSpacing()))),
+                                                  scan)).astype(bool)
     for soft in cropped.soft_maps.values():
         values = sitk.GetArrayFromImage(soft)
         assert values[~inside].max() == 0.0 and values[inside].max() > 0.0
-    assert box.size[2] == scan.GetSize()[2]  # t1w is RAS: z runs along the body
+    assert box.size[2] == tiles.size[2] == scan.GetSize()[2]  # t1w is RAS: z runs along the body, and so does the cord
     # --no-crop: the whole field of view.
     whole = SegmentationEngine(tiny_region_model, InferenceOptions(crop=False, **OPTIONS)).predict(scan)
     assert whole.crop_box is None and whole.provenance["Crop"]["Source"] is None
+
+
+def _agreement_in_box(engine, scan_path, truth_path):
+    """(Dice of the default run's cord mask and the whole field's inside the box, whole-field cord voxels outside
+    the box that the manual mask holds, the default prediction's crop record)."""
+    scan = read_scan(scan_path)
+    whole = SegmentationEngine(engine.model, InferenceOptions(crop=False, orientation="LAS", **OPTIONS))
+    cropped = engine.predict(scan)
+    assert cropped.crop_box is not None, "the scan was not cropped"
+    masks = [sitk.GetArrayFromImage(p.soft_maps["sc"]) >= 0.5 for p in (cropped, whole.predict(scan))]
+    inside = sitk.GetArrayFromImage(cropbox_image(cropped.crop_box, scan)).astype(bool)
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(truth_path))) > 0
+    a, b = masks[0] & inside, masks[1] & inside
+    return 2 * (a & b).sum() / (a.sum() + b.sum()), int((masks[1] & ~inside & truth).sum()), \
+        cropped.provenance["Crop"]
+
+
+def test_crop_gives_the_whole_fields_cord_inside_the_box(embedded_engine, sample_data):
+    # Dice 0.98 or more: the tiles fall where they fall on the whole field (a cut-out box with tiles of its own
+    # disagreed at 0.97 to 0.98 on a third of the shared scans); and no cord outside the box.
+    dice, lost, record = _agreement_in_box(embedded_engine, sample_data.scan, sample_data.cord)
+    assert dice >= 0.98 and lost == 0, (dice, lost, record)
+
+
+@pytest.mark.slow
+def test_crop_gives_the_whole_fields_cord_inside_the_box_of_an_axial_t2star(embedded_engine, shared_data):
+    # sub-9709Ses1: a cut-out box with tiles of its own agreed at Dice 0.971 only.
+    subject = "sub-9709Ses1"
+    folder = shared_data / "train/gm-challenge-data"
+    scans = [folder / subject / "anat" / f"{subject}_run-1_T2starw.nii.gz"]
+    truth = folder / "derivatives/labels" / subject / "anat" / f"{subject}_run-1_T2starw_seg-manual.nii.gz"
+    dice, lost, record = _agreement_in_box(embedded_engine, scans[0], truth)
+    assert dice >= 0.98 and lost == 0, (dice, lost, record)
 
 
 def test_prediction_reaching_the_box_is_redone_on_the_whole_field_of_view(tiny_region_model, wide_t1):
@@ -112,7 +150,7 @@ def _box_holds(outer, inner) -> bool:
     return all(o <= i and iu <= ou for o, i, iu, ou in zip(outer.index, inner.index, inner.upper, outer.upper))
 
 
-def _cord_with_margin(truth, scan, margin_mm=10.0):
+def _cord_with_margin(truth, scan, margin_mm=5.0):
     """The tight box of a cord mask plus ``margin_mm`` on each face (within the scan)."""
     return pad_box(box_of_mask(truth, scan, "mask"), scan, uniform_padding(margin_mm))
 
@@ -166,36 +204,40 @@ def test_default_box_holds_the_cord_of_the_bundled_sample(embedded_engine):
                       _cord_with_margin(cord, scan))
 
 
-def test_prediction_reaching_the_box_grows_it_on_that_face_only(wide_t1, embedded_engine, monkeypatch):
-    # The localizer now finds the cord on every shared scan; a miss is made here by cutting its real box short on
-    # the right, through the cord: the prediction reaches that face, and only the part beyond it is predicted.
-    scan = read_scan(wide_t1["scan"])
-    real = SegmentationEngine._localizer_box
-    cuts = []
+def test_prediction_reaching_the_box_grows_it_on_that_face_only(shared_data, embedded_engine, monkeypatch):
+    # The localizer finds the cord on every shared scan; a miss is made here: a box beside the cord, whose tiles
+    # end inside the cord. The prediction reaches that face, and the box grows there only. (An axial T2*w of
+    # 384x384 voxels: a field wide enough for several tiles across; nnU-Net crops a zero-padded field back.)
+    folder = shared_data / "train/gm-challenge-data"
+    scan = read_scan(folder / "sub-9418/anat/sub-9418_run-1_T2starw.nii.gz")
+    truth = box_of_mask(sitk.ReadImage(str(folder / "derivatives/labels/sub-9418/anat/"
+                                           "sub-9418_run-1_T2starw_seg-manual.nii.gz")), scan, "mask")
+    prepared = embedded_engine._prepare(scan, {})
 
-    def cut_short(self, image, name, padding, whole_length):
-        box = real(self, image, name, padding, whole_length)
-        truth = box_of_mask(sitk.ReadImage(str(wide_t1["cord"])), image, "mask")
-        cut = truth.index[0] + truth.size[0] // 2 - box.index[0]  # t1w is RAS: x runs right to left
-        cuts.append(CropBox(box.index, (cut, *box.size[1:]), box.source))
-        return cuts[-1]
+    def right_of_the_cord(width):  # below the cord's first voxel along x
+        return CropBox((truth.index[0] - width, *truth.index[1:]), (width, *truth.size[1:]), "localizer")
 
-    monkeypatch.setattr(SegmentationEngine, "_localizer_box", cut_short)
-    grown = embedded_engine.predict(scan, name="wide")
+    def tiles_end(box):
+        return embedded_engine._box_of_tiles(prepared, embedded_engine._tiles_around(prepared, box)).upper[0]
+
+    width = next(w for w in range(1, truth.index[0]) if truth.index[0] + 2 <= tiles_end(right_of_the_cord(w))
+                 < truth.upper[0] - 2)
+    monkeypatch.setattr(SegmentationEngine, "_localizer_box", lambda *args, **kwargs: right_of_the_cord(width))
+    grown = embedded_engine.predict(scan, name="sub-9418")
     monkeypatch.undo()
     whole = SegmentationEngine(embedded_engine.model, InferenceOptions(crop=False, orientation="LAS", **OPTIONS))
     reference = sitk.GetArrayFromImage(whole.predict(scan).soft_maps["sc"]) >= 0.5
     assert not any("whole field of view instead" in w for w in grown.warnings)
     record = grown.provenance["Crop"]
-    assert record["Grown"][0] == face_names(["xmax"], scan)  # only the face cut short
-    box = grown.crop_box
-    assert box.index == cuts[0].index and box.size[1:] == cuts[0].size[1:] and box.size[0] > cuts[0].size[0]
+    assert record["Grown"][0] == face_names(["xmax"], scan)  # only the face that cut the cord
+    box, first = grown.crop_box, right_of_the_cord(width)
+    assert box.index[1:] == first.index[1:] and box.size[1:] == first.size[1:] and box.upper[0] > first.upper[0]
     assert record["Box"] == box.to_dict()
     mask = sitk.GetArrayFromImage(grown.soft_maps["sc"]) >= 0.5
     assert 2 * (mask & reference).sum() / (mask.sum() + reference.sum()) >= 0.95
     timing = grown.provenance["Timing"]
     assert list(timing) == list(STAGES[1:-1]) and all(seconds >= 0 for seconds in timing.values())
-    assert timing["SlidingWindow"] > 0 and timing["Localizer"] > 0
+    assert timing["SlidingWindow"] > 0
 
 
 def _no_cord_model(root):

@@ -137,7 +137,7 @@ def test_a_whole_session_apply_sliders_edit_save_next_case(mrml_scene, dataset, 
         assert controller.pick_model(DEMO_MODEL) is False  # a known model: the list stays
         controller.set_options({"UseTTA": False, "Crop": False, "Folds": " ", "TileStepSize": 0.5})
         assert controller.inference_options() == {"device": "auto", "use_mirroring": False, "tile_step_size": 0.5,
-                                                  "folds": None, "crop": False, "crop_margin_mm": 20.0}
+                                                  "folds": None, "crop": False, "crop_margin_mm": 10.0}
         assert controller.controls("").apply
 
         # Apply: the model is checked in the background, then the real worker runs; the run's work
