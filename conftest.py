@@ -12,8 +12,12 @@
 """
 
 import os
+import signal
+import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, List, Optional
 
 import pytest
 
@@ -96,3 +100,24 @@ def tiny_region_model(tmp_path_factory) -> Path:
     from SpinalCordSegLib.models.synthetic_model import make_synthetic_model
 
     return make_synthetic_model(tmp_path_factory.mktemp("tiny_region_model"), region_based=True)
+
+
+@pytest.fixture
+def kill_when():
+    """``kill_when(command, env, ready, what)``: start ``command``, SIGKILL it as soon as ``ready()`` returns a path
+    (polled every 10 ms, 2 minutes at most), and return that path: what a process killed mid-write leaves."""
+    return _kill_when
+
+
+def _kill_when(command: List[str], env: dict, ready: Callable[[], Optional[Path]], what: str) -> Path:
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, found = time.time() + 120, None
+    while time.time() < deadline and process.poll() is None:
+        found = ready()
+        if found is not None:
+            break
+        time.sleep(0.01)
+    assert found is not None and process.poll() is None, f"the {what} ended before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    return found

@@ -7,7 +7,6 @@ crash tests run real ``python`` processes (two writers at once, SIGKILL).
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -355,24 +354,18 @@ def test_failed_case_thresholds_outside_the_scale_are_refused(rated, tmp_path, t
 # --------------------------------------------------------------------------- 13: killed make-session
 
 
-def test_a_killed_make_session_leaves_nothing_that_the_next_run_keeps(tmp_path, sample_data):
+def test_a_killed_make_session_leaves_nothing_that_the_next_run_keeps(tmp_path, sample_data, kill_when):
     manifest = write_manifest(tmp_path, sample_data, count=60)
     output = tmp_path / "session"
     command = [sys.executable, "-m", "LesionQCLib.cli", "make-session", str(manifest), "-o", str(output),
                "--seed", "1"]
-    process = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": PYTHONPATH},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    staging = []
-    while time.time() < deadline and process.poll() is None:
+
+    def staging_with_two_cases():
         staging = [p for p in tmp_path.glob(".session.building.*") if (p / "cases").is_dir()]
-        if staging and len(list((staging[0] / "cases").iterdir())) >= 2:
-            break
-        time.sleep(0.01)
-    assert staging and process.poll() is None, "the build ended before it could be killed"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert staging[0].is_dir() and not output.exists()  # what the kill leaves
+        return staging[0] if staging and len(list((staging[0] / "cases").iterdir())) >= 2 else None
+
+    staging = kill_when(command, {**os.environ, "PYTHONPATH": PYTHONPATH}, staging_with_two_cases, "build")
+    assert staging.is_dir() and not output.exists()  # what the kill leaves
 
     # A live build's staging folder (this process) and a user's look-alike folder must stay.
     from SpinalCordSegLib.imaging.fileutil import make_staging_folder
@@ -383,7 +376,7 @@ def test_a_killed_make_session_leaves_nothing_that_the_next_run_keeps(tmp_path, 
     run = subprocess.run(command, env={**os.environ, "PYTHONPATH": PYTHONPATH}, capture_output=True, text=True,
                          timeout=300)
     assert run.returncode == 0, run.stderr
-    assert not staging[0].exists() and "left by an interrupted" in run.stderr
+    assert not staging.exists() and "left by an interrupted" in run.stderr
     assert live.is_dir() and users.is_dir()
     assert len(SessionView.load(output).cases) == 60
 

@@ -1,12 +1,13 @@
 """The inference engine: nnU-Net v2 in process, soft maps on the scan's own grid.
 
 :class:`SegmentationEngine` loads a results folder once (nnU-Net's own
-``nnUNetPredictor``) and then predicts any number of scans. Each scan is
-cropped around the cord (by default: the box of the fast localizer pass
-plus a margin; for models trained on sc-crop boxes, the padding of their
-``crop_metadata.json``, with sc-crop's box when it is installed), reoriented
-to the model's orientation, predicted, and brought back, so that every soft
-map has exactly the input's size, spacing, origin and direction.
+``nnUNetPredictor``) and then predicts any number of scans. By default only the
+whole field's own sliding-window tiles around the cord are predicted (the
+box of the fast localizer pass plus a margin, see ``tiles.py``); models
+trained on sc-crop boxes get the scan cut to the padding of their
+``crop_metadata.json`` (sc-crop's box when it is installed). Each scan is
+reoriented to the model's orientation, predicted, and brought back, so that
+every soft map has exactly the input's size, spacing, origin and direction.
 
 Example:
     >>> import SimpleITK as sitk
@@ -76,9 +77,10 @@ class InferenceOptions:
         orientation: orientation to predict in when dataset.json records none
             (SimpleITK/nibabel letters: SCT's ``RPI`` is ``LAS``); None means
             no reorientation, as nnU-Net itself does.
-        crop: predict inside the cord's box (found by the localizer) plus
-            ``crop_margin_mm``; False predicts the whole field of view. Models
-            trained on sc-crop boxes are always cropped, as SCT does.
+        crop: predict only the whole field's tiles around the cord's box (found
+            by the localizer) plus ``crop_margin_mm``; False predicts the whole
+            field of view. Models trained on sc-crop boxes are always cropped,
+            as SCT does.
         crop_margin_mm: margin around the cord's bounding box when cropping.
         whole_if_truncated: redo a default (localizer) crop on the whole field
             of view when the prediction reaches an inner face of the box.
@@ -115,7 +117,8 @@ class Prediction:
         soft_maps: structure name -> float32 probability map on the input grid.
         provenance: the ``GeneratedBy`` entry of the automatic step.
         warnings: messages the user should see (device fallback, crop touched...).
-        crop_box: the box the model ran in, None for the whole field of view.
+        crop_box: the box the model ran around (by default the cord plus its margin: the whole field's
+            tiles around it were predicted, see the provenance's ``Crop``), None for the whole field of view.
     """
 
     soft_maps: Dict[str, sitk.Image]

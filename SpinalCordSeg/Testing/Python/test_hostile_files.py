@@ -142,25 +142,20 @@ def _corrected_cohort(sample_data, root: Path, count: int) -> Path:
     return worklist.path
 
 
-def test_a_killed_round_export_leaves_nothing_that_the_next_export_keeps(sample_data, tmp_path):
+def test_a_killed_round_export_leaves_nothing_that_the_next_export_keeps(sample_data, tmp_path, kill_when):
     worklist = _corrected_cohort(sample_data, tmp_path / "bids", 24)
     raw = tmp_path / "nnUNet_raw"
     output = raw / "Dataset123_Round2"
     command = [sys.executable, "-m", "SpinalCordSegLib.cli", "round", "export", "-w", str(worklist), "-o",
                str(output), "--cord-only"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    staging = []
-    while time.time() < deadline and process.poll() is None:
+
+    def staging_with_two_scans():
         staging = [p for p in raw.glob(".Dataset123_Round2.*") if (p / "imagesTr").is_dir()]
-        if staging and len(list((staging[0] / "imagesTr").glob("*_0000.nii.gz"))) >= 2:
-            break
-        time.sleep(0.01)
-    assert staging and process.poll() is None, "the export ended before it could be killed"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert staging[0].is_dir() and not output.exists()  # what the kill leaves
+        return staging[0] if staging and len(list((staging[0] / "imagesTr").glob("*_0000.nii.gz"))) >= 2 else None
+
+    staging = kill_when(command, env, staging_with_two_scans, "export")
+    assert staging.is_dir() and not output.exists()  # what the kill leaves
 
     # A live export's staging folder (this process's) and the user's look-alike folders must stay.
     live = make_staging_folder(raw, ".Dataset123_Round2")
@@ -169,8 +164,8 @@ def test_a_killed_round_export_leaves_nothing_that_the_next_export_keeps(sample_
         (folder / "imagesTr").mkdir(parents=True)
     run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
-    assert not staging[0].exists()
-    assert f"removed {staging[0]} (" in run.stderr and "left by an interrupted 'round export'" in run.stderr
+    assert not staging.exists()
+    assert f"removed {staging} (" in run.stderr and "left by an interrupted 'round export'" in run.stderr
     assert live.is_dir() and all((folder / "imagesTr").is_dir() for folder in users)
     assert len(list((output / "imagesTr").iterdir())) == 24
 
