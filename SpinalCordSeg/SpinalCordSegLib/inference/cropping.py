@@ -133,21 +133,6 @@ def pad_box(box: CropBox, image: sitk.Image, padding_mm: Mapping[str, float]) ->
     return replace(box, index=tuple(low), size=tuple(h - lo for lo, h in zip(low, high)))
 
 
-def grow_box(box: CropBox, min_size: Sequence[int], image_size: Sequence[int]) -> CropBox:
-    """``box`` grown about its centre to at least ``min_size`` voxels per axis, shifted to stay in the image.
-
-    >>> grow_box(CropBox((1, 5, 5), (2, 2, 4), "localizer"), (6, 4, 4), (10, 10, 10)).index
-    (0, 4, 5)
-    """
-    low, high = list(box.index), list(box.upper)
-    for axis in range(3):
-        size = min(int(image_size[axis]), max(int(min_size[axis]), high[axis] - low[axis]))
-        start = low[axis] - (size - (high[axis] - low[axis])) // 2
-        low[axis] = min(max(0, start), int(image_size[axis]) - size)
-        high[axis] = low[axis] + size
-    return replace(box, index=tuple(low), size=tuple(h - lo for lo, h in zip(low, high)))
-
-
 def box_of_mask(mask: sitk.Image, image: sitk.Image, source: str) -> Optional[CropBox]:
     """The tight box of ``mask > 0`` on ``image``'s grid (resampled there if needed), or None when empty."""
     from ..imaging.grid import same_grid

@@ -468,8 +468,10 @@ class SegmentationEngine:
             low, high = list(box.index), list(box.upper)
             for key in faces:
                 axis = "xyz".index(key[0])
-                high[axis], low[axis] = (tiles.upper[axis], low[axis]) if key.endswith("max") else \
-                    (high[axis], tiles.index[axis])
+                if key.endswith("max"):
+                    high[axis] = tiles.upper[axis]
+                else:
+                    low[axis] = tiles.index[axis]
             padding = dict.fromkeys(CROP_PAD_KEYS, 0.0)
             padding.update({f"pad_{face}": max(self.options.crop_margin_mm, 10.0) for face in grown[-1]})
             box = pad_box(CropBox(tuple(low), tuple(h - lo for lo, h in zip(low, high)), box.source), image, padding)
