@@ -484,6 +484,10 @@ class SegmentationEngine:
                             "instead")
             record = {"Source": "whole field of view (the prediction reached the localizer's box)",
                       "Padding_mm": None, "LocalizerBox": record["Box"], "Grown": grown}
+        elif selection is None:
+            warnings.append(f"{name}: the localizer's box holds none of the scan's nonzero voxels; predicting on "
+                            "the whole field of view")
+            record = dict(record, Source="whole field of view (the localizer's box is all zero voxels)")
         else:
             record = dict(record, Source="whole field of view (the tiles around the cord are all the tiles)")
         return self._predict_prepared(prepared, report, timing), None, record, warnings

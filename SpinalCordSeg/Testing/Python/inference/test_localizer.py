@@ -240,6 +240,19 @@ def test_prediction_reaching_the_box_grows_it_on_that_face_only(shared_data, emb
     assert timing["SlidingWindow"] > 0
 
 
+def test_a_box_over_the_zero_background_predicts_the_whole_field(tiny_region_model, wide_t1, monkeypatch):
+    # wide_t1 is t1w padded with zeros; nnU-Net crops them away, so a box there holds none of its voxels.
+    scan = read_scan(wide_t1["scan"])
+    monkeypatch.setattr(SegmentationEngine, "_localizer_box",
+                        lambda *args, **kwargs: CropBox((0, 0, 0), (20, 20, scan.GetSize()[2]), "localizer"))
+    prediction = SegmentationEngine(tiny_region_model, InferenceOptions(**OPTIONS)).predict(scan, name="wide")
+    whole = SegmentationEngine(tiny_region_model, InferenceOptions(crop=False, **OPTIONS)).predict(scan)
+    assert prediction.crop_box is None and "all zero voxels" in prediction.provenance["Crop"]["Source"]
+    assert any(w.startswith("wide: the localizer's box holds none") for w in prediction.warnings)
+    for structure, soft in prediction.soft_maps.items():
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(soft), sitk.GetArrayFromImage(whole.soft_maps[structure]))
+
+
 def _no_cord_model(root):
     """A real nnU-Net model (random weights) whose output layer says background everywhere."""
     model = make_synthetic_model(root, region_based=False, seed=5)
