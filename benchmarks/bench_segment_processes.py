@@ -9,7 +9,8 @@ stays inside it) and each code tree given with ``--code`` (a folder holding
 ``SpinalCordSeg/``: e.g. the main branch as "before" and a work tree as
 "after", in the same run), one fresh process per mode, ``--repeat`` times:
 wall seconds (median), CPU user and system seconds of the process, and the
-ratio ``--no-crop`` / default. The load average is printed before each
+ratio ``--no-crop`` / default, and the localizer's share of the default
+run (from the sidecar's ``Timing``). The load average is printed before each
 row, since other jobs may share the machine: compare ratios within a run.
 
     .venv/bin/python benchmarks/bench_segment_processes.py [--code /work/main .] [--scans t2_ms errsm_11 t2star]
@@ -19,6 +20,7 @@ row, since other jobs may share the machine: compare ratios within a run.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import statistics
@@ -68,11 +70,14 @@ def run_once(code: Path, scan: Path, model: str, crop: bool, device: str, home: 
         done = subprocess.run(command, env=environment, capture_output=True, text=True)
         seconds = time.perf_counter() - start
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+        # The sidecar's stage timing (older code trees may write none).
+        sidecar = next(Path(output).glob("*_seg.json"), None)
+        timing = json.loads(sidecar.read_text())["GeneratedBy"][0].get("Timing", {}) if sidecar else {}
     whole = "whole field of view instead" in done.stderr
     return {"seconds": seconds, "user": after.ru_utime - before.ru_utime, "system": after.ru_stime - before.ru_stime,
-            "fell_back": whole}
+            "fell_back": whole, "localizer": timing.get("Localizer")}
 
 
 def main() -> int:
@@ -108,10 +113,14 @@ def main() -> int:
                     row = {crop: {key: statistics.median(r[key] for r in rs) for key in ("seconds", "user", "system")}
                            for crop, rs in runs.items()}
                     fell = " (fell back to the whole field)" if any(r["fell_back"] for r in runs[True]) else ""
+                    located = [r["localizer"] for r in runs[True] if r["localizer"] is not None]
+                    share = (f"  localizer {statistics.median(located):.2f} s = "
+                             f"{100 * statistics.median(located) / row[True]['seconds']:.1f} % of the default run"
+                             if located else "")
                     print(f"{code.resolve().name:>14} {model_name:>15} {scan_name:>9} {load:5.1f} | "
                           f"{row[True]['seconds']:9.1f} {row[True]['user']:6.1f} {row[True]['system']:5.1f} | "
                           f"{row[False]['seconds']:9.1f} {row[False]['user']:6.1f} {row[False]['system']:5.1f} | "
-                          f"{row[False]['seconds'] / row[True]['seconds']:5.2f}{fell}", flush=True)
+                          f"{row[False]['seconds'] / row[True]['seconds']:5.2f}{fell}{share}", flush=True)
     print(f"load average after: {os.getloadavg()[0]:.1f}")
     return 0
 
