@@ -528,8 +528,7 @@ class SegmentationEngine:
                 warnings.append(f"{name}: {why}; this model was trained on sc-crop boxes: its crop box comes from "
                                 "SpinalCordSeg's localizer instead, with the padding of its crop_metadata.json")
         elif self.options.crop:
-            patch = self._patch_voxels(image)
-            if all(self._tiles(n, p) == 1 for n, p in zip(image.GetSize(), patch)):
+            if all(n <= p for n, p in zip(image.GetSize(), self._patch_voxels(image))):
                 record["Source"] = "whole field of view (it fits one tile: a crop would save nothing)"
                 return None, record, warnings
             box = self._localizer_box(image, name, padding, whole_length=True)
@@ -558,12 +557,6 @@ class SegmentationEngine:
             index[axis], size[axis] = 0, image.GetSize()[axis]
             box = CropBox(tuple(index), tuple(size), box.source)
         return box
-
-    def _tiles(self, length: int, patch: int) -> int:
-        """Sliding-window tiles along an axis of ``length`` voxels (nnU-Net's count, before resampling)."""
-        if length <= patch:
-            return 1
-        return int(math.ceil((length - patch) / (patch * self.options.tile_step_size))) + 1
 
     def _patch_voxels(self, image: sitk.Image) -> List[int]:
         """The network's patch, in whole voxels of ``image``'s own axes (the most a box may have and fit it)."""

@@ -34,7 +34,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import numpy as np
 
@@ -96,10 +96,10 @@ class TileSelection:
         """Along each axis, as many of the whole field's tiles as nnU-Net would lay on ``box`` cut out, those with
         the most weight on it; ``box`` per axis ``(start, end)`` in voxels of the padded array of ``shape``.
 
-        ``patch`` may have one entry less than ``shape`` (a 2D configuration: the first axis is predicted slice
-        by slice).
+        ``patch`` has one entry per axis of ``shape``: 1 along the slice axis of a 2D configuration, which
+        nnU-Net predicts slice by slice.
         """
-        patch = ([1] if len(patch) < len(shape) else []) + [int(p) for p in patch]
+        patch = [int(p) for p in patch]
         starts, chosen = [], []
         for length, size, (low, high) in zip(shape, patch, box):
             low, high = max(0, low), min(max(length, size), high)
@@ -138,12 +138,3 @@ class TileSelection:
         along the slice axis of a 2D configuration) is chosen."""
         return all((part if isinstance(part, int) else part.start) in steps[first:last]
                    for part, steps, (first, last) in zip(tile, self.starts, self.chosen))
-
-    def grown(self, axis: int, high: bool) -> Optional["TileSelection"]:
-        """One tile more along ``axis`` on its high (or low) side; None when the run already reaches that end."""
-        first, last = self.chosen[axis]
-        if (high and last == len(self.starts[axis])) or (not high and first == 0):
-            return None
-        chosen = list(self.chosen)
-        chosen[axis] = (first, last + 1) if high else (first - 1, last)
-        return TileSelection(self.starts, self.patch, tuple(chosen))

@@ -55,17 +55,8 @@ def test_the_chosen_tiles_are_tiles_of_nnunets_grid():
         assert [low + s for s in compute_steps_for_sliding_window((high - low,), (patch,), 0.5)[0]] == axis[first:last]
 
 
-def test_growing_adds_one_tile_on_one_side_and_stops_at_the_end():
-    selection = TileSelection.around((212,), (64,), 0.5, [(95, 140)])
-    higher = selection.grown(0, high=True)
-    assert higher.chosen[0] == (3, 5) and higher.coverage[0] == (89, 182)
-    assert selection.grown(0, high=False).chosen[0] == (2, 4)
-    whole = TileSelection.around((212,), (64,), 0.5, [(0, 212)])
-    assert whole.is_whole and whole.grown(0, high=True) is None and whole.grown(0, high=False) is None
-
-
 def test_a_2d_configuration_chooses_slices():
-    # patch (64, 96): the first axis is predicted slice by slice, as nnU-Net's 2D sliding window does.
-    selection = TileSelection.around((20, 212, 179), (64, 96), 0.5, [(3, 9), (70, 120), (60, 120)])
+    # A 2D patch (64, 96): the first axis is predicted slice by slice, as nnU-Net's 2D sliding window does.
+    selection = TileSelection.around((20, 212, 179), (1, 64, 96), 0.5, [(3, 9), (70, 120), (60, 120)])
     assert selection.patch == (1, 64, 96) and selection.chosen[0] == (3, 9)
     assert selection.coverage[0] == (3, 9) and selection.count == 6
