@@ -327,26 +327,22 @@ class SpinalCordSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # -- Apply ---------------------------------------------------------------------------------
 
     def onApplyButton(self) -> None:
-        if not self.ensureDependencies():
-            return
-        try:
-            with slicer.util.tryWithErrorDisplay("Failed to start the segmentation.", waitCursor=True):
-                self.ui.statusLabel.text = self.controller.start_apply(self._confirm) or self.ui.statusLabel.text
-                self.ui.progressBar.value = 0
-                self._pollTimer.start()  # a tick without a run stops it again
-        finally:  # tryWithErrorDisplay shows the error, then re-raises it
-            self.updateGUIFromParameterNode()
+        self._startRun(self.controller.start_apply, "Failed to start the segmentation.")
 
     def onLocateButton(self) -> None:
         """Issue 30: "Locate only" shows the crop box as an ROI; the user may move it before Apply."""
+        self._startRun(self.controller.start_locate, "Failed to locate the cord.")
+
+    def _startRun(self, start, failure: str) -> None:
+        """Start a background run (``start(confirm)`` returns the status line) and poll it."""
         if not self.ensureDependencies():
             return
         try:
-            with slicer.util.tryWithErrorDisplay("Failed to locate the cord.", waitCursor=True):
-                self.ui.statusLabel.text = self.controller.start_locate(self._confirm) or self.ui.statusLabel.text
+            with slicer.util.tryWithErrorDisplay(failure, waitCursor=True):
+                self.ui.statusLabel.text = start(self._confirm) or self.ui.statusLabel.text
                 self.ui.progressBar.value = 0
-                self._pollTimer.start()
-        finally:
+                self._pollTimer.start()  # a tick without a run stops it again
+        finally:  # tryWithErrorDisplay shows the error, then re-raises it
             self.updateGUIFromParameterNode()
 
     def onPollWorker(self) -> None:
