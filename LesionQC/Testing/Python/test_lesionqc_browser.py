@@ -53,6 +53,14 @@ def _wait_for_item(page, previous=""):
     return page.evaluate("document.body.dataset.loaded")
 
 
+def _log_in(page, rater):
+    """Give ``rater`` on the login form; return the first item NiiVue draws."""
+    page.locator("#login").wait_for(state="visible")
+    page.fill("#rater-id", rater)
+    page.press("#rater-id", "Enter")
+    return _wait_for_item(page)
+
+
 def _expect_text(page, selector, text):
     """Until the element's text is ``text`` (a string, or a regular expression it must match)."""
     playwright_api.expect(page.locator(selector)).to_have_text(text, timeout=LOAD_TIMEOUT_MS)
@@ -66,10 +74,7 @@ def test_a_rater_scores_three_items_by_keyboard_reloads_and_resumes(web_session,
     base = serve_session(web_session.folder)
     errors = []
     page = _open(browser, base, 1280, 800, errors)
-    page.locator("#login").wait_for(state="visible")
-    page.fill("#rater-id", "kb")
-    page.press("#rater-id", "Enter")
-    shown = _wait_for_item(page)
+    shown = _log_in(page, "kb")
 
     # The viewer drew: the canvas holds the scan (many grey levels) and the mask (its label colour).
     pixels = _canvas_pixels(page)
@@ -129,10 +134,7 @@ def test_the_page_at_two_screen_sizes(web_session, serve_session, browser, tmp_p
     errors = []
     for width, height in ((1280, 800), (1920, 1080)):
         page = _open(browser, base, width, height, errors)
-        page.locator("#login").wait_for(state="visible")
-        page.fill("#rater-id", f"screens{width}")
-        page.press("#rater-id", "Enter")
-        _wait_for_item(page)
+        _log_in(page, f"screens{width}")
         page.keyboard.press("4")
         _expect_text(page, "#saved", re.compile(r"^Saved"))
         page.screenshot(path=str(folder / f"lesionqc-page-{width}x{height}.png"))
@@ -206,10 +208,7 @@ def test_the_viewer_scrolls_windows_and_fades_the_overlay(shared_web_session, se
     base = serve_session(shared_web_session.folder)
     errors = []
     page = _open(browser, base, 1280, 800, errors)
-    page.locator("#login").wait_for(state="visible")
-    page.fill("#rater-id", "viewer")
-    page.press("#rater-id", "Enter")
-    _wait_for_item(page)
+    _log_in(page, "viewer")
     box = page.locator("#gl").bounding_box()
     centre = (box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.3)  # in the first tile
     position = page.evaluate("Array.from(nv.scene.crosshairPos)")
@@ -251,10 +250,7 @@ def test_a_second_image_is_faded_in_under_the_mask(tmp_path, shared_data, serve_
     base = serve_session(session.folder)
     errors = []
     page = _open(browser, base, 1280, 800, errors)
-    page.locator("#login").wait_for(state="visible")
-    page.fill("#rater-id", "two")
-    page.press("#rater-id", "Enter")
-    _wait_for_item(page)
+    _log_in(page, "two")
     assert page.evaluate("nv.volumes.length") == 3 and page.locator("#image2-row").is_visible()
     assert page.evaluate("[nv.volumes[1].opacity, nv.volumes[2].opacity]") == [0, 0.5]
     page.locator("#image2-opacity").fill("0.7")
